@@ -1,0 +1,63 @@
+"""AUC and NDCG, shared by run_eval and every baseline so all methods are scored identically.
+
+Ties are averaged (scikit-learn's `ndcg_score` with `ignore_ties=False`), so a constant predictor gets the
+expected score of a random ordering instead of a lucky or unlucky one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+from sklearn.metrics import ndcg_score, roc_auc_score
+
+
+def auc(labels, scores) -> float:
+    """ROC AUC; NaN when only one class is present (undefined)."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+
+
+def sampled_ndcg(target_score: float, negative_scores, k: int = 10) -> float:
+    """NDCG@k of one relevant item ranked among sampled negatives (ties averaged)."""
+    scores = np.concatenate([[target_score], np.asarray(negative_scores, dtype=np.float64)])
+    relevance = np.zeros_like(scores)
+    relevance[0] = 1.0
+    return float(ndcg_score(relevance[None, :], scores[None, :], k=k, ignore_ties=False))
+
+
+def mean_sampled_ndcg(rankings: list[tuple[float, list[float]]], k: int = 10) -> float:
+    """Mean of `sampled_ndcg` over (target_score, negative_scores) pairs; NaN when empty."""
+    if not rankings:
+        return float("nan")
+    return float(np.mean([sampled_ndcg(t, negs, k) for t, negs in rankings]))
+
+
+def user_ndcg(user_ids, labels, scores, k: int = 10) -> tuple[float, int]:
+    """NDCG@k of each user's own test records ranked by score with labels as relevance, averaged over
+    users with at least two records and at least one like. Returns (mean, number of users)."""
+    by_user = defaultdict(list)
+    for u, y, s in zip(user_ids, labels, scores):
+        by_user[u].append((float(y), float(s)))
+    values = []
+    for rows in by_user.values():
+        if len(rows) < 2:
+            continue
+        y = np.array([r[0] for r in rows])
+        if y.sum() <= 0:
+            continue
+        s = np.array([r[1] for r in rows])
+        values.append(ndcg_score(y[None, :], s[None, :], k=k, ignore_ties=False))
+    if not values:
+        return float("nan"), 0
+    return float(np.mean(values)), len(values)
+
+
+def json_safe(value):
+    """NaN -> None so metrics.json stays valid JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
