@@ -1,0 +1,42 @@
+"""Seeded negative sampling for the sampled NDCG@10, shared by run_eval and the baselines.
+
+A record's negatives depend only on (seed, record index, catalog, the record's history and target), so
+every method evaluated on the same test file ranks the target among exactly the same items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_negatives(records: list[dict], catalog_ids, num_negatives: int = 50, seed: int = 0):
+    """For each record whose target is liked: `num_negatives` item ids drawn without replacement from the
+    catalog minus the record's history and target; None for disliked targets (not ranked).
+
+    Records need structured fields (`history`, `target`, `label`). Raises ValueError when the catalog is
+    too small for a record.
+    """
+    catalog = np.array(sorted(set(map(str, catalog_ids))))
+    out = []
+    for index, rec in enumerate(records):
+        if not rec.get("label"):
+            out.append(None)
+            continue
+        excluded = {h["item_id"] for h in rec["history"]} | {rec["target"]["item_id"]}
+        rng = np.random.default_rng([seed, index])
+        chosen: list[str] = []
+        # rejection sampling: the exclusion set (11 items) is tiny next to any real catalog
+        while len(chosen) < num_negatives:
+            need = num_negatives - len(chosen)
+            if len(catalog) - len(excluded) < num_negatives:
+                raise ValueError(
+                    f"record {index}: catalog has {len(catalog) - len(excluded)} candidate items, "
+                    f"fewer than {num_negatives} negatives"
+                )
+            for item in rng.choice(catalog, size=need * 2, replace=False if need * 2 <= len(catalog) else True):
+                if item not in excluded and item not in chosen:
+                    chosen.append(str(item))
+                    if len(chosen) == num_negatives:
+                        break
+        out.append(chosen)
+    return out
