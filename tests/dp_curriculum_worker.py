@@ -1,0 +1,121 @@
+"""Worker for tests/test_curriculum.py: a real data-parallel HF Trainer run under `torchrun --nproc_per_node 2`.
+
+Trains a tiny model for a few steps on records with a `stage` field, through the curriculum sampler, and writes
+`OUT/rank{R}.json`: the record ids of every training micro-batch this process fed to the model (read from the
+model's actual inputs by a forward hook), plus the world size and the number of optimizer steps.
+
+    torchrun --nproc_per_node 2 tests/dp_curriculum_worker.py MODEL_DIR OUT_DIR MODE
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments  # noqa: E402
+
+from tlrec_utils.curriculum import build_curriculum_sampler  # noqa: E402
+
+# The test imports these to compute the expected order.
+N_PER_STAGE = 8
+PER_DEVICE_BATCH = 2
+GRAD_ACCUM = 2
+EPOCHS = 2
+SEED = 7
+
+
+def make_records(vocab_size: int):
+    """3 x N_PER_STAGE token sequences, unique, of varied length, listed with stages interleaved (3,1,2,3,1,...)
+    so that only the sampler can put them in curriculum order."""
+    g = torch.Generator().manual_seed(0)
+    records, seen = [], set()
+    for i in range(3 * N_PER_STAGE):
+        length = 4 + (i * 5) % 9
+        ids = torch.randint(10, vocab_size, (length,), generator=g).tolist()
+        assert tuple(ids) not in seen
+        seen.add(tuple(ids))
+        records.append({"input_ids": ids, "attention_mask": [1] * length, "labels": ids, "stage": 3 - i % 3})
+    return records
+
+
+class CurriculumTrainer(Trainer):
+    def __init__(self, *args, curriculum_mode="ordered", stages=None, lengths=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.curriculum_mode, self.stages, self.lengths = curriculum_mode, stages, lengths
+
+    def _get_train_sampler(self, train_dataset=None):
+        return build_curriculum_sampler(
+            self.stages, self.curriculum_mode, self.args.seed, self.lengths, self.args.num_train_epochs,
+            megabatch_size=4,
+        )
+
+
+def main(model_dir, out_dir, mode):
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    records = make_records(model.config.vocab_size)
+    by_tokens = {tuple(r["input_ids"]): i for i, r in enumerate(records)}
+    seen = []
+
+    def record_batch(module, args, kwargs):
+        if module.training:
+            ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+            seen.append([by_tokens[tuple(row[m.bool()].tolist())] for row, m in zip(ids, mask)])
+
+    model.model.register_forward_pre_hook(record_batch, with_kwargs=True)
+    train = [{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in records]
+    args = TrainingArguments(
+        output_dir=out_dir,
+        per_device_train_batch_size=PER_DEVICE_BATCH,
+        gradient_accumulation_steps=GRAD_ACCUM,
+        num_train_epochs=EPOCHS,
+        seed=SEED,
+        use_cpu=True,
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        learning_rate=1e-3,
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
+        disable_tqdm=True,
+    )
+    trainer = CurriculumTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=_collate,
+        curriculum_mode=mode,
+        stages=[r["stage"] for r in records],
+        lengths=[len(r["input_ids"]) for r in records],
+    )
+    trainer.train()
+    rank = int(os.environ.get("RANK", 0))
+    Path(out_dir, f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "world_size": trainer.args.world_size,
+                "global_step": trainer.state.global_step,
+                "micro_batches": seen,
+                "stages": [r["stage"] for r in records],
+                "lengths": [len(r["input_ids"]) for r in records],
+            }
+        )
+    )
+
+
+def _collate(features):
+    """Right padding with pad id 0 and mask 0; labels -100 on padding."""
+    width = max(len(f["input_ids"]) for f in features)
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for f in features:
+        pad = width - len(f["input_ids"])
+        out["input_ids"].append(f["input_ids"] + [0] * pad)
+        out["attention_mask"].append(f["attention_mask"] + [0] * pad)
+        out["labels"].append(f["labels"] + [-100] * pad)
+    return {k: torch.tensor(v) for k, v in out.items()}
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
