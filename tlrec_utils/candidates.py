@@ -63,28 +63,33 @@ def _binary_csr(indptr, indices, n_rows, n_cols) -> sp.csr_matrix:
 
 
 def topk_per_row(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, k: int, n_cols: int):
-    """Top-k entries of each row of a CSR block by (value desc, column asc), values non-negative ints.
+    """Top-k positive entries of each row of a CSR block by (value desc, column asc); values are ints >= 0.
 
-    Returns (row, col, value) arrays ordered by row, then rank. One int64 sort of the whole block instead
-    of a Python loop over rows."""
+    Returns (row, col, value) arrays ordered by row, then rank. One int64 sort of the whole block (the row
+    is the key's leading part, so each row's entries stay in their own slice) instead of a loop over rows;
+    only the kept entries are decoded."""
     n_rows = len(indptr) - 1
     if len(data) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr))
     max_value = int(data.max())
     span = (max_value + 1) * n_cols
     if n_rows * span >= 2**63:
         raise ValueError("block too large for an int64 sort key: use a smaller chunk_size")
-    key = rows * span + (max_value - data.astype(np.int64)) * n_cols + indices.astype(np.int64)
+    key = max_value - data.astype(np.int64)
+    key *= n_cols
+    key += indices
+    key += np.repeat(np.arange(n_rows, dtype=np.int64) * span, np.diff(indptr))
     key.sort()
-    row = key // span
-    rest = key - row * span
+    take = indptr[:-1, None] + np.arange(k)
+    take = take[take < indptr[1:, None]]
+    kept = key[take]
+    row = kept // span
+    rest = kept - row * span
     value = max_value - rest // n_cols
     col = rest % n_cols
-    row_start = np.searchsorted(row, np.arange(n_rows))
-    keep = np.arange(len(key)) - row_start[row] < k
-    return row[keep], col[keep], value[keep]
+    positive = value > 0
+    return row[positive], col[positive], value[positive]
 
 
 def _scatter(rows, values, n_rows, width, fill, dtype):
@@ -127,13 +132,12 @@ def user_filtering_candidates(
         n_block = len(block_rows)
         own = matrix[block_rows]
         sims = own @ by_item  # block x users: shared watched items
-        row_of = np.repeat(np.arange(n_block), np.diff(sims.indptr))
-        query_of = block_rows[row_of]
-        drop = sims.indices == query_of
-        if not allow_same_user:
-            drop |= user_codes[sims.indices] == user_codes[query_of]
-        sims.data[drop] = 0
-        sims.eliminate_zeros()
+        counts = np.diff(sims.indptr)
+        if allow_same_user:
+            drop = sims.indices == np.repeat(block_rows, counts)  # never the user itself
+        else:  # no window of the same user_id, itself included
+            drop = user_codes[sims.indices] == np.repeat(user_codes[block_rows], counts)
+        sims.data[drop] = 0  # zeros rank last and are never kept
         nb_row, nb_col, nb_sim = topk_per_row(sims.indptr, sims.indices, sims.data, neighbor_num, n_users)
         block = slice(start, start + n_block)
         neighbors[block] = _scatter(nb_row, nb_col, n_block, neighbor_num, -1, np.int32)
@@ -145,7 +149,6 @@ def user_filtering_candidates(
         neighbor_matrix = sp.csr_matrix((nb_sim, (nb_row, nb_col)), shape=(n_block, n_users))
         scores = (neighbor_matrix @ matrix).tocsr()
         scores = scores - scores.multiply(own)  # never recommend what the user already watched
-        scores.eliminate_zeros()
         it_row, it_col, it_score = topk_per_row(scores.indptr, scores.indices, scores.data, candidate_num, n_items)
         mass = similarities[block].sum(axis=1)
         items[block] = _scatter(it_row, it_col, n_block, candidate_num, -1, np.int32)
