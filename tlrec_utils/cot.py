@@ -1,0 +1,527 @@
+"""CoT data construction (paper Section 4.1, Table 2): candidate sets, three chained teacher prompts per
+user, hit filtering, and the CoT instruction records for curriculum tuning.
+
+Users are the prepared train records whose target is liked (a window of watched items; the target is
+the true next item). Output directory:
+
+- `progress.jsonl`: one line per answered stage (appended and flushed at once): what a resume reuses;
+- `responses.jsonl`: one line per completed user (candidates, three prompts, three answers, usage, hit);
+- `cot_train.json`: three instruction records (`stage` 1, 2, 3) per user whose Stage 3 hit the true item;
+- `summary.json`: counts, hit rate, candidate diagnostics, tokens and estimated cost;
+- `run_config.json`: the settings that fix the outputs; a rerun with different ones is refused.
+
+A run killed at any moment (kill -9) loses at most the requests in flight: a rerun into the same
+directory skips every user and stage already answered, and a torn last line is cut off, never duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import prompts
+from .candidates import build_interactions, user_filtering_candidates
+from .errors import InputError
+from .fileio import atomic_write_json, sha256_file
+from .records import load_records
+from .teacher import Budget, BudgetExceeded, HeuristicTeacher, OpenAITeacher, TeacherError, cooccurrence_matrix
+
+logger = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4  # rough size estimate for --dry_run (no tokenizer needed)
+# settings that change what is asked or kept: a resume must use the same ones
+FINGERPRINT_KEYS = (
+    "neighbor_num", "candidate_num", "seed", "allow_same_user_neighbors", "ensure_target", "teacher",
+    "model", "temperature", "max_tokens", "kind",
+)  # fmt: skip
+
+
+@dataclass
+class CotConfig:
+    data_dir: str
+    output_dir: str
+    teacher: str = "openai"  # openai | heuristic
+    model: str = "gpt-4"
+    base_url: str | None = None
+    temperature: float = 0.2
+    max_tokens: int = 512
+    concurrency: int = 8
+    requests_per_minute: float | None = None
+    max_retries: int = 6
+    request_timeout: float = 120.0
+    retry_base_delay: float = 1.0
+    max_requests: int | None = None
+    max_cost: float | None = None
+    price_per_1k_input: float = 0.03  # GPT-4 (8k) list prices, USD
+    price_per_1k_output: float = 0.06
+    max_users: int | None = None
+    neighbor_num: int = 12
+    candidate_num: int = 19
+    allow_same_user_neighbors: bool = False
+    ensure_target: bool = False
+    seed: int = 0
+    kind: str = "auto"  # movie | book | auto (from the records' instruction)
+    dry_run: bool = False
+    progress: bool = True
+
+
+@dataclass
+class CotUser:
+    key: str
+    index: int  # record index in train.json
+    user_id: str
+    history: list[dict]
+    target: dict
+    candidates: list[dict]  # {item_id, title, weight}, in the order shown to the teacher
+    context: str
+    target_inserted: bool = False
+
+
+@dataclass
+class RunState:
+    completed: int = 0
+    hits: int = 0
+    failed: int = 0
+    stop_reason: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ users
+
+
+def detect_kind(records: list[dict]) -> str:
+    text = records[0]["instruction"] if records else ""
+    for kind in prompts.ITEM_KINDS:
+        if f"target {kind}" in text:
+            return kind
+    return "movie"
+
+
+def build_users(records: list[dict], cfg: CotConfig, kind: str):
+    """CoT users (liked-target records whose true next item is a candidate, or inserted with
+    --ensure_target) and candidate-set diagnostics."""
+    liked = [i for i, r in enumerate(records) if r.get("label") == 1 and "history" in r]
+    unstructured = sum(1 for r in records if "history" not in r)
+    if not liked:
+        raise InputError(f"{cfg.data_dir}/train.json: no record with a liked target and structured history")
+    seen = liked[: cfg.max_users] if cfg.max_users is not None else liked
+    # the neighbour pool: every liked window (the users); candidates only for the users seen
+    interactions = build_interactions(
+        [[h["item_id"] for h in records[i]["history"]] for i in liked], [records[i]["user_id"] for i in liked]
+    )
+    code = {item: c for c, item in enumerate(interactions.item_ids)}
+    titles = {}
+    for r in records:
+        for h in r.get("history", []):
+            titles.setdefault(h["item_id"], h["title"])
+    diagnostics = {}
+    chosen = None
+    for allow in (True, False):
+        cands = user_filtering_candidates(
+            interactions,
+            query_rows=np.arange(len(seen)),
+            neighbor_num=cfg.neighbor_num,
+            candidate_num=cfg.candidate_num,
+            allow_same_user=allow,
+        )
+        in_set = [code.get(records[i]["target"]["item_id"], -2) in cands.items[u] for u, i in enumerate(seen)]
+        name = "with_same_user_neighbors" if allow else "other_users_only"
+        diagnostics[f"target_in_candidates_rate_{name}"] = round(float(np.mean(in_set)), 4)
+        if allow:  # how many of the 12 neighbours are the user's own other windows when allowed
+            diagnostics["mean_same_user_neighbors_when_allowed"] = round(float(cands.same_user_neighbors.mean()), 3)
+        if allow == cfg.allow_same_user_neighbors:
+            chosen = cands
+    users, skipped = [], 0
+    for u, i in enumerate(seen):
+        rec = records[i]
+        cand = [
+            {"item_id": interactions.item_ids[c], "title": titles[interactions.item_ids[c]], "weight": float(w)}
+            for c, w in zip(chosen.items[u], chosen.weights[u])
+            if c >= 0
+        ]
+        rng = np.random.default_rng([cfg.seed, i])
+        inserted = False
+        if rec["target"]["item_id"] not in {c["item_id"] for c in cand}:
+            if not cfg.ensure_target:
+                skipped += 1
+                continue
+            if len(cand) >= cfg.candidate_num:
+                cand = cand[: cfg.candidate_num - 1]  # drop the weakest
+            cand.append({**rec["target"], "weight": 0.0})
+            inserted = True
+        cand = [cand[j] for j in rng.permutation(len(cand))]  # the teacher must not see the ranking
+        watched = [h["title"] for h in rec["history"]]
+        users.append(
+            CotUser(
+                key=f"{i}:{rec['user_id']}:{rec['target']['item_id']}",
+                index=i,
+                user_id=str(rec["user_id"]),
+                history=rec["history"],
+                target=rec["target"],
+                candidates=cand,
+                context=prompts.cot_context([c["title"] for c in cand], watched, kind),
+                target_inserted=inserted,
+            )
+        )
+    stats = {
+        "records": len(records),
+        "records_without_structure": unstructured,
+        "liked_windows": len(liked),
+        "users_seen": len(seen),
+        "skipped_target_not_in_candidates": skipped,
+        "target_inserted": sum(u.target_inserted for u in users),
+        **diagnostics,
+    }
+    return users, stats, interactions, code
+
+
+# ------------------------------------------------------------------------------------------ hits
+
+QUOTE_CHARS = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb"
+NUMBERED_LINE = re.compile(r"^\s*[\[(]?\s*(\d+)\s*[.):\]]\s*(.+?)\s*$")
+PAIR_SEPARATOR = re.compile(r"\s+-\s+|\s*->\s*")
+
+
+def normalize_title(text: str) -> str:
+    """Case, whitespace, quotes, dashes and markdown emphasis do not matter when matching titles."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub("[\u2010-\u2015\u2212]", "-", text)
+    text = text.translate({ord(c): None for c in QUOTE_CHARS + "*_"})
+    text = " ".join(text.split())
+    return text.strip(" .,;:[]")
+
+
+def parse_recommendations(text: str, candidate_titles: list[str]) -> list[str]:
+    """Candidate titles recommended in Stage 3's numbered list (`no. watched item - candidate item`), in
+    order, each once. The candidate is the longest tail of the line after a ' - ' that equals a candidate
+    (titles may contain ' - ' themselves); failing that, the longest candidate title contained in the part
+    after the first separator."""
+    by_norm = {normalize_title(t): t for t in candidate_titles}
+    found: list[str] = []
+    for line in text.splitlines():
+        m = NUMBERED_LINE.match(line)
+        if not m:
+            continue
+        body = normalize_title(m.group(2))
+        pieces = PAIR_SEPARATOR.split(body)
+        match = None
+        for start in range(len(pieces)):
+            tail = normalize_title(" - ".join(pieces[start:]))
+            if tail in by_norm:
+                match = by_norm[tail]
+                break
+        if match is None and len(pieces) > 1:
+            rest = " - ".join(pieces[1:])
+            contained = [n for n in by_norm if n and n in rest]
+            if contained:
+                match = by_norm[max(contained, key=len)]
+        if match is not None and match not in found:
+            found.append(match)
+    return found
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Lines of a JSONL file we append to; a torn last line (killed mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(data) - end)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    out = []
+    for n, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path} line {n}: not valid JSON ({exc.msg}); move the file away to start over") from None
+    return out
+
+
+def lock_output_dir(output_dir: Path):
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InputError(f"{output_dir}: another run_cot_generation is writing here") from None
+    return handle
+
+
+def check_run_config(output_dir: Path, cfg: CotConfig, kind: str, data_sha: str) -> None:
+    fingerprint = {k: getattr(cfg, k) for k in FINGERPRINT_KEYS}
+    fingerprint.update(kind=kind, train_sha256=data_sha)
+    path = output_dir / "run_config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise InputError(f"{path}: this output dir was made with other settings ({what}); use a new --output_dir")
+    else:
+        atomic_write_json(path, fingerprint)
+
+
+# ------------------------------------------------------------------------------------------ asking
+
+
+def teacher_messages(prompt: str, kind: str) -> list[dict]:
+    return [
+        {"role": "system", "content": prompts.COT_SYSTEM.format(kind=kind)},
+        {"role": "user", "content": prompt},
+    ]
+
+
+class Generator:
+    """Asks the teacher for every user not yet complete, writing each answer as soon as it arrives."""
+
+    def __init__(self, cfg, kind, teacher, budget, output_dir: Path, progress: dict, responses: dict):
+        self.cfg, self.kind, self.teacher, self.budget = cfg, kind, teacher, budget
+        self.progress = progress  # key -> {stage: entry}
+        self.responses = responses  # key -> line
+        self.progress_file = open(output_dir / "progress.jsonl", "a", encoding="utf-8")
+        self.responses_file = open(output_dir / "responses.jsonl", "a", encoding="utf-8")
+        self.state = RunState(hits=sum(r["hit"] for r in responses.values()), completed=len(responses))
+        self.bar = None
+
+    @staticmethod
+    def _append(handle, obj) -> None:
+        handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        handle.flush()  # in the OS once written: survives kill -9 of this process
+
+    async def ask_user(self, user: CotUser) -> None:
+        done = self.progress.get(user.key, {})
+        answers = []
+        for stage in (1, 2, 3):
+            prompt = prompts.cot_teacher_prompt(user.context, answers, self.kind)
+            if stage not in done:
+                reply = await self.teacher.answer(user, stage, teacher_messages(prompt, self.kind))
+                entry = {
+                    "key": user.key,
+                    "stage": stage,
+                    "prompt": prompt,
+                    "answer": reply.text,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                }
+                self._append(self.progress_file, entry)
+                done[stage] = entry
+                self.progress[user.key] = done
+            answers.append(done[stage]["answer"])
+        recommended = parse_recommendations(answers[2], [c["title"] for c in user.candidates])
+        hit = user.target["title"] in recommended
+        line = {
+            "key": user.key,
+            "record_index": user.index,
+            "user_id": user.user_id,
+            "target": user.target,
+            "watched": user.history,
+            "candidates": user.candidates,
+            "target_inserted": user.target_inserted,
+            "context": user.context,
+            "prompts": [done[s]["prompt"] for s in (1, 2, 3)],
+            "answers": answers,
+            "recommended": recommended,
+            "hit": hit,
+            "usage": {
+                "prompt_tokens": sum(done[s]["prompt_tokens"] for s in (1, 2, 3)),
+                "completion_tokens": sum(done[s]["completion_tokens"] for s in (1, 2, 3)),
+            },
+            "teacher": self.teacher.label,
+            "model": self.cfg.model if self.cfg.teacher == "openai" else None,
+        }
+        self._append(self.responses_file, line)
+        self.responses[user.key] = line
+        self.state.completed += 1
+        self.state.hits += hit
+
+    async def run(self, users: list[CotUser]) -> RunState:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=len(users), desc="CoT users", unit="user", disable=not self.cfg.progress)
+        pending = iter(users)
+
+        async def worker():
+            for user in pending:  # one shared iterator: each user goes to exactly one worker
+                if self.state.stop_reason:
+                    return
+                try:
+                    await self.ask_user(user)
+                except BudgetExceeded as exc:
+                    self.state.stop_reason = str(exc)
+                    return
+                except TeacherError as exc:
+                    self.state.failed += 1
+                    self.state.errors.append(f"{user.key}: {exc}")
+                    logger.error("user %s failed (a rerun retries it): %s", user.key, exc)
+                self.bar.update(1)
+                rate = self.state.hits / max(self.state.completed, 1)
+                self.bar.set_postfix(hit=f"{rate:.1%}", spent=f"${self.budget.cost:.2f}", refresh=False)
+
+        workers = self.cfg.concurrency if self.cfg.teacher == "openai" else 1
+        try:
+            await asyncio.gather(*(worker() for _ in range(max(1, workers))))
+        finally:
+            self.bar.close()
+            self.progress_file.close()
+            self.responses_file.close()
+            await self.teacher.close()
+        return self.state
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def cot_records(responses: list[dict], kind: str) -> list[dict]:
+    """Three instruction records per hit user, in train-record order (identical however the run went)."""
+    out = []
+    for line in sorted(responses, key=lambda r: r["record_index"]):
+        if not line["hit"]:
+            continue
+        for stage in (1, 2, 3):
+            rec = prompts.cot_record(line["context"], line["answers"], stage, kind)
+            rec.update(user_id=line["user_id"], cot_key=line["key"])
+            out.append(rec)
+    return out
+
+
+def dry_run_report(users: list[CotUser], todo: list[CotUser], cfg: CotConfig, kind: str, budget: Budget) -> dict:
+    """The first user's three prompts (earlier answers as placeholders) and an upper-bound estimate."""
+    if users:
+        placeholders = [f"<answer to step {s}>" for s in (1, 2)]
+        for stage in (1, 2, 3):
+            print(f"===== Stage {stage} prompt (user {users[0].key}) =====")
+            print(prompts.cot_teacher_prompt(users[0].context, placeholders[: stage - 1], kind))
+    # every earlier answer at most max_tokens; output at most max_tokens per stage
+    prompt_tokens = 0
+    for user in todo:
+        for stage in (1, 2, 3):
+            text = prompts.cot_teacher_prompt(user.context, [""] * (stage - 1), kind)
+            prompt_tokens += len(text) // CHARS_PER_TOKEN + (stage - 1) * cfg.max_tokens + 20
+    completion_tokens = 3 * cfg.max_tokens * len(todo)
+    estimate = {
+        "users_to_ask": len(todo),
+        "requests": 3 * len(todo),
+        "prompt_tokens_upper_bound": prompt_tokens,
+        "completion_tokens_upper_bound": completion_tokens,
+        "cost_upper_bound": round(budget.cost_of(prompt_tokens, completion_tokens), 4),
+    }
+    print("===== estimate (about 4 characters per token; answers assumed max_tokens long) =====")
+    print(json.dumps(estimate, indent=2))
+    return estimate
+
+
+def run(cfg: CotConfig) -> dict:
+    data_dir, output_dir = Path(cfg.data_dir), Path(cfg.output_dir)
+    train_path = data_dir / "train.json"
+    records = load_records(train_path)
+    kind = detect_kind(records) if cfg.kind == "auto" else cfg.kind
+    if kind not in prompts.ITEM_KINDS:
+        raise InputError(f"--kind must be one of {prompts.ITEM_KINDS} or auto, got {cfg.kind!r}")
+    users, stats, interactions, code = build_users(records, cfg, kind)
+    budget = Budget(cfg.max_requests, cfg.max_cost, cfg.price_per_1k_input, cfg.price_per_1k_output)
+
+    if cfg.dry_run:  # reads what is there, writes and calls nothing
+        done = {r["key"] for r in read_only_jsonl(output_dir / "responses.jsonl")}
+        return {**stats, **dry_run_report(users, [u for u in users if u.key not in done], cfg, kind, budget)}
+
+    lock = lock_output_dir(output_dir)
+    try:
+        check_run_config(output_dir, cfg, kind, sha256_file(train_path))
+        progress: dict[str, dict] = {}
+        for entry in read_jsonl(output_dir / "progress.jsonl"):
+            progress.setdefault(entry["key"], {})[entry["stage"]] = entry
+        responses = {}
+        for line in read_jsonl(output_dir / "responses.jsonl"):
+            responses.setdefault(line["key"], line)
+        todo = [u for u in users if u.key not in responses]
+        logger.info(
+            "%d users seen, %d skipped (true item not a candidate), %d already done, %d to ask",
+            stats["users_seen"], stats["skipped_target_not_in_candidates"], len(users) - len(todo), len(todo),
+        )  # fmt: skip
+        if cfg.teacher == "heuristic":
+            teacher = HeuristicTeacher(cooccurrence_matrix(interactions.matrix), code)
+        elif cfg.teacher == "openai":
+            teacher = OpenAITeacher(
+                model=cfg.model,
+                base_url=cfg.base_url,
+                temperature=cfg.temperature,
+                max_tokens=cfg.max_tokens,
+                seed=cfg.seed,
+                concurrency=cfg.concurrency,
+                requests_per_minute=cfg.requests_per_minute,
+                max_retries=cfg.max_retries,
+                request_timeout=cfg.request_timeout,
+                retry_base_delay=cfg.retry_base_delay,
+                budget=budget,
+            )
+        else:
+            raise InputError(f"--teacher must be openai or heuristic, got {cfg.teacher!r}")
+        generator = Generator(cfg, kind, teacher, budget, output_dir, progress, responses)
+        state = asyncio.run(generator.run(todo))
+
+        lines = list(responses.values())
+        cot = cot_records(lines, kind)
+        atomic_write_json(output_dir / "cot_train.json", cot, indent=1)
+        stage_entries = [e for stages in progress.values() for e in stages.values()]
+        prompt_tokens = sum(e["prompt_tokens"] for e in stage_entries)
+        completion_tokens = sum(e["completion_tokens"] for e in stage_entries)
+        hits = sum(line["hit"] for line in lines)
+        summary = {
+            **stats,
+            "users_asked": len(progress),
+            "users_completed": len(lines),
+            "users_hit": hits,
+            "hit_rate": round(hits / len(lines), 4) if lines else None,
+            "users_failed_this_run": state.failed,
+            "users_not_reached": len(users) - len(lines) - state.failed,
+            "cot_records": len(cot),
+            "stopped": state.stop_reason,
+            "teacher": teacher.label,
+            "model": cfg.model if cfg.teacher == "openai" else None,
+            "requests_this_run": budget.requests,
+            "retries_this_run": getattr(teacher, "retries", 0),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "estimated_cost": round(budget.cost_of(prompt_tokens, completion_tokens), 6),
+            "price_per_1k_input": cfg.price_per_1k_input,
+            "price_per_1k_output": cfg.price_per_1k_output,
+            "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        }
+        atomic_write_json(output_dir / "summary.json", summary)
+        if state.stop_reason:
+            logger.warning("stopped early: %s (rerun with a higher cap to go on)", state.stop_reason)
+        logger.info(
+            "%d/%d users hit (%.1f%%), %d CoT records, estimated cost %.4f",
+            hits, len(lines), 100 * (summary["hit_rate"] or 0), len(cot), summary["estimated_cost"],
+        )  # fmt: skip
+        return summary
+    finally:
+        lock.close()
+
+
+def read_only_jsonl(path: Path) -> list[dict]:
+    """Complete lines of a JSONL file, without repairing it (for --dry_run)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
