@@ -98,3 +98,61 @@ def label_of(output: str) -> int | None:
     if output == NO:
         return 0
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CoT data construction (run_cot_generation.py, tlrec_utils/cot.py) -- appended by helper H3.
+# Three chained questions to the teacher in the style of the paper's Table 2 (after NIR's three-step
+# prompting); each stage repeats the context and the earlier questions and answers. The same strings build
+# the CoT instruction records (`stage` 1, 2, 3) used by curriculum instruction tuning.
+# ---------------------------------------------------------------------------------------------------------
+
+COT_SYSTEM = "You are a helpful {kind} recommendation assistant."
+COT_INSTRUCTION = (
+    "Given the candidate {kind}s and the {kind}s the user has watched, answer the question step by step."
+)
+COT_CONTEXT = "Candidate Set (candidate {kind}s): {candidates}.\nThe {kind}s I have watched (watched {kind}s): {watched}."
+COT_QUESTIONS = (
+    "Step 1: What features are most important to me when selecting {kind}s (Summarize my preferences briefly)?",
+    "Step 2: Selecting the most featured {kind}s (at most 5 {kind}s) from the watched {kind}s according to my "
+    "preferences in descending order (Format: [no. a watched {kind}.]).",
+    "Step 3: Can you recommend 10 {kind}s from the Candidate Set similar to the selected {kind}s I've watched "
+    "(Format: [no. a watched {kind} - a candidate {kind}])?",
+)
+COT_ANSWER_PREFIX = "Answer: "
+
+
+def cot_context(candidates: list[str], watched: list[str], kind: str) -> str:
+    return COT_CONTEXT.format(
+        kind=kind,
+        candidates=", ".join(quote_item(t) for t in candidates),
+        watched=", ".join(quote_item(t) for t in watched),
+    )
+
+
+def cot_question(stage: int, kind: str) -> str:
+    """The question of stage 1, 2 or 3."""
+    return COT_QUESTIONS[stage - 1].format(kind=kind)
+
+
+def cot_dialogue(context: str, answers: list[str], kind: str) -> str:
+    """Context, then each earlier question with its answer: what the teacher sees before the next question."""
+    parts = [context]
+    for stage, text in enumerate(answers, start=1):
+        parts.append(cot_question(stage, kind) + "\n" + COT_ANSWER_PREFIX + text.strip())
+    return "\n\n".join(parts)
+
+
+def cot_teacher_prompt(context: str, answers: list[str], kind: str) -> str:
+    """The user message for stage len(answers) + 1."""
+    return cot_dialogue(context, answers, kind) + "\n\n" + cot_question(len(answers) + 1, kind) + "\n" + COT_ANSWER_PREFIX.strip()
+
+
+def cot_record(context: str, answers: list[str], stage: int, kind: str) -> dict:
+    """The stage-k CoT instruction record: input = context + Q&A of stages < k, output = the stage-k answer."""
+    return {
+        "instruction": COT_INSTRUCTION.format(kind=kind) + "\n" + cot_question(stage, kind),
+        "input": cot_dialogue(context, answers[: stage - 1], kind),
+        "output": answers[stage - 1].strip(),
+        "stage": stage,
+    }
