@@ -1,0 +1,146 @@
+"""Command-line arguments of run_tuning.py and run_eval.py as dataclasses for `HfArgumentParser`.
+
+Every `TrainingArguments` flag works (`--deepspeed`, `--bf16`, `--report_to`, ...), and a single `.json` or
+`.yaml` file path can replace the flags (as in HF run_clm.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import InputError
+
+
+@dataclass
+class ModelArguments:
+    base_model: str = field(metadata={"help": "Path (or hub id) of the base causal LM, loaded with from_pretrained."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the model's own code (ChatGLM, Baichuan). Off unless asked for."}
+    )
+    torch_dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype: auto (as saved), float32, float16 or bfloat16.",
+                  "choices": ["auto", "float32", "float16", "bfloat16"]},
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base model in 4 bit (bitsandbytes, CUDA)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base model in 8 bit (bitsandbytes, CUDA)."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel passed to from_pretrained (eager, sdpa, flash_attention_2)."}
+    )
+
+
+@dataclass
+class LoraArguments:
+    finetune: str = field(
+        default="lora", metadata={"help": "lora: train a LoRA adapter; full: train every weight.",
+                                  "choices": ["lora", "full"]}
+    )
+    init_adapter: str | None = field(
+        default=None, metadata={"help": "Continue training this LoRA adapter (chains phases: CoT, source, K-shot)."}
+    )
+    lora_r: int = field(default=8)
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: str = field(
+        default="auto",
+        metadata={"help": "auto (by architecture), all-linear, or a comma-separated list such as q_proj,v_proj."},
+    )
+
+
+@dataclass
+class DataArguments:
+    train_files: list[str] = field(
+        metadata={"help": "Training records (JSON lists): Yes/No rec-tuning records or CoT records with 'stage'."}
+    )
+    val_file: str | None = field(default=None, metadata={"help": "Yes/No records for validation AUC."})
+    k_shot: int | None = field(
+        default=None, metadata={"help": "Train on K records drawn from the training files with --seed."}
+    )
+    max_length: int = field(
+        default=512, metadata={"help": "Longest sequence in tokens; longer prompts are cut inside the history."}
+    )
+    train_on_inputs: bool = field(default=False, metadata={"help": "Also compute the loss on the prompt tokens."})
+    curriculum: str = field(
+        default="ordered",
+        metadata={"help": "Order of CoT records with a 'stage' field: ordered (per epoch Stage 1, 2, 3), "
+                          "shuffled (no curriculum), stagewise (all epochs of Stage 1, then 2, then 3).",
+                  "choices": ["ordered", "shuffled", "stagewise"]},
+    )
+    max_val_records: int | None = field(
+        default=None, metadata={"help": "Validate on the first N records of --val_file only (faster checks)."}
+    )
+
+
+@dataclass
+class TuningTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's defaults (AdamW, lr 1e-4, linear warmup) and length grouping."""
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (paper: 1e-4)."})
+    warmup_steps: float = field(
+        default=0.05, metadata={"help": "Linear warmup: steps (>= 1) or a fraction of all steps (< 1)."}
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "group_by_length (default: little padding), random, sequential or batch_rebalance.",
+                  "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
+    )
+    logging_steps: float = field(default=10)
+    report_to: None | str | list[str] = field(default="none")
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train again even when output_dir already holds a finished model."}
+    )
+
+
+@dataclass
+class EvalArguments:
+    test_file: str = field(metadata={"help": "Yes/No records to evaluate."})
+    output_dir: str = field(metadata={"help": "Where metrics.json and predictions.jsonl are written."})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory (from run_tuning.py)."})
+    items_file: str | None = field(
+        default=None,
+        metadata={"help": "Item catalog for sampled NDCG: JSON {item_id: title} or a list of {item_id, title}. "
+                          "Default: every item in the test file."},
+    )
+    metrics: str = field(
+        default="auc,ndcg",
+        metadata={"help": "auc (AUC and per-user NDCG from one pass) and/or ndcg (target among sampled negatives)."},
+    )
+    num_negatives: int = field(default=50)
+    ndcg_k: int = field(default=10)
+    seed: int = field(default=0, metadata={"help": "Seed of the negative sampling."})
+    batch_size: int = field(default=16)
+    max_length: int = field(default=512)
+    eval_mode: str = field(
+        default="score",
+        metadata={"help": "score: one forward pass per prompt; generate: the authors' greedy generation "
+                          "(first step's scores), for comparison only.",
+                  "choices": ["score", "generate"]},
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "Generation length in --eval_mode generate."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N records."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda when available)."})
+
+
+def parse_args(dataclass_types, argv=None):
+    """Flags, or one .json/.yaml file holding them all. Returns one instance per dataclass type."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        from pathlib import Path
+
+        path = Path(argv[0])
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        try:
+            if path.suffix == ".json":
+                return parser.parse_json_file(str(path))
+            return parser.parse_yaml_file(str(path))
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}") from None
+    return parser.parse_args_into_dataclasses(args=argv)

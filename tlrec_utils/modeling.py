@@ -1,0 +1,208 @@
+"""Loading the base model and tokenizer, quantisation, and LoRA / full fine-tuning setup.
+
+The same code serves the tiny local LLaMA of the tests and `--base_model huggyllama/llama-7b`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# LoRA targets of `--lora_target_modules auto`, by `config.model_type` (TALLRec used q_proj,v_proj on LLaMA).
+# Architectures not listed fall back to peft's own table.
+AUTO_TARGET_MODULES = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "baichuan": ["W_pack"],
+    "chatglm": ["query_key_value"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _check_exists(path: str, what: str) -> None:
+    # A local-looking path that is missing is a typo, not a hub id: say so instead of trying the hub.
+    if (path.startswith((".", "/", "~")) or path.count("/") > 1) and not Path(path).expanduser().exists():
+        raise InputError(f"{what} {path}: directory not found")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "left"):
+    """The model's tokenizer with a pad token (the EOS or UNK token when it has none)."""
+    from transformers import AutoTokenizer
+
+    _check_exists(path, "--base_model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--base_model {path}: cannot load the tokenizer ({str(exc).splitlines()[0]})") from None
+    if tokenizer.pad_token_id is None:
+        # Padding is always masked out, so any existing token will do; EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+        if tokenizer.pad_token_id is None:
+            raise InputError(f"--base_model {path}: the tokenizer has no pad, EOS or UNK token to pad with")
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def quantization_config(load_in_4bit: bool, load_in_8bit: bool):
+    """A BitsAndBytesConfig, or None; an InputError where bitsandbytes cannot run (no CUDA, not installed)."""
+    if not (load_in_4bit or load_in_8bit):
+        return None
+    flag = "--load_in_4bit" if load_in_4bit else "--load_in_8bit"
+    if load_in_4bit and load_in_8bit:
+        raise InputError("--load_in_4bit and --load_in_8bit exclude each other")
+    if not torch.cuda.is_available():
+        raise InputError(f"{flag} needs a CUDA GPU (bitsandbytes); none is available on this machine")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise InputError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if load_in_4bit:
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_base_model(model_args, device_map=None):
+    """The causal LM of `model_args.base_model` (see arguments.ModelArguments)."""
+    from transformers import AutoModelForCausalLM
+
+    _check_exists(model_args.base_model, "--base_model")
+    quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit)
+    kwargs = {"trust_remote_code": model_args.trust_remote_code}
+    kwargs["dtype"] = "auto" if model_args.torch_dtype == "auto" else DTYPES[model_args.torch_dtype]
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device_map or {"": torch.cuda.current_device()}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_args.base_model, **kwargs)
+    except OSError as exc:
+        raise InputError(f"--base_model {model_args.base_model}: cannot load ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise InputError(
+                f"--base_model {model_args.base_model}: the model ships its own code; pass --trust_remote_code "
+                "if you trust it"
+            ) from None
+        raise
+    return model
+
+
+def resolve_target_modules(model, spec: str):
+    """`auto` -> the architecture's attention projections; `all-linear`; or an explicit comma list."""
+    spec = spec.strip()
+    if spec == "all-linear":
+        return "all-linear"
+    if spec != "auto":
+        modules = [m.strip() for m in spec.split(",") if m.strip()]
+        names = {name.split(".")[-1] for name, _ in model.named_modules()}
+        missing = [m for m in modules if m not in names]
+        if missing:
+            raise InputError(
+                f"--lora_target_modules: {', '.join(missing)} not found in {model.config.model_type} "
+                f"(its modules include {', '.join(sorted(n for n in names if n)[:12])})"
+            )
+        return modules
+    model_type = model.config.model_type
+    if model_type in AUTO_TARGET_MODULES:
+        return AUTO_TARGET_MODULES[model_type]
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+    raise InputError(
+        f"--lora_target_modules auto: no default for model type {model_type!r}; "
+        "pass all-linear or a comma-separated list of module names"
+    )
+
+
+def prepare_for_training(model, lora_args, gradient_checkpointing: bool = False):
+    """LoRA (new, or continued from `--init_adapter`) or full fine-tuning. Returns the model to train."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    quantized = getattr(model, "is_quantized", False) or getattr(model, "is_loaded_in_4bit", False)
+    if lora_args.finetune == "full":
+        if quantized:
+            raise InputError("--finetune full cannot train a 4/8-bit model; use LoRA or drop --load_in_4bit/8bit")
+        if lora_args.init_adapter:
+            # Full tuning after a LoRA phase: fold the adapter into the weights first.
+            model = load_adapter(model, lora_args.init_adapter).merge_and_unload()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if lora_args.init_adapter:
+        model = load_adapter(model, lora_args.init_adapter, is_trainable=True)
+    else:
+        config = LoraConfig(
+            r=lora_args.lora_r,
+            lora_alpha=lora_args.lora_alpha,
+            lora_dropout=lora_args.lora_dropout,
+            target_modules=resolve_target_modules(model, lora_args.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
+    if trainable == 0:
+        raise InputError("no trainable parameters: check --lora_target_modules / --init_adapter")
+    return model
+
+
+def load_adapter(model, adapter_dir: str, is_trainable: bool = False):
+    """A saved LoRA adapter on top of `model` (PeftModel.from_pretrained)."""
+    from peft import PeftModel
+
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").is_file():
+        raise InputError(f"{path}: not a LoRA adapter directory (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
+
+
+def load_for_inference(model_args, adapter: str | None = None, device: str | None = None):
+    """(model, tokenizer) ready for scoring: eval mode, on `device` (default: CUDA when available)."""
+    tokenizer = load_tokenizer(model_args.base_model, model_args.trust_remote_code)
+    if adapter:
+        load_adapter_check = Path(adapter) / "adapter_config.json"
+        if not load_adapter_check.is_file():
+            raise InputError(f"--adapter {adapter}: not a LoRA adapter directory (no adapter_config.json)")
+    model = load_base_model(model_args)
+    if adapter:
+        model = load_adapter(model, adapter)
+    quantized = getattr(model, "is_quantized", False)
+    if not quantized:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,206 @@
+"""Turning records into token ids for training and scoring, with the answer position known exactly.
+
+- The two answer tokens come from the tokenizer and the template: the first token where the tokenized
+  prompt + "Yes." and prompt + "No." differ. Nothing is hard-coded and nothing is found by scanning for
+  Yes/No ids (titles such as "Yes Man (2008)" contain them).
+- A scoring prompt is that common prefix: the model's next-token distribution after its last token is
+  the answer distribution.
+- Training: prompt + output + EOS, prompt tokens labelled -100 (Eq. 1 of the paper) unless train_on_inputs.
+- Over-long prompts are cut inside the history, oldest items first (re-rendered from the record's
+  structured `history`), or, for records without structure (CoT records), in the middle of the prompt.
+  The response and the target question are never cut.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from . import prompts
+from .errors import InputError
+from .records import build_record
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+MIN_PROMPT_TOKENS = 16  # below this a middle cut leaves nothing useful
+
+
+@dataclass(frozen=True)
+class AnswerTokens:
+    yes_id: int
+    no_id: int
+
+
+def first_difference(a, b) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def common_prefix_length(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def derive_answer_tokens(tokenizer) -> AnswerTokens:
+    """The token ids that decide "Yes." vs "No." right after the template's response header."""
+    prompt = prompts.generate_prompt(prompts.rec_instruction("movie"), "An example input.")
+    yes_ids, no_ids = tokenizer([prompt + prompts.YES, prompt + prompts.NO]).input_ids
+    i = first_difference(yes_ids, no_ids)
+    if i is None or i >= len(yes_ids) or i >= len(no_ids):
+        raise InputError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')}: {prompts.YES!r} and {prompts.NO!r} tokenize "
+            "identically after the prompt, so the answer cannot be scored (unknown tokens?)"
+        )
+    return AnswerTokens(yes_id=yes_ids[i], no_id=no_ids[i])
+
+
+# ---- re-rendering a record with another history or target --------------------------------------------
+
+
+def _render_settings(record: dict):
+    """(kind, target_style) under which `build_record` reproduces this record's text, else None."""
+    if not isinstance(record.get("history"), list) or not isinstance(record.get("target"), dict):
+        return None
+    found = None
+    for kind in prompts.ITEM_KINDS:
+        if record["instruction"] != prompts.rec_instruction(kind):
+            continue
+        for style in ("wrap", "item"):
+            try:
+                rebuilt = build_record(record.get("user_id", ""), record["history"], record["target"],
+                                       record.get("label", 0), kind, target_style=style)
+            except (KeyError, TypeError):
+                return None
+            if rebuilt["input"] == record["input"]:
+                found = (kind, style)
+                break
+    return found
+
+
+def rerender(record: dict, history=None, target=None) -> dict | None:
+    """The record with its history and/or target replaced, text rendered by `prompts`; None when the record
+    has no structure that reproduces its text (then it cannot be re-rendered)."""
+    settings = _render_settings(record)
+    if settings is None:
+        return None
+    kind, style = settings
+    return build_record(
+        record.get("user_id", ""),
+        record["history"] if history is None else history,
+        record["target"] if target is None else target,
+        record.get("label", 0),
+        kind,
+        timestamp=record.get("timestamp"),
+        target_style=style,
+    )
+
+
+# ---- encoders --------------------------------------------------------------------------------------------
+
+
+class RecordEncoder:
+    """Encodes records for scoring (`prompt_ids`) and training (`training_features`), within `max_length`.
+
+    `truncations` counts records cut: {'history': n, 'middle': m}."""
+
+    def __init__(self, tokenizer, max_length: int, answer: AnswerTokens | None = None, train_on_inputs: bool = False):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.answer = answer
+        self.train_on_inputs = train_on_inputs
+        self.truncations: Counter = Counter()
+
+    # scoring ------------------------------------------------------------------------------------------
+    def _scoring_ids(self, prompt: str, source: str) -> list[int]:
+        yes_ids, no_ids = self.tokenizer([prompt + prompts.YES, prompt + prompts.NO]).input_ids
+        i = first_difference(yes_ids, no_ids)
+        if i is None or i >= min(len(yes_ids), len(no_ids)) or (yes_ids[i], no_ids[i]) != (
+            self.answer.yes_id, self.answer.no_id
+        ):
+            raise InputError(f"{source}: the answer does not start with the template's answer tokens after this prompt")
+        return yes_ids[:i]
+
+    def prompt_ids(self, record: dict, source: str = "record") -> list[int]:
+        """Token ids whose last position predicts the answer token, at most `max_length` long."""
+        ids = self._scoring_ids(prompts.record_prompt(record), source)
+        if len(ids) <= self.max_length:
+            return ids
+        history = record.get("history") or []
+        for start in range(1, len(history) + 1):
+            shorter = rerender(record, history=history[start:])
+            if shorter is None:
+                break
+            ids = self._scoring_ids(prompts.record_prompt(shorter), source)
+            if len(ids) <= self.max_length:
+                self.truncations["history"] += 1
+                return ids
+        self.truncations["middle"] += 1
+        return self._cut_middle(ids, self.max_length, source)
+
+    # training -----------------------------------------------------------------------------------------
+    def _split_ids(self, prompt: str, output: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids + EOS) from one joint tokenization (so merges match inference)."""
+        full = self.tokenizer(prompt + output).input_ids
+        prompt_only = self.tokenizer(prompt).input_ids
+        n = common_prefix_length(full, prompt_only)
+        # a tokenizer that appends EOS itself also appends it to the prompt: never count that as prompt
+        if n == len(prompt_only) and prompt_only and prompt_only[-1] == self.tokenizer.eos_token_id:
+            n -= 1
+        response = full[n:]
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and (not response or response[-1] != eos):
+            response = response + [eos]
+        return full[:n], response
+
+    def training_features(self, record: dict, source: str = "record") -> dict:
+        """{'input_ids', 'labels'} with prompt labels -100 (unless train_on_inputs)."""
+        output = record["output"]
+        prompt_ids, response_ids = self._split_ids(prompts.record_prompt(record), output)
+        budget = self.max_length - len(response_ids)
+        if budget < MIN_PROMPT_TOKENS:
+            raise InputError(
+                f"{source}: the response alone has {len(response_ids)} tokens, too many for --max_length "
+                f"{self.max_length}; raise --max_length"
+            )
+        if len(prompt_ids) > budget:
+            history = record.get("history") or []
+            for start in range(1, len(history) + 1):
+                shorter = rerender(record, history=history[start:])
+                if shorter is None:
+                    break
+                shorter["output"] = output
+                prompt_ids, response_ids = self._split_ids(prompts.record_prompt(shorter), output)
+                if len(prompt_ids) <= budget:
+                    self.truncations["history"] += 1
+                    break
+            if len(prompt_ids) > budget:
+                self.truncations["middle"] += 1
+                prompt_ids = self._cut_middle(prompt_ids, budget, source)
+        input_ids = prompt_ids + response_ids
+        labels = list(input_ids) if self.train_on_inputs else [IGNORE_INDEX] * len(prompt_ids) + response_ids
+        return {"input_ids": input_ids, "labels": labels}
+
+    # ---------------------------------------------------------------------------------------------------
+    def _cut_middle(self, ids: list[int], budget: int, source: str) -> list[int]:
+        """Keep the head (instruction) and the tail (target question, response header) of a prompt."""
+        if budget < MIN_PROMPT_TOKENS:
+            raise InputError(f"{source}: --max_length {self.max_length} leaves no room for the prompt")
+        head = budget // 2
+        return ids[:head] + ids[len(ids) - (budget - head):]
+
+    def report(self, what: str, total: int) -> None:
+        n = sum(self.truncations.values())
+        if n:
+            logger.warning(
+                "%s: %d of %d records longer than --max_length %d were cut (%d by dropping the oldest history "
+                "items, %d in the middle of the prompt)",
+                what, n, total, self.max_length, self.truncations["history"], self.truncations["middle"],
+            )

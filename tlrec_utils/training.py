@@ -1,0 +1,309 @@
+"""Rec-tuning and CoT instruction tuning inside HF Trainer (LoRA or full), driven by run_tuning.py.
+
+- Training features: prompt + output + EOS, loss on the response only (tokenization.RecordEncoder).
+- Dynamic padding, length grouping (TrainingArguments.train_sampling_strategy, default group_by_length);
+  CoT records with a `stage` field go through the curriculum sampler (tlrec_utils.curriculum).
+- Validation AUC: evaluation returns only the (No, Yes) logits at the answer position of each validation
+  prompt (never full-vocabulary logits, never a scan for Yes/No ids), so `metric_for_best_model=auc`,
+  `load_best_model_at_end` and early stopping work, on one process or many.
+- SIGTERM (SLURM preemption) saves a checkpoint before exiting; a rerun resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback
+
+from . import metrics as M
+from .errors import InputError, where
+from .records import load_records, read_json_list
+from .scoring import answer_logits, left_pad
+from .tokenization import IGNORE_INDEX, AnswerTokens
+
+logger = logging.getLogger(__name__)
+
+FINISHED_MARKER = "tuning_summary.json"  # written last: its presence means the output dir is complete
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+
+def load_training_records(paths) -> list[dict]:
+    """Records of all training files. CoT records (with `stage`) may have free-form outputs; every other
+    record must be a Yes/No record."""
+    out = []
+    for path in paths:
+        raw = read_json_list(path)
+        if raw and all("stage" in r for r in raw):
+            for i, rec in enumerate(raw):
+                if not isinstance(rec.get("instruction"), str):
+                    raise InputError(f"{where(path, record=i)}: missing or non-string 'instruction'")
+                rec.setdefault("input", "")
+                if not isinstance(rec["input"], str):
+                    raise InputError(f"{where(path, record=i)}: non-string 'input'")
+                if not isinstance(rec.get("output"), str) or not rec["output"].strip():
+                    raise InputError(f"{where(path, record=i)}: missing or empty 'output'")
+                try:
+                    rec["stage"] = int(rec["stage"])
+                except (TypeError, ValueError):
+                    raise InputError(f"{where(path, record=i)}: stage {rec['stage']!r} is not an integer") from None
+            out.extend(raw)
+        else:
+            if any("stage" in r for r in raw):
+                raise InputError(f"{path}: some records have a 'stage' and some do not; keep CoT and Yes/No "
+                                 "records in separate files")
+            out.extend(load_records(path, require_label=True))
+    if not out:
+        raise InputError(f"{', '.join(map(str, paths))}: no training records")
+    return out
+
+
+def training_dataset(records: list[dict], encoder, source: str) -> list[dict]:
+    features = [encoder.training_features(r, where(source, record=i)) for i, r in enumerate(records)]
+    encoder.report(source, len(records))
+    return features
+
+
+def validation_dataset(records: list[dict], encoder, source: str) -> list[dict]:
+    """Scoring prompts with their binary label (the 'label' key survives Trainer's column filter)."""
+    features = [{"input_ids": encoder.prompt_ids(r, where(source, record=i)), "label": int(r["label"])}
+                for i, r in enumerate(records)]
+    encoder.report(source, len(records))
+    return features
+
+
+class TuningCollator:
+    """Dynamic padding. Training features (`labels`): right padding, labels -100 on padding.
+    Validation features (`label`): left padding with position ids, the answer position last."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_id = pad_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features):
+        if "labels" not in features[0]:
+            ids, mask, pos = left_pad([f["input_ids"] for f in features], self.pad_id)
+            return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                    "label": torch.tensor([f["label"] for f in features])}
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.tensor(f["input_ids"])
+            labels[row, :n] = torch.tensor(f["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def compute_auc(eval_pred) -> dict:
+    """`compute_metrics`: AUC from the gathered (No, Yes) logits."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    logits = np.asarray(logits, dtype=np.float64)
+    p_yes = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax over two logits
+    return {"auc": M.auc(np.asarray(labels), p_yes)}
+
+
+# ---- trainer ---------------------------------------------------------------------------------------------
+
+
+class TLRecTrainer(Trainer):
+    """Trainer with answer-token validation and the curriculum sampler for staged (CoT) records."""
+
+    def __init__(self, *args, answer_tokens: AnswerTokens | None = None, stages=None, curriculum: str = "ordered",
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answer_tokens = answer_tokens
+        self.stages = stages
+        self.curriculum = curriculum
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.stages is None:
+            return super()._get_train_sampler(train_dataset)
+        from .curriculum import build_curriculum_sampler
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = None
+        if self.args.train_sampling_strategy == "group_by_length":
+            lengths = [len(f["input_ids"]) for f in dataset]
+        return build_curriculum_sampler(
+            stages=list(self.stages), mode=self.curriculum, seed=self.args.seed, lengths=lengths,
+            num_epochs=math.ceil(self.args.num_train_epochs),
+        )
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if "label" not in inputs:  # a training-style batch: the default (loss) step
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
+            two = logits[:, [self.answer_tokens.no_id, self.answer_tokens.yes_id]].float()
+        return None, two, inputs["label"]
+
+
+# ---- preemption ------------------------------------------------------------------------------------------
+
+
+class SaveOnSigterm(TrainerCallback):
+    """On SIGTERM (SLURM preemption, `scancel`), finish the current step, save a checkpoint and stop."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logger.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
+        self.received = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def last_checkpoint(output_dir) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = Path(output_dir)
+    return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+# ---- the whole run ---------------------------------------------------------------------------------------
+
+
+def tune(model_args, lora_args, data_args, training_args) -> int:
+    """Train and save to `training_args.output_dir`. Returns the exit status: 0, or 143 after a SIGTERM
+    (a checkpoint was saved; rerunning the same command resumes from it)."""
+    import json
+    import os
+    import shutil
+    import time
+
+    from transformers import EarlyStoppingCallback
+
+    from .fileio import atomic_write_json
+    from .kshot import sample_k_shot
+    from .modeling import load_base_model, load_tokenizer, prepare_for_training
+    from .tokenization import RecordEncoder, derive_answer_tokens
+
+    started = time.time()
+    if not training_args.output_dir:
+        raise InputError("--output_dir is required")
+    output_dir = Path(training_args.output_dir)
+    if (output_dir / FINISHED_MARKER).is_file() and not training_args.overwrite_output_dir:
+        raise InputError(f"{output_dir}: already holds a finished model ({FINISHED_MARKER}); "
+                         "pass --overwrite_output_dir to train again")
+    if training_args.metric_for_best_model in ("auc", "eval_auc") and not data_args.val_file:
+        raise InputError("--metric_for_best_model auc needs --val_file")
+
+    # data first: bad input fails before the model loads
+    train_records = load_training_records(data_args.train_files)
+    if data_args.k_shot:
+        train_records = sample_k_shot(train_records, data_args.k_shot, training_args.seed,
+                                      source=", ".join(data_args.train_files))
+    val_records = None
+    if data_args.val_file:
+        val_records = load_records(data_args.val_file, require_label=True)
+        if data_args.max_val_records:
+            val_records = val_records[: data_args.max_val_records]
+        if not val_records:
+            raise InputError(f"{data_args.val_file}: no records")
+
+    tokenizer = load_tokenizer(model_args.base_model, model_args.trust_remote_code)
+    answer = derive_answer_tokens(tokenizer) if val_records is not None else None
+    encoder = RecordEncoder(tokenizer, data_args.max_length, answer, train_on_inputs=data_args.train_on_inputs)
+    train_features = training_dataset(train_records, encoder, ", ".join(data_args.train_files))
+    train_truncations = dict(encoder.truncations)
+    val_features = None
+    if val_records is not None:
+        val_encoder = RecordEncoder(tokenizer, data_args.max_length, answer)
+        val_features = validation_dataset(val_records, val_encoder, data_args.val_file)
+    stages = [r["stage"] for r in train_records] if "stage" in train_records[0] else None
+    if stages is not None:
+        logger.info("CoT records with stages %s: curriculum %s", sorted(set(stages)), data_args.curriculum)
+
+    model = load_base_model(model_args)
+    model = prepare_for_training(model, lora_args, training_args.gradient_checkpointing)
+    if training_args.gradient_checkpointing:
+        training_args.gradient_checkpointing = False  # already enabled (with input grads for LoRA)
+
+    sigterm = SaveOnSigterm()
+    callbacks = [sigterm]
+    if training_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(training_args.early_stopping_patience))
+    trainer = TLRecTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_features,
+        eval_dataset=val_features,
+        data_collator=TuningCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        compute_metrics=compute_auc if val_features is not None else None,
+        callbacks=callbacks,
+        answer_tokens=answer,
+        stages=stages,
+        curriculum=data_args.curriculum,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume is None and not training_args.overwrite_output_dir:
+        resume = last_checkpoint(output_dir)  # like run_clm.py: a rerun continues where it stopped
+    if resume:
+        logger.info("resuming from %s", resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        sigterm.restore()
+    if sigterm.received:
+        logger.warning("stopped by SIGTERM at step %d; checkpoint saved in %s: rerun the same command to resume",
+                       trainer.state.global_step, output_dir)
+        return 143
+
+    # final model: staged, then moved in; the summary marker is written last
+    stage = output_dir / ".final-staging"
+    trainer.save_model(str(stage))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(stage))
+        for item in stage.iterdir():
+            target = output_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        shutil.rmtree(stage, ignore_errors=True)
+        summary = {
+            "finetune": lora_args.finetune,
+            "base_model": model_args.base_model,
+            "init_adapter": lora_args.init_adapter,
+            "train_files": list(data_args.train_files),
+            "train_records": len(train_records),
+            "k_shot": data_args.k_shot,
+            "seed": training_args.seed,
+            "val_file": data_args.val_file,
+            "val_records": len(val_records) if val_records is not None else 0,
+            "max_length": data_args.max_length,
+            "truncated_train_records": train_truncations,
+            "curriculum": data_args.curriculum if stages is not None else None,
+            "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "best_metric": trainer.state.best_metric,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "log_history": trainer.state.log_history,
+            "wall_time_s": round(time.time() - started, 1),
+        }
+        atomic_write_json(output_dir / FINISHED_MARKER, json.loads(json.dumps(summary, default=str)))
+        logger.info("saved %s to %s (train loss %.4f)", "adapter" if lora_args.finetune == "lora" else "model",
+                    output_dir, result.training_loss)
+    return 0
