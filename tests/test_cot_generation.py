@@ -1,0 +1,278 @@
+"""run_cot_generation against a real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol."""
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from openai_stub_server import StubOpenAI
+
+from run_cot_generation import main
+from tlrec_utils.cot import parse_recommendations
+from tlrec_utils.records import build_record, save_records
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "sk-test-SECRET-7f3a9c"
+TITLES = [f"Film {chr(65 + i % 26)}{i} ({1960 + i})" for i in range(36)] + [
+    "Star Wars: Episode V - The Empire Strikes Back (1980)",  # ' - ' inside a title
+    "Singin' in the Rain (1952)",
+    "Amélie (2001)",
+    "Alien: Collector's Edition (1979)",
+]
+
+
+def write_source_domain(directory: Path, people: int = 10, windows_per_person: int = 4, seed: int = 0) -> Path:
+    """Prepared-format train.json: each person's sliding windows over one random sequence."""
+    rng = random.Random(seed)
+    records = []
+    for p in range(people):
+        sequence = rng.sample(range(len(TITLES)), 10 + windows_per_person)
+        liked = [rng.random() < 0.8 for _ in sequence]
+        for w in range(windows_per_person):
+            hist = [{"item_id": str(i), "title": TITLES[i], "liked": liked[w + k]} for k, i in enumerate(sequence[w : w + 10])]
+            t = sequence[w + 10]
+            records.append(
+                build_record(f"p{p}", hist, {"item_id": str(t), "title": TITLES[t]}, int(liked[w + 10]), "movie")
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    save_records(directory / "train.json", records)
+    return directory
+
+
+def n_liked(data: Path) -> int:
+    return sum(r["label"] for r in json.loads((data / "train.json").read_text()))
+
+
+def args(data, out, server, *extra):
+    return [
+        "--data_dir", str(data), "--output_dir", str(out), "--base_url", server.base_url, "--model", "stub",
+        "--ensure_target", "--concurrency", "4", "--retry_base_delay", "0.01", "--request_timeout", "0.5",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def read_lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def assert_secret_nowhere(*texts_or_dirs):
+    for item in texts_or_dirs:
+        if isinstance(item, Path) and item.is_dir():
+            for f in item.rglob("*"):
+                if f.is_file():
+                    assert SECRET not in f.read_text(errors="replace"), f
+        else:
+            assert SECRET not in str(item)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return write_source_domain(tmp_path_factory.mktemp("source"))
+
+
+@pytest.fixture()
+def secret_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+
+
+@pytest.fixture(scope="module")
+def reference(source, tmp_path_factory):
+    """An uninterrupted run without faults: what every other run must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    os.environ["OPENAI_API_KEY"] = SECRET
+    try:
+        with StubOpenAI() as server:
+            main(args(source, out, server))
+    finally:
+        del os.environ["OPENAI_API_KEY"]
+    return out
+
+
+def test_end_to_end_with_faults_and_hit_filtering(source, tmp_path, secret_key, caplog, capsys, reference):
+    caplog.set_level(logging.DEBUG)
+    users = n_liked(source)
+    faults = ["429", "500", "timeout", "malformed", "no_choices"]
+    with StubOpenAI(timeout_sleep=1.5, retry_after="0.3") as server:
+        server.faults.extend(faults)
+        main(args(source, tmp_path, server))
+    # every user asked exactly three times, plus one retry per injected fault
+    assert len(server.requests) == 3 * users + len(faults)
+    assert all(r["authorization"] == f"Bearer {SECRET}" for r in server.requests)  # the key reached the server
+    # Retry-After (0.3 s) wins over the 0.01 s backoff
+    i = next(n for n, r in enumerate(server.requests) if r["fault"] == "429")
+    retry = next(r for r in server.requests[i + 1 :] if r["prompt"] == server.requests[i]["prompt"])
+    assert retry["time"] - server.requests[i]["time"] >= 0.29
+
+    lines = read_lines(tmp_path / "responses.jsonl")
+    assert len(lines) == len({line["key"] for line in lines}) == users
+    answered = {r["prompt"] for r in server.requests if r["completion_tokens"]}
+    for line in lines:
+        assert set(line["prompts"]) <= answered
+        titles = [c["title"] for c in line["candidates"]]
+        assert len(titles) == 19 and line["target"]["title"] in titles  # --ensure_target
+        # the stub recommends the first 10 candidates as shown: a hit iff the target is among them
+        assert line["hit"] == (line["target"]["title"] in titles[:10])
+        assert line["recommended"] == titles[:10]
+    hits = [line for line in lines if line["hit"]]
+    assert 0 < len(hits) < users
+
+    cot = json.loads((tmp_path / "cot_train.json").read_text())
+    assert len(cot) == 3 * len(hits)
+    assert [r["stage"] for r in cot] == [1, 2, 3] * len(hits)
+    by_key = {line["key"]: line for line in lines}
+    for rec in cot:
+        line = by_key[rec["cot_key"]]
+        assert line["hit"]
+        assert rec["output"] == line["answers"][rec["stage"] - 1].strip()
+        for earlier in line["answers"][: rec["stage"] - 1]:
+            assert earlier.strip() in rec["input"]
+        for later in line["answers"][rec["stage"] - 1 :]:
+            assert later.strip() not in rec["input"]
+        assert line["candidates"][0]["title"] in rec["input"]
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["users_completed"] == users and summary["users_hit"] == len(hits)
+    assert summary["hit_rate"] == round(len(hits) / users, 4)
+    assert summary["prompt_tokens"] == sum(r["prompt_tokens"] for r in server.requests)
+    assert summary["completion_tokens"] == sum(r["completion_tokens"] for r in server.requests)
+    expected_cost = summary["prompt_tokens"] / 1000 * 0.03 + summary["completion_tokens"] / 1000 * 0.06
+    assert summary["estimated_cost"] == pytest.approx(expected_cost)
+    assert summary["retries_this_run"] == len(faults)
+    # faults change nothing in the results
+    assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
+    out = capsys.readouterr()
+    assert_secret_nowhere(tmp_path, caplog.text, out.out, out.err)
+
+
+def test_auth_error_echoing_the_key_is_redacted(source, tmp_path, secret_key, caplog):
+    caplog.set_level(logging.DEBUG)
+    with StubOpenAI() as server:
+        server.faults.append("401_echo")
+        main(args(source, tmp_path, server, "--max_users", "2", "--concurrency", "1"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["users_failed_this_run"] == 1 and summary["users_completed"] == 1
+    assert "HTTP 401" in caplog.text and "***" in caplog.text
+    assert_secret_nowhere(tmp_path, caplog.text)
+
+
+def test_max_requests_stops_cleanly_and_resume_finishes(source, tmp_path, secret_key, reference):
+    users = n_liked(source)
+    with StubOpenAI() as server:
+        main(args(source, tmp_path, server, "--max_requests", "7", "--concurrency", "3"))
+        assert len(server.requests) == 7
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert "max_requests=7" in summary["stopped"]
+        progress = read_lines(tmp_path / "progress.jsonl")
+        assert len(progress) == 7
+        complete = {k for k in {p["key"] for p in progress} if sum(p["key"] == k for p in progress) == 3}
+        assert {line["key"] for line in read_lines(tmp_path / "responses.jsonl")} == complete
+        json.loads((tmp_path / "cot_train.json").read_text())  # valid output even when stopped
+
+        main(args(source, tmp_path, server))  # no cap: finish
+        assert len(server.requests) == 3 * users  # nothing asked twice
+    assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
+
+
+def test_max_cost_stops_at_the_cap(source, tmp_path, secret_key):
+    price = ["--price_per_1k_input", "1", "--price_per_1k_output", "1"]
+    with StubOpenAI() as server:
+        main(args(source, tmp_path, server, "--max_cost", "0.5", "--concurrency", "1", *price))
+    spent, sent_expected = 0.0, 0
+    for r in server.requests:  # a request is sent only while the spend so far is under the cap
+        sent_expected += 1
+        spent += (r["prompt_tokens"] + r["completion_tokens"]) / 1000
+        if spent >= 0.5:
+            break
+    assert len(server.requests) == sent_expected < 3 * n_liked(source)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "max_cost" in summary["stopped"]
+    assert summary["estimated_cost"] == pytest.approx(spent)
+
+
+def test_resume_after_kill_9(source, tmp_path, reference):
+    users = n_liked(source)
+    env = {**os.environ, "OPENAI_API_KEY": SECRET, "PYTHONPATH": str(REPO)}
+    with StubOpenAI(latency=0.1) as server:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "run_cot_generation.py"), *args(source, tmp_path, server)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        progress = tmp_path / "progress.jsonl"
+        deadline = time.monotonic() + 60
+        while not (progress.exists() and progress.read_text().count("\n") >= 30):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        answered = read_lines(progress)  # every complete line written before the kill
+        with open(progress, "a") as f:
+            f.write('{"key": "0:p0:1", "sta')  # as if killed in the middle of a write
+        before = len(server.requests)
+        main(args(source, tmp_path, server))
+        after = server.requests[before:]
+    assert answered and {r["prompt"] for r in after}.isdisjoint(a["prompt"] for a in answered)
+    assert len(after) == 3 * users - len(answered)
+    lines = read_lines(tmp_path / "responses.jsonl")
+    assert len(lines) == len({line["key"] for line in lines}) == users
+    ref_lines = sorted(read_lines(reference / "responses.jsonl"), key=lambda line: line["key"])
+    assert sorted(lines, key=lambda line: line["key"]) == ref_lines
+    assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
+    assert_secret_nowhere(tmp_path, stderr.decode())
+
+
+def test_dry_run_calls_nothing_and_writes_nothing(source, tmp_path, secret_key, capsys):
+    out = tmp_path / "never"
+    with StubOpenAI() as server:
+        estimate = main(args(source, out, server, "--dry_run"))
+    assert server.requests == [] and not out.exists()
+    printed = capsys.readouterr().out
+    assert "Stage 3 prompt" in printed and "<answer to step 2>" in printed
+    assert estimate["requests"] == 3 * n_liked(source)
+    assert estimate["cost_upper_bound"] > 0
+
+
+def test_rerun_with_other_settings_is_refused(source, reference, secret_key):
+    with StubOpenAI() as server, pytest.raises(SystemExit) as exc:
+        main(args(source, reference, server, "--candidate_num", "10"))
+    assert exc.value.code == 2 and server.requests == []
+
+
+def test_parse_recommendations_normalises_titles():
+    candidates = ["Star Wars: Episode V - The Empire Strikes Back (1980)", "Singin' in the Rain (1952)", "Up (2009)"]
+    text = (
+        "Sure:\n"
+        "1. Alien (1979) - “STAR WARS: EPISODE V – THE EMPIRE STRIKES BACK (1980)”\n"
+        "2) **Heat (1995)** - 'singin'   in the rain (1952)'.\n"
+        "3. Heat (1995) - Not A Candidate (2000)\n"
+        "4. Up (2009)\n"
+        "5. Heat (1995) - Up (2009)\n"
+        "Up (2009) is also good"
+    )
+    assert parse_recommendations(text, candidates) == candidates
+
+
+def test_heuristic_teacher_on_netflix(data_dir, tmp_path):
+    from tlrec_utils.prepare import PrepareConfig, prepare_dataset
+
+    prepared = tmp_path / "netflix"
+    prepare_dataset(PrepareConfig(dataset="windows-csv", raw_dir=str(data_dir / "netflix"), output_dir=str(prepared)))
+    out = tmp_path / "cot"
+    summary = main(["--data_dir", str(prepared), "--output_dir", str(out), "--teacher", "heuristic", "--no-progress"])
+    lines = read_lines(out / "responses.jsonl")
+    assert summary["teacher"] == "heuristic (not an LLM)" and all(line["teacher"] == summary["teacher"] for line in lines)
+    assert summary["users_completed"] == summary["users_seen"] - summary["skipped_target_not_in_candidates"] == len(lines)
+    # the leak the issue describes: a user's own windows as neighbours put the target in the set far more often
+    assert summary["target_in_candidates_rate_with_same_user_neighbors"] > 2 * summary["target_in_candidates_rate_other_users_only"]
+    cot = json.loads((out / "cot_train.json").read_text())
+    assert len(cot) == 3 * summary["users_hit"] > 0
+    hit_targets = {line["key"]: line["target"]["title"] for line in lines if line["hit"]}
+    for rec in cot[2::3]:
+        assert hit_targets[rec["cot_key"]].lower() in rec["output"].lower()
