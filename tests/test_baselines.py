@@ -75,10 +75,15 @@ def test_baseline_beats_chance(name, planted, tiny_bert):
     train, test, titles = planted
     model = make_model(name, seed=0, text_encoder=tiny_bert, epochs=15)
     model.fit(train[:1200], train[1200:])
-    metrics, scores = evaluate(model, test, titles, num_negatives=50, ndcg_k=10)
-    assert scores.shape == (len(test),) and np.isfinite(scores).all()
+    metrics, predictions = evaluate(model, test, titles, num_negatives=50, ndcg_k=10)
+    assert len(predictions) == len(test) and all(np.isfinite(p["p_yes"]) for p in predictions)
     assert metrics["auc"] > 0.55, metrics  # 400 test records: chance AUC has std ~0.03
-    assert metrics["num_ranked"] == sum(r["label"] for r in test)
+    assert metrics["counts"]["ranked"] == sum(r["label"] for r in test)
+    # the sampled NDCG in metrics.json is the one of the written ranking scores (target first)
+    from tlrec_utils.metrics import mean_sampled_ndcg
+
+    rankings = [(p["ranking_p_yes"][0], p["ranking_p_yes"][1:]) for p in predictions if "ranking_p_yes" in p]
+    assert metrics["ndcg@10"] == pytest.approx(mean_sampled_ndcg(rankings, 10))
     # sampled NDCG@10 of random scores among 51 items is about 0.075
     if name not in ("user-like-share",):  # the user's share is the same for the target and its negatives
         assert metrics["ndcg@10"] > 0.1, metrics
@@ -122,7 +127,8 @@ def test_run_baselines_cli_writes_run_eval_outputs(tmp_path, planted):
         "--k_shot", "64", "--seed", "3", "--output_dir", str(out),
     ])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"auc", "ndcg@10", "ndcg@10_user", "num_records", "settings"} <= set(metrics)
+    assert {"auc", "ndcg@10", "ndcg@10_user", "counts", "settings"} <= set(metrics)
+    assert metrics["counts"]["records"] == 100
     assert metrics["settings"]["k_shot"] == 64 and metrics["settings"]["num_train_records"] == 64
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 100 and all(0 <= p["p_yes"] <= 1 for p in preds)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
-from pathlib import Path
 
 from ..errors import InputError, where
 from ..kshot import sample_k_shot
 from ..records import load_records
 from . import SEQUENTIAL, make_model
-from .evaluate import evaluate, write_outputs
+from ..evaluation import load_catalog, summary_line, write_outputs
+from .evaluate import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -23,29 +22,6 @@ def load_structured(path) -> list[dict]:
         if "history" not in rec or "target" not in rec:
             raise InputError(f"{where(path, record=i)}: no structured history/target (items could not be recovered)")
     return records
-
-
-def load_catalog(items_file, record_sets) -> dict:
-    """item_id -> title from items.json ({id: text} or [{item_id, title}]), else every item in the records."""
-    if items_file:
-        path = Path(items_file)
-        if not path.is_file():
-            raise InputError(f"{path}: file not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        if isinstance(data, dict):
-            return {str(k): str(v) for k, v in data.items()}
-        if isinstance(data, list) and all(isinstance(x, dict) and "item_id" in x for x in data):
-            return {str(x["item_id"]): str(x.get("title", x["item_id"])) for x in data}
-        raise InputError(f"{path}: expected {{item_id: text}} or a list of {{item_id, title}}")
-    catalog = {}
-    for records in record_sets:
-        for rec in records:
-            for it in [*rec["history"], rec["target"]]:
-                catalog.setdefault(it["item_id"], it.get("title") or it["item_id"])
-    return catalog
 
 
 def run_baseline(
@@ -68,12 +44,12 @@ def run_baseline(
     valid = load_structured(valid_file) if valid_file else None
     if k_shot:
         train = sample_k_shot(train, k_shot, seed, source=str(train_file))
-    catalog = load_catalog(items_file, [train, test] + ([valid] if valid else []))
+    catalog = load_catalog(items_file, train + (valid or []) + test)
     baseline = make_model(model, seed=seed, text_encoder=text_encoder, **sequential_overrides)
     start = time.time()
     baseline.fit(train, valid)
     fit_s = time.time() - start
-    metrics, scores = evaluate(baseline, test, catalog, num_negatives, ndcg_k, negatives_seed)
+    metrics, predictions = evaluate(baseline, test, catalog, num_negatives, ndcg_k, negatives_seed)
     settings = {
         "method": model,
         "train_file": str(train_file),
@@ -91,10 +67,7 @@ def run_baseline(
     if model in SEQUENTIAL:
         settings["config"] = dataclasses.asdict(baseline.cfg)
         settings["text_encoder"] = str(baseline.text_encoder_path) if baseline.text_encoder_path else None
-    write_outputs(output_dir, metrics, settings, test, scores)
-    logger.info(
-        "%s: auc %s  ndcg@%d %s  ndcg@%d_user %s  (%d test records) -> %s",
-        model, metrics["auc"], ndcg_k, metrics[f"ndcg@{ndcg_k}"], ndcg_k, metrics[f"ndcg@{ndcg_k}_user"],
-        len(test), output_dir,
-    )
+    metrics["settings"] = settings
+    write_outputs(output_dir, metrics, predictions)
+    logger.info("%s: %s -> %s", model, summary_line(metrics, ndcg_k), output_dir)
     return metrics
