@@ -1,5 +1,6 @@
 """run_cot_generation against a real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol."""
 
+import asyncio
 import json
 import logging
 import os
@@ -155,8 +156,10 @@ def test_auth_error_echoing_the_key_is_redacted(source, tmp_path, secret_key, ca
     with StubOpenAI() as server:
         server.faults.append("401_echo")
         main(args(source, tmp_path, server, "--max_users", "2", "--concurrency", "1"))
+    assert len(server.requests) == 1  # a bad key fails every request: the run stops at once
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["users_failed_this_run"] == 1 and summary["users_completed"] == 1
+    assert summary["users_failed_this_run"] == 1 and summary["users_completed"] == 0
+    assert "HTTP 401" in summary["stopped"] and "***" in summary["stopped"]
     assert "HTTP 401" in caplog.text and "***" in caplog.text
     assert_secret_nowhere(tmp_path, caplog.text)
 
@@ -243,6 +246,35 @@ def test_rerun_with_other_settings_is_refused(source, reference, secret_key):
     with StubOpenAI() as server, pytest.raises(SystemExit) as exc:
         main(args(source, reference, server, "--candidate_num", "10"))
     assert exc.value.code == 2 and server.requests == []
+
+
+def test_rate_limiter_spaces_request_starts():
+    from tlrec_utils.teacher import RateLimiter
+
+    async def starts():
+        limiter = RateLimiter(per_minute=600)  # one start every 0.1 s
+        times = []
+
+        async def one():
+            await limiter.wait()
+            times.append(time.monotonic())
+
+        await asyncio.gather(*(one() for _ in range(5)))
+        return sorted(times)
+
+    times = asyncio.run(starts())
+    assert all(b - a >= 0.09 for a, b in zip(times, times[1:]))
+
+
+def test_retry_after_header_forms():
+    from email.utils import formatdate
+
+    from tlrec_utils.teacher import retry_after_seconds
+
+    assert retry_after_seconds({"retry-after": "2.5"}) == 2.5
+    assert retry_after_seconds({"retry-after-ms": "150"}) == 0.15
+    assert 8 <= retry_after_seconds({"retry-after": formatdate(time.time() + 10, usegmt=True)}) <= 10
+    assert retry_after_seconds({}) is None and retry_after_seconds({"retry-after": "soon"}) is None
 
 
 def test_parse_recommendations_normalises_titles():

@@ -368,6 +368,9 @@ class Generator:
                     self.state.failed += 1
                     self.state.errors.append(f"{user.key}: {exc}")
                     logger.error("user %s failed (a rerun retries it): %s", user.key, exc)
+                    if exc.fatal:
+                        self.state.stop_reason = str(exc)
+                        return
                 self.bar.update(1)
                 rate = self.state.hits / max(self.state.completed, 1)
                 self.bar.set_postfix(hit=f"{rate:.1%}", spent=f"${self.budget.cost:.2f}", refresh=False)
@@ -454,7 +457,7 @@ def run(cfg: CotConfig) -> dict:
             stats["users_seen"], stats["skipped_target_not_in_candidates"], len(users) - len(todo), len(todo),
         )  # fmt: skip
         if cfg.teacher == "heuristic":
-            teacher = HeuristicTeacher(cooccurrence_matrix(interactions.matrix), code)
+            teacher = HeuristicTeacher(cooccurrence_matrix(interactions.matrix), code, kind)
         elif cfg.teacher == "openai":
             teacher = OpenAITeacher(
                 model=cfg.model,
@@ -488,6 +491,7 @@ def run(cfg: CotConfig) -> dict:
             "users_hit": hits,
             "hit_rate": round(hits / len(lines), 4) if lines else None,
             "users_failed_this_run": state.failed,
+            "first_errors": state.errors[:5],
             "users_not_reached": len(users) - len(lines) - state.failed,
             "cot_records": len(cot),
             "stopped": state.stop_reason,

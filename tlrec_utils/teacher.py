@@ -41,7 +41,13 @@ class BudgetExceeded(Exception):
 
 
 class TeacherError(Exception):
-    """A request failed for good (retries exhausted, or an error retrying cannot fix)."""
+    """A request failed for good (retries exhausted, or an error retrying cannot fix).
+
+    `fatal`: every other request would fail the same way (bad key, no access, unknown model): stop the run."""
+
+    def __init__(self, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
 
 
 class Budget:
@@ -202,7 +208,8 @@ class OpenAITeacher:
                 headers = getattr(getattr(exc, "response", None), "headers", None)
             except errors.APIStatusError as exc:
                 if exc.status_code < 500 and exc.status_code != 429:
-                    raise TeacherError(self.redact(f"HTTP {exc.status_code}: {exc}")) from None
+                    fatal = exc.status_code in (401, 403, 404)
+                    raise TeacherError(self.redact(f"HTTP {exc.status_code}: {exc}"), fatal=fatal) from None
                 problem = f"HTTP {exc.status_code}"
                 headers = exc.response.headers
             except (ValueError, TypeError, AttributeError, IndexError, errors.APIResponseValidationError) as exc:
@@ -255,7 +262,8 @@ class HeuristicTeacher:
 
     label = HEURISTIC_LABEL
 
-    def __init__(self, cooccurrence, item_code: dict[str, int]):
+    def __init__(self, cooccurrence, item_code: dict[str, int], kind: str = "movie"):
+        self.kind = kind
         self.cooc = cooccurrence.tocsr()  # items x items, windows containing both
         self.code = item_code
 
@@ -281,7 +289,7 @@ class HeuristicTeacher:
             words = collections.Counter(
                 w.lower() for t in liked for w in WORD.findall(YEAR.sub("", t)) if w.lower() not in STOPWORDS
             )
-            parts = [f"I liked {len(liked)} of the {len(user.history)} items I watched."]
+            parts = [f"I liked {len(liked)} of the {len(user.history)} {self.kind}s I watched."]
             if decades:
                 parts.append("Mostly from the " + ", ".join(f"{d}s" for d, _ in decades.most_common(2)) + ".")
             common = [w for w, n in words.most_common(3) if n > 1]
