@@ -1,0 +1,223 @@
+"""run_tuning.py on the tiny LLaMA: loss goes down, only the adapter changes, adapters reload exactly,
+chain, resume after SIGTERM, full fine-tuning, CoT records with stages, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import run_eval
+import run_tuning
+from tlrec_utils.fileio import sha256_file
+from tlrec_utils.training import TuningCollator
+from tlrec_utils.tokenization import RecordEncoder
+
+MAX_LEN = "112"  # shorter than most synthetic prompts: truncation in training and validation
+
+
+def _common(model, out, *extra):
+    return ["--base_model", str(model), "--output_dir", str(out), "--max_length", MAX_LEN,
+            "--per_device_train_batch_size", "8", "--logging_steps", "1", "--use_cpu", "--seed", "0",
+            "--dataloader_num_workers", "0", *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, synthetic):
+    records = synthetic[0]
+    d = tmp_path_factory.mktemp("tuning_data")
+    (d / "train.json").write_text(json.dumps(records[:160]))
+    (d / "val.json").write_text(json.dumps(records[160:]))
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama, data):
+    out = tmp_path_factory.mktemp("run") / "lora"
+    base_hash = sha256_file(Path(tiny_llama) / "model.safetensors")
+    rc = run_tuning.main(_common(
+        tiny_llama, out, "--train_files", data / "train.json", "--val_file", data / "val.json",
+        "--max_steps", 12, "--learning_rate", "1e-2", "--eval_strategy", "steps", "--eval_steps", 6,
+        "--save_steps", 6, "--load_best_model_at_end", "--metric_for_best_model", "auc"))
+    assert rc == 0
+    return out, base_hash
+
+
+def _loss(model, tokenizer, records):
+    enc = RecordEncoder(tokenizer, int(MAX_LEN))
+    batch = TuningCollator(tokenizer.pad_token_id)([enc.training_features(r) for r in records])
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_training_lowers_the_loss_and_changes_only_the_adapter(trained, tiny_llama, synthetic):
+    from peft import PeftModel
+
+    out, base_hash = trained
+    assert sha256_file(Path(tiny_llama) / "model.safetensors") == base_hash
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)
+    assert any(k for k, v in weights.items() if "lora_B" in k and v.abs().sum() > 0)  # not an empty adapter
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    before = _loss(base, tok, synthetic[0][:32])
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), out).eval()
+    assert _loss(tuned, tok, synthetic[0][:32]) < before - 0.1
+    summary = json.loads((out / "tuning_summary.json").read_text())
+    assert summary["truncated_train_records"]["history"] > 0
+    assert summary["global_step"] == 12
+
+
+def test_saved_adapter_reloads_to_the_validated_predictions(trained, tiny_llama, data, tmp_path):
+    out, _ = trained
+    summary = json.loads((out / "tuning_summary.json").read_text())
+    evals = [h["eval_auc"] for h in summary["log_history"] if "eval_auc" in h]
+    assert len(evals) == 2 and summary["best_metric"] == max(evals)
+    runs = []
+    for name in ("a", "b"):
+        assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(out), "--test_file",
+                              str(data / "val.json"), "--output_dir", str(tmp_path / name), "--metrics", "auc",
+                              "--max_length", MAX_LEN]) == 0
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        preds = [json.loads(line)["p_yes"] for line in (tmp_path / name / "predictions.jsonl").open()]
+        runs.append((metrics, preds))
+    assert runs[0][1] == runs[1][1]  # bit-identical on reload
+    assert runs[0][0]["auc"] == pytest.approx(summary["best_metric"], abs=1e-9)  # the best model was saved
+    assert run_eval.main(["--base_model", str(tiny_llama), "--test_file", str(data / "val.json"), "--output_dir",
+                          str(tmp_path / "base"), "--metrics", "auc", "--max_length", MAX_LEN]) == 0
+    base_preds = [json.loads(line)["p_yes"] for line in (tmp_path / "base" / "predictions.jsonl").open()]
+    assert max(abs(a - b) for a, b in zip(base_preds, runs[0][1])) > 1e-3
+
+
+def test_init_adapter_continues_the_adapter(trained, tiny_llama, data, tmp_path):
+    out, _ = trained
+    chained = tmp_path / "chained"
+    # learning rate 0: the continued adapter must be exactly the initial one (a fresh LoRA has lora_B = 0)
+    assert run_tuning.main(_common(tiny_llama, chained, "--train_files", data / "val.json", "--init_adapter", out,
+                                   "--max_steps", 1, "--learning_rate", 0)) == 0
+    first, second = load_file(out / "adapter_model.safetensors"), load_file(chained / "adapter_model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    moved = tmp_path / "moved"
+    assert run_tuning.main(_common(tiny_llama, moved, "--train_files", data / "val.json", "--init_adapter", out,
+                                   "--max_steps", 2, "--learning_rate", "1e-2")) == 0
+    third = load_file(moved / "adapter_model.safetensors")
+    assert any(not torch.equal(first[k], third[k]) for k in first)
+
+
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tiny_llama, data, tmp_path):
+    out = tmp_path / "preempted"
+
+    def preempt():  # like SLURM: SIGTERM while training runs (after the first checkpoint exists)
+        deadline = time.time() + 60
+        while not (out / "checkpoint-2").is_dir() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    rc = run_tuning.main(_common(tiny_llama, out, "--train_files", data / "train.json", "--max_steps", 100000,
+                                 "--save_steps", 2))
+    assert rc == 143
+    assert not (out / "tuning_summary.json").exists()
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    stopped_at = checkpoints[-1]
+    assert stopped_at >= 2 and (out / f"checkpoint-{stopped_at}" / "trainer_state.json").is_file()
+    assert run_tuning.main(_common(tiny_llama, out, "--train_files", data / "train.json",
+                                   "--max_steps", stopped_at + 2, "--save_steps", 2)) == 0
+    summary = json.loads((out / "tuning_summary.json").read_text())
+    assert summary["global_step"] == stopped_at + 2
+    # only the two new steps ran: the losses logged before the interruption come from the checkpoint
+    assert [h["step"] for h in summary["log_history"] if "loss" in h] == list(range(1, stopped_at + 3))
+
+
+def test_full_finetune_saves_a_model_run_eval_loads(tiny_llama, data, tmp_path):
+    out = tmp_path / "full"
+    assert run_tuning.main(_common(tiny_llama, out, "--train_files", data / "val.json", "--finetune", "full",
+                                   "--max_steps", 2, "--learning_rate", "1e-3")) == 0
+    tuned = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert not torch.equal(tuned.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    assert run_eval.main(["--base_model", str(out), "--test_file", str(data / "val.json"), "--output_dir",
+                          str(tmp_path / "ev"), "--metrics", "auc", "--limit", "8"]) == 0
+
+
+def test_cot_records_with_stages_train_with_the_curriculum(tiny_llama, tmp_path):
+    cot = [{"instruction": f"Stage {s}: summarise the user's taste.", "input": "Liked: Dark Night 3 (1972).",
+            "output": f"The user likes dark films ({s}).", "stage": s} for s in (3, 1, 2, 1, 3, 2)]
+    path = tmp_path / "cot.json"
+    path.write_text(json.dumps(cot))
+    out = tmp_path / "cot"
+    assert run_tuning.main(_common(tiny_llama, out, "--train_files", path, "--max_steps", 2,
+                                   "--per_device_train_batch_size", 2, "--curriculum", "stagewise")) == 0
+    summary = json.loads((out / "tuning_summary.json").read_text())
+    assert summary["curriculum"] == "stagewise" and summary["train_records"] == 6
+
+
+def _one_line_error(capsys, argv, entry=run_tuning):
+    with pytest.raises(SystemExit) as exc:
+        entry.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err
+    return errors[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(tiny_llama, data, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "x", "input": "y", "output": "Yes."},
+                               {"instruction": "x", "input": "y"}]))
+    msg = _one_line_error(capsys, _common(tiny_llama, tmp_path / "o", "--train_files", bad))
+    assert "bad.json record 1" in msg and "output" in msg
+    msg = _one_line_error(capsys, _common(tiny_llama, tmp_path / "o", "--train_files", data / "val.json",
+                                          "--load_in_4bit"))
+    assert "CUDA" in msg or "bitsandbytes" in msg
+    msg = _one_line_error(capsys, _common(tmp_path / "no_model", tmp_path / "o", "--train_files", data / "val.json"))
+    assert "no_model" in msg
+    msg = _one_line_error(capsys, _common(tiny_llama, tmp_path / "o", "--train_files", data / "val.json",
+                                          "--lora_target_modules", "q_proj,not_a_module"))
+    assert "not_a_module" in msg
+    assert not (tmp_path / "o").exists()
+    msg = _one_line_error(capsys, ["--base_model", str(tiny_llama), "--test_file", str(bad), "--output_dir",
+                                   str(tmp_path / "e")], entry=run_eval)
+    assert "bad.json record 1" in msg and not (tmp_path / "e").exists()
+
+
+def test_cli_missing_train_file(tiny_llama, tmp_path):
+    proc = subprocess.run([sys.executable, "run_tuning.py", *_common(tiny_llama, tmp_path / "o", "--train_files",
+                                                                    tmp_path / "nope.json")],
+                          capture_output=True, text=True, cwd=Path(run_tuning.__file__).parent)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.json'}: file not found"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_finished_output_is_not_overwritten_silently(trained, tiny_llama, data, capsys):
+    out, _ = trained
+    msg = _one_line_error(capsys, _common(tiny_llama, out, "--train_files", data / "val.json"))
+    assert "--overwrite_output_dir" in msg
+
+
+def test_auto_target_modules_by_architecture():
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from tlrec_utils.errors import InputError
+    from tlrec_utils.modeling import resolve_target_modules
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    assert resolve_target_modules(gpt2, "auto") == ["c_attn"]
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                            intermediate_size=32, vocab_size=50))
+    assert resolve_target_modules(neox, "auto") == ["query_key_value"]
+    assert resolve_target_modules(gpt2, "all-linear") == "all-linear"
+    assert resolve_target_modules(gpt2, "c_attn, c_proj") == ["c_attn", "c_proj"]
+    with pytest.raises(InputError, match="q_proj"):
+        resolve_target_modules(gpt2, "q_proj")
