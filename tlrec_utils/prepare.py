@@ -1,0 +1,228 @@
+"""Data preparation: raw ratings -> windowed rec-tuning records, split, catalog and metadata (run_prepare_data.py).
+
+Output directory: train.json / valid.json / test.json (records, see `records`), items.json (item_id -> text:
+the catalog ranking negatives are sampled from), meta.json (dataset, parameters, counts, like rate, source
+files with SHA-256). Written through a staging directory: a failed run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from . import __version__, raw_datasets
+from .download import download_ml100k, missing_files_error
+from .errors import InputError
+from .fileio import atomic_write_json, sha256_file, staged_output_dir
+from .kshot import k_shot_filename, sample_k_shot
+from .records import build_record, load_records, save_records
+from .windows import parse_split_ratio, sliding_windows, split_sizes
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("ml-100k", "bookcrossing", "netflix", "amazon-books", "windows-csv")
+# liked = rating > threshold. MovieLens/Netflix: 4-5 stars (TALLRec); BookCrossing: 6-10 (TALLRec);
+# Amazon Books: 4-5 stars.
+DEFAULT_LIKE_THRESHOLD = {"ml-100k": 3, "netflix": 3, "bookcrossing": 5, "amazon-books": 3}
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class PrepareConfig:
+    dataset: str
+    raw_dir: str
+    output_dir: str
+    history_len: int = 10
+    max_windows: int = 10000  # 0: keep all windows
+    split_ratio: str = "8:1:1"
+    like_threshold: float | None = None  # None: the dataset's default
+    download: bool = False
+    keep_implicit: bool = False  # BookCrossing rating 0 kept as a dislike (TALLRec's release did this)
+    shuffle_seed: int | None = None  # BookCrossing (no timestamps): seeded shuffle of each user's ratings
+    item_kind: str = "movie"  # windows-csv wording
+    target_style: str = "wrap"  # how the target is quoted: 'wrap' (TALLRec) or 'item' (TLRec Amazon release)
+    bad_row_tolerance: float = raw_datasets.DEFAULT_BAD_ROW_TOLERANCE
+
+
+def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
+    if cfg.dataset not in DATASETS:
+        raise InputError(f"--dataset {cfg.dataset!r}: unknown dataset; choose one of {', '.join(DATASETS)}")
+    if cfg.history_len < 1:
+        raise InputError(f"--history_len must be at least 1, got {cfg.history_len}")
+    if cfg.max_windows < 0:
+        raise InputError(f"--max_windows must be >= 0 (0 keeps all), got {cfg.max_windows}")
+    if cfg.item_kind not in ("movie", "book"):
+        raise InputError(f"--item_kind must be movie or book, got {cfg.item_kind!r}")
+    if cfg.target_style not in ("wrap", "item"):
+        raise InputError(f"--target_style must be wrap or item, got {cfg.target_style!r}")
+    if not 0 <= cfg.bad_row_tolerance <= 1:
+        raise InputError(f"--bad_row_tolerance must be a fraction in [0, 1], got {cfg.bad_row_tolerance}")
+    return parse_split_ratio(cfg.split_ratio)
+
+
+def load_raw(cfg: PrepareConfig) -> raw_datasets.RawRatings:
+    tol = cfg.bad_row_tolerance
+    if cfg.dataset == "ml-100k":
+        raw_dir = Path(cfg.raw_dir)
+        have = (raw_dir / "u.data").is_file() or (raw_dir / "ml-100k" / "u.data").is_file()
+        if cfg.download and not have:
+            download_ml100k(raw_dir)
+        return raw_datasets.load_ml100k(raw_dir, tol)
+    if cfg.download:
+        raise missing_files_error(cfg.dataset, cfg.raw_dir, ["raw files"],
+                                  what="--download is only available for ml-100k")
+    if cfg.dataset == "bookcrossing":
+        return raw_datasets.load_bookcrossing(cfg.raw_dir, tol, keep_implicit=cfg.keep_implicit)
+    if cfg.dataset == "netflix":
+        return raw_datasets.load_netflix(cfg.raw_dir, tol)
+    return raw_datasets.load_amazon_books(cfg.raw_dir, tol)
+
+
+def _format_timestamp(value, unit):
+    if unit is None:
+        return None
+    if unit == "day":
+        return str(np.datetime64(int(value), "D"))
+    return int(value)
+
+
+def window_records(raw: raw_datasets.RawRatings, cfg: PrepareConfig, like_threshold: float):
+    """All kept windows as records, in output order, and the catalog of the rated items."""
+    df = raw.ratings
+    codes, uniques = pd.factorize(df["item_id"], sort=False)
+    known_unique = np.array([str(u) in raw.items for u in uniques], dtype=bool)
+    known = known_unique[codes] if len(codes) else np.zeros(0, dtype=bool)
+    raw.stats["ratings_with_unknown_item_dropped"] = int((~known).sum())
+    if not known.all():
+        df = df[known].reset_index(drop=True)
+        codes = codes[known]
+    if df.empty:
+        raise InputError(f"{raw.sources[0]}: no ratings of items with a known text")
+
+    if raw.timestamp_unit is not None:
+        order_key = df["timestamp"].to_numpy()
+    elif cfg.shuffle_seed is not None:
+        order_key = np.random.default_rng(cfg.shuffle_seed).permutation(len(df))
+    else:
+        order_key = np.arange(len(df))  # file order
+    history_rows, target_rows = sliding_windows(df["user_id"].to_numpy(), order_key, cfg.history_len,
+                                                cfg.max_windows)
+    if len(target_rows) == 0:
+        raise InputError(f"{raw.sources[0]}: no user has more than --history_len={cfg.history_len} ratings")
+
+    item_ids = df["item_id"].to_numpy()
+    users = df["user_id"].to_numpy()
+    liked = df["rating"].to_numpy() > like_threshold
+    stamps = df["timestamp"].to_numpy()
+
+    def item(row):
+        item_id = str(item_ids[row])
+        return item_id, raw.items[item_id]
+
+    records = []
+    for hist, tgt in tqdm(zip(history_rows, target_rows), total=len(target_rows), desc="records",
+                          mininterval=2, disable=len(target_rows) < 50000):
+        history = []
+        for row in hist:
+            item_id, title = item(row)
+            history.append({"item_id": item_id, "title": title, "liked": bool(liked[row])})
+        target_id, target_title = item(tgt)
+        records.append(build_record(
+            user_id=users[tgt], history=history, target={"item_id": target_id, "title": target_title},
+            label=int(liked[tgt]), kind=raw.kind, timestamp=_format_timestamp(stamps[tgt], raw.timestamp_unit),
+            target_style=cfg.target_style,
+        ))
+    rated = {str(u) for u in uniques[np.unique(codes)]}
+    catalog = {k: v for k, v in raw.items.items() if k in rated}
+    stats = {"n_ratings": int(len(df)), "n_users": int(pd.unique(users).size), "n_items": len(catalog),
+             "like_rate_ratings": float(liked.mean())}
+    return records, catalog, stats
+
+
+def windows_csv_records(cfg: PrepareConfig):
+    """The given splits of an already windowed release, rendered as records."""
+    raw_dir = Path(cfg.raw_dir)
+    if not raw_dir.is_dir():
+        raise missing_files_error("windows-csv", raw_dir, ["train.csv"], what="directory not found")
+    mapping_path, items = raw_datasets.read_item_mapping(raw_dir)
+    splits, sources = {}, []
+    for split in SPLITS:
+        path = raw_dir / f"{split}.csv"
+        rows = raw_datasets.read_windows_csv(path, items, cfg.bad_row_tolerance)
+        sources.append(path)
+        splits[split] = [
+            build_record(
+                user_id=r["user_id"],
+                history=[{"item_id": i, "title": items[i], "liked": v} for i, v in r["history"]],
+                target={"item_id": r["target"], "title": items[r["target"]]},
+                label=r["label"], kind=cfg.item_kind, timestamp=r["timestamp"], target_style=cfg.target_style,
+            )
+            for r in rows
+        ]
+    if not splits["train"]:
+        raise InputError(f"{raw_dir / 'train.csv'}: no records")
+    return splits, items, sources + [mapping_path]
+
+
+def _like_rate(records):
+    return float(np.mean([r["label"] for r in records])) if records else None
+
+
+def prepare_dataset(cfg: PrepareConfig) -> dict:
+    """Run the whole preparation; returns meta.json's content."""
+    ratio = check_config(cfg)
+    like_threshold = cfg.like_threshold if cfg.like_threshold is not None else DEFAULT_LIKE_THRESHOLD.get(cfg.dataset)
+    extra = {}
+    if cfg.dataset == "windows-csv":
+        splits, catalog, sources = windows_csv_records(cfg)
+        kind, skipped = cfg.item_kind, {}
+    else:
+        raw = load_raw(cfg)
+        records, catalog, extra = window_records(raw, cfg, like_threshold)
+        n_train, n_valid, _ = split_sizes(len(records), ratio)
+        splits = {"train": records[:n_train], "valid": records[n_train:n_train + n_valid],
+                  "test": records[n_train + n_valid:]}
+        sources, kind, skipped = raw.sources, raw.kind, raw.stats
+
+    params = asdict(cfg)
+    params.update(like_threshold=like_threshold, split_ratio=":".join(map(str, ratio)))
+    for key in ("raw_dir", "output_dir", "download"):
+        params.pop(key)
+    all_records = [r for s in SPLITS for r in splits[s]]
+    meta = {
+        "dataset": cfg.dataset,
+        "kind": kind,
+        "tlrec_version": __version__,
+        "params": params,
+        "counts": {s: len(splits[s]) for s in SPLITS},
+        "like_rate": {**{s: _like_rate(splits[s]) for s in SPLITS}, "all": _like_rate(all_records)},
+        **extra,
+        "skipped": skipped,
+        "sources": [{"file": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sources],
+    }
+    with staged_output_dir(cfg.output_dir) as stage:
+        for split in SPLITS:
+            save_records(stage / f"{split}.json", splits[split])
+        atomic_write_json(stage / "items.json", catalog, indent=1)
+        atomic_write_json(stage / "meta.json", meta)
+    logger.info("wrote %s: %s", cfg.output_dir, meta["counts"])
+    return meta
+
+
+def write_k_shot(prepared_dir, k: int, seed: int) -> Path:
+    """K records drawn reproducibly from `prepared_dir/train.json` into train_k{K}_seed{S}.json."""
+    prepared_dir = Path(prepared_dir)
+    train_path = prepared_dir / "train.json"
+    if not train_path.is_file():
+        raise InputError(f"{train_path}: file not found (run run_prepare_data.py on --output_dir first)")
+    pool = load_records(train_path)
+    sample = sample_k_shot(pool, k, seed, source=str(train_path))
+    out = prepared_dir / k_shot_filename(k, seed)
+    save_records(out, sample)
+    logger.info("wrote %s (%d records)", out, len(sample))
+    return out
