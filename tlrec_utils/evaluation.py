@@ -119,6 +119,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
             else:
                 scores = score_shared_prefix(model, encodings, answer, pad_id, batch_size=max(args.batch_size, 64))
             rankings.append((scores[0], scores[1:]))
+            predictions[i]["ranking_item_ids"] = [c["target"]["item_id"] for c in cands]
             predictions[i]["ranking_p_yes"] = [float(s) for s in scores]
         result[f"ndcg@{k}"] = M.mean_sampled_ndcg(rankings, k)
         result["counts"]["ranked"] = len(rankings)

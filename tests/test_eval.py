@@ -1,0 +1,111 @@
+"""run_eval.py: metrics recomputed by hand from its own predictions, ranking candidates, generate mode,
+published-format records, bad input."""
+
+import json
+import math
+from collections import defaultdict
+
+import pytest
+
+import run_eval
+import run_tuning
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_llama, synthetic):
+    records, catalog, _ = synthetic
+    d = tmp_path_factory.mktemp("eval")
+    (d / "train.json").write_text(json.dumps(records[:120]))
+    (d / "test.json").write_text(json.dumps(records[120:200]))  # 40 users with 2 records each
+    (d / "items.json").write_text(json.dumps(catalog))
+    # a briefly tuned adapter so scores are spread (no ties in the hand computations)
+    assert run_tuning.main(["--base_model", str(tiny_llama), "--train_files", str(d / "train.json"),
+                            "--output_dir", str(d / "lora"), "--max_steps", "6", "--learning_rate", "1e-2",
+                            "--max_length", "160", "--use_cpu", "--report_to", "none"]) == 0
+    out = d / "ev"
+    assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(d / "lora"), "--test_file",
+                          str(d / "test.json"), "--items_file", str(d / "items.json"), "--output_dir", str(out),
+                          "--batch_size", "7"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    return d, records[120:200], metrics, preds
+
+
+def test_auc_by_pair_counting(setup):
+    _, records, metrics, preds = setup
+    pos = [p["p_yes"] for p in preds if p["label"] == 1]
+    neg = [p["p_yes"] for p in preds if p["label"] == 0]
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    assert metrics["auc"] == pytest.approx(wins / (len(pos) * len(neg)), abs=1e-12)
+    assert [p["label"] for p in preds] == [r["label"] for r in records]
+
+
+def _dcg(relevances):
+    return sum(rel / math.log2(i + 2) for i, rel in enumerate(relevances[:10]))
+
+
+def test_user_ndcg_by_hand(setup):
+    _, _, metrics, preds = setup
+    by_user = defaultdict(list)
+    for p in preds:
+        by_user[p["user_id"]].append((p["p_yes"], p["label"]))
+    values = []
+    for rows in by_user.values():
+        labels = [y for _, y in rows]
+        if len(rows) < 2 or sum(labels) == 0:
+            continue
+        ranked = [y for _, y in sorted(rows, key=lambda r: -r[0])]
+        values.append(_dcg(ranked) / _dcg(sorted(labels, reverse=True)))
+    assert values and metrics["counts"]["users_ranked"] == len(values)
+    assert metrics["ndcg@10_user"] == pytest.approx(sum(values) / len(values), abs=1e-12)
+
+
+def test_sampled_ndcg_by_hand(setup):
+    _, records, metrics, preds = setup
+    ranked = [p for p in preds if "ranking_p_yes" in p]
+    assert len(ranked) == sum(r["label"] for r in records) == metrics["counts"]["ranked"]
+    values = []
+    for p in ranked:
+        rec = records[p["index"]]
+        ids, scores = p["ranking_item_ids"], p["ranking_p_yes"]
+        assert len(ids) == 51 and len(set(ids)) == 51 and ids[0] == rec["target"]["item_id"]
+        assert not set(ids[1:]) & {h["item_id"] for h in rec["history"]}
+        # the target's score in the shared-prefix pass equals its full-prompt score
+        assert scores[0] == pytest.approx(p["p_yes"], abs=1e-4)
+        rank = 1 + sum(s > scores[0] for s in scores[1:])
+        values.append(1 / math.log2(rank + 1) if rank <= 10 else 0.0)
+    assert metrics["ndcg@10"] == pytest.approx(sum(values) / len(values), abs=1e-12)
+    assert set(metrics) >= {"auc", "ndcg@10", "ndcg@10_user", "counts", "settings"}
+
+
+def test_generate_mode_gives_the_same_scores(setup, tiny_llama, tmp_path):
+    d, _, _, preds = setup
+    assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(d / "lora"), "--test_file",
+                          str(d / "test.json"), "--output_dir", str(tmp_path), "--metrics", "auc",
+                          "--eval_mode", "generate", "--max_new_tokens", "3", "--limit", "20"]) == 0
+    gen = [json.loads(line)["p_yes"] for line in (tmp_path / "predictions.jsonl").open()]
+    assert gen == pytest.approx([p["p_yes"] for p in preds[:20]], abs=1e-4)
+    assert json.loads((tmp_path / "metrics.json").read_text())["counts"]["generated_tokens"] >= 20
+
+
+def test_published_records_without_structure(data_dir, tiny_llama, tmp_path):
+    """The authors' released test file (text only): scored, and ranked after recovering the items."""
+    assert run_eval.main(["--base_model", str(tiny_llama), "--test_file", str(data_dir / "netflix" / "test.json"),
+                          "--output_dir", str(tmp_path), "--limit", "24", "--num_negatives", "20"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["counts"]["records"] == 24 and 0 <= metrics["auc"] <= 1
+    assert metrics["counts"]["ranked"] + metrics["counts"]["liked_without_structure"] == metrics["counts"]["liked"]
+
+
+def test_bad_eval_input(tiny_llama, tmp_path, capsys):
+    for argv, expected in [
+        (["--test_file", str(tmp_path / "missing.json")], "missing.json: file not found"),
+        (["--test_file", str(tmp_path / "t.json"), "--metrics", "auc,recall"], "--metrics: unknown recall"),
+        (["--test_file", str(tmp_path / "t.json"), "--adapter", str(tmp_path)], "not a LoRA adapter directory"),
+    ]:
+        (tmp_path / "t.json").write_text(json.dumps([{"instruction": "i", "input": "x", "output": "Yes."}]))
+        with pytest.raises(SystemExit) as exc:
+            run_eval.main(["--base_model", str(tiny_llama), "--output_dir", str(tmp_path / "out"), *argv])
+        assert exc.value.code == 2
+        assert expected in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
