@@ -113,6 +113,15 @@ def build_users(records: list[dict], cfg: CotConfig, kind: str):
     if not liked:
         raise InputError(f"{cfg.data_dir}/train.json: no record with a liked target and structured history")
     seen = liked[: cfg.max_users] if cfg.max_users is not None else liked
+    no_user_id = [i for i in liked if records[i].get("user_id") in (None, "")]
+    if no_user_id:  # published TALLRec files: windows of one person cannot be told apart
+        logger.warning(
+            "%d liked records have no user_id (e.g. record %d): each counts as its own user, so a person's "
+            "other windows cannot be excluded from its neighbours",
+            len(no_user_id), no_user_id[0],
+        )  # fmt: skip
+        for i in no_user_id:
+            records[i]["user_id"] = f"record-{i}"
     # the neighbour pool: every liked window (the users); candidates only for the users seen
     interactions = build_interactions(
         [[h["item_id"] for h in records[i]["history"]] for i in liked], [records[i]["user_id"] for i in liked]
@@ -175,6 +184,7 @@ def build_users(records: list[dict], cfg: CotConfig, kind: str):
         "records": len(records),
         "records_without_structure": unstructured,
         "liked_windows": len(liked),
+        "liked_windows_without_user_id": len(no_user_id),
         "users_seen": len(seen),
         "skipped_target_not_in_candidates": skipped,
         "target_inserted": sum(u.target_inserted for u in users),
@@ -428,7 +438,22 @@ def dry_run_report(users: list[CotUser], todo: list[CotUser], cfg: CotConfig, ki
     return estimate
 
 
+def check_config(cfg: CotConfig) -> None:
+    for name in ("concurrency", "neighbor_num", "candidate_num", "max_tokens"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.candidate_num < 10:
+        raise InputError(f"--candidate_num must be at least 10 (Stage 3 asks for 10), got {cfg.candidate_num}")
+    if cfg.teacher not in ("openai", "heuristic"):
+        raise InputError(f"--teacher must be openai or heuristic, got {cfg.teacher!r}")
+    for name in ("max_requests", "max_cost", "max_users", "requests_per_minute"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise InputError(f"--{name} must be positive, got {value}")
+
+
 def run(cfg: CotConfig) -> dict:
+    check_config(cfg)
     data_dir, output_dir = Path(cfg.data_dir), Path(cfg.output_dir)
     train_path = data_dir / "train.json"
     records = load_records(train_path)
@@ -473,7 +498,7 @@ def run(cfg: CotConfig) -> dict:
                 budget=budget,
             )
         else:
-            raise InputError(f"--teacher must be openai or heuristic, got {cfg.teacher!r}")
+            raise AssertionError(cfg.teacher)
         generator = Generator(cfg, kind, teacher, budget, output_dir, progress, responses)
         state = asyncio.run(generator.run(todo))
 
