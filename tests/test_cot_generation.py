@@ -164,6 +164,17 @@ def test_auth_error_echoing_the_key_is_redacted(source, tmp_path, secret_key, ca
     assert_secret_nowhere(tmp_path, caplog.text)
 
 
+def test_server_down_stops_after_a_few_users(source, tmp_path, secret_key):
+    with StubOpenAI() as server:
+        url = server.base_url
+    dead = args(source, tmp_path, server, "--concurrency", "1", "--max_retries", "1")
+    main(dead)  # nothing listens on that port any more: connection refused
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "3 users failed in a row" in summary["stopped"]
+    assert summary["users_failed_this_run"] == 3 and summary["users_completed"] == 0
+    assert summary["users_remaining"] == n_liked(source) and url in dead
+
+
 def test_max_requests_stops_cleanly_and_resume_finishes(source, tmp_path, secret_key, reference):
     users = n_liked(source)
     with StubOpenAI() as server:

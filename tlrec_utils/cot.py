@@ -105,6 +105,27 @@ def detect_kind(records: list[dict]) -> str:
     return "movie"
 
 
+def user_key(index: int, record: dict) -> str:
+    return f"{index}:{record['user_id']}:{record['target']['item_id']}"
+
+
+class LazyUsers:
+    """The CoT users in train order, each built when asked for: prompts for every user of the full Netflix
+    Prize would not fit in memory at once."""
+
+    def __init__(self, rows: list[int], keys: list[str], make):
+        self.rows, self.keys, self._make = rows, keys, make
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> CotUser:
+        return self._make(self.rows[j])
+
+    def pending(self, done) -> list[int]:
+        return [j for j, key in enumerate(self.keys) if key not in done]
+
+
 def build_users(records: list[dict], cfg: CotConfig, kind: str):
     """CoT users (liked-target records whose true next item is a candidate, or inserted with
     --ensure_target) and candidate-set diagnostics."""
@@ -148,46 +169,43 @@ def build_users(records: list[dict], cfg: CotConfig, kind: str):
             diagnostics["mean_same_user_neighbors_when_allowed"] = round(float(cands.same_user_neighbors.mean()), 3)
         if allow == cfg.allow_same_user_neighbors:
             chosen = cands
-    users, skipped = [], 0
-    for u, i in enumerate(seen):
-        rec = records[i]
+    target_codes = np.array([code.get(records[i]["target"]["item_id"], -2) for i in seen])
+    in_set = (chosen.items == target_codes[:, None]).any(axis=1)
+    kept = np.arange(len(seen)) if cfg.ensure_target else np.flatnonzero(in_set)
+
+    def make_user(u: int) -> CotUser:
+        i, rec = seen[u], records[seen[u]]
         cand = [
             {"item_id": interactions.item_ids[c], "title": titles[interactions.item_ids[c]], "weight": float(w)}
             for c, w in zip(chosen.items[u], chosen.weights[u])
             if c >= 0
         ]
-        rng = np.random.default_rng([cfg.seed, i])
-        inserted = False
-        if rec["target"]["item_id"] not in {c["item_id"] for c in cand}:
-            if not cfg.ensure_target:
-                skipped += 1
-                continue
+        if not in_set[u]:  # only with --ensure_target
             if len(cand) >= cfg.candidate_num:
                 cand = cand[: cfg.candidate_num - 1]  # drop the weakest
             cand.append({**rec["target"], "weight": 0.0})
-            inserted = True
+        rng = np.random.default_rng([cfg.seed, i])
         cand = [cand[j] for j in rng.permutation(len(cand))]  # the teacher must not see the ranking
-        watched = [h["title"] for h in rec["history"]]
-        users.append(
-            CotUser(
-                key=f"{i}:{rec['user_id']}:{rec['target']['item_id']}",
-                index=i,
-                user_id=str(rec["user_id"]),
-                history=rec["history"],
-                target=rec["target"],
-                candidates=cand,
-                context=prompts.cot_context([c["title"] for c in cand], watched, kind),
-                target_inserted=inserted,
-            )
+        return CotUser(
+            key=user_key(i, rec),
+            index=i,
+            user_id=str(rec["user_id"]),
+            history=rec["history"],
+            target=rec["target"],
+            candidates=cand,
+            context=prompts.cot_context([c["title"] for c in cand], [h["title"] for h in rec["history"]], kind),
+            target_inserted=not in_set[u],
         )
+
+    users = LazyUsers([int(u) for u in kept], [user_key(seen[u], records[seen[u]]) for u in kept], make_user)
     stats = {
         "records": len(records),
         "records_without_structure": unstructured,
         "liked_windows": len(liked),
         "liked_windows_without_user_id": len(no_user_id),
         "users_seen": len(seen),
-        "skipped_target_not_in_candidates": skipped,
-        "target_inserted": sum(u.target_inserted for u in users),
+        "skipped_target_not_in_candidates": len(seen) - len(kept),
+        "target_inserted": int((~in_set[kept]).sum()),
         **diagnostics,
     }
     return users, stats, interactions, code
@@ -359,18 +377,23 @@ class Generator:
         self.state.completed += 1
         self.state.hits += hit
 
-    async def run(self, users: list[CotUser]) -> RunState:
+    async def run(self, users, total: int) -> RunState:
+        """`users`: an iterator of CotUser (built as workers take them)."""
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=len(users), desc="CoT users", unit="user", disable=not self.cfg.progress)
+        self.bar = tqdm(total=total, desc="CoT users", unit="user", disable=not self.cfg.progress)
         pending = iter(users)
+        failures_in_a_row = 0
+        give_up_after = max(3, self.cfg.concurrency)  # the server is down or broken: stop instead of crawling on
 
         async def worker():
+            nonlocal failures_in_a_row
             for user in pending:  # one shared iterator: each user goes to exactly one worker
                 if self.state.stop_reason:
                     return
                 try:
                     await self.ask_user(user)
+                    failures_in_a_row = 0
                 except BudgetExceeded as exc:
                     self.state.stop_reason = str(exc)
                     return
@@ -378,8 +401,9 @@ class Generator:
                     self.state.failed += 1
                     self.state.errors.append(f"{user.key}: {exc}")
                     logger.error("user %s failed (a rerun retries it): %s", user.key, exc)
-                    if exc.fatal:
-                        self.state.stop_reason = str(exc)
+                    failures_in_a_row += 1
+                    if exc.fatal or failures_in_a_row >= give_up_after:
+                        self.state.stop_reason = str(exc) if exc.fatal else f"{failures_in_a_row} users failed in a row: {exc}"
                         return
                 self.bar.update(1)
                 rate = self.state.hits / max(self.state.completed, 1)
@@ -412,18 +436,20 @@ def cot_records(responses: list[dict], kind: str) -> list[dict]:
     return out
 
 
-def dry_run_report(users: list[CotUser], todo: list[CotUser], cfg: CotConfig, kind: str, budget: Budget) -> dict:
+def dry_run_report(users: LazyUsers, todo: list[int], cfg: CotConfig, kind: str, budget: Budget) -> dict:
     """The first user's three prompts (earlier answers as placeholders) and an upper-bound estimate."""
-    if users:
+    if len(users):
+        first = users[0]
         placeholders = [f"<answer to step {s}>" for s in (1, 2)]
         for stage in (1, 2, 3):
-            print(f"===== Stage {stage} prompt (user {users[0].key}) =====")
-            print(prompts.cot_teacher_prompt(users[0].context, placeholders[: stage - 1], kind))
+            print(f"===== Stage {stage} prompt (user {first.key}) =====")
+            print(prompts.cot_teacher_prompt(first.context, placeholders[: stage - 1], kind))
     # every earlier answer at most max_tokens; output at most max_tokens per stage
     prompt_tokens = 0
-    for user in todo:
+    for j in todo:
+        context = users[j].context
         for stage in (1, 2, 3):
-            text = prompts.cot_teacher_prompt(user.context, [""] * (stage - 1), kind)
+            text = prompts.cot_teacher_prompt(context, [""] * (stage - 1), kind)
             prompt_tokens += len(text) // CHARS_PER_TOKEN + (stage - 1) * cfg.max_tokens + 20
     completion_tokens = 3 * cfg.max_tokens * len(todo)
     estimate = {
@@ -465,7 +491,7 @@ def run(cfg: CotConfig) -> dict:
 
     if cfg.dry_run:  # reads what is there, writes and calls nothing
         done = {r["key"] for r in read_only_jsonl(output_dir / "responses.jsonl")}
-        return {**stats, **dry_run_report(users, [u for u in users if u.key not in done], cfg, kind, budget)}
+        return {**stats, **dry_run_report(users, users.pending(done), cfg, kind, budget)}
 
     lock = lock_output_dir(output_dir)
     try:
@@ -476,7 +502,7 @@ def run(cfg: CotConfig) -> dict:
         responses = {}
         for line in read_jsonl(output_dir / "responses.jsonl"):
             responses.setdefault(line["key"], line)
-        todo = [u for u in users if u.key not in responses]
+        todo = users.pending(responses)
         logger.info(
             "%d users seen, %d skipped (true item not a candidate), %d already done, %d to ask",
             stats["users_seen"], stats["skipped_target_not_in_candidates"], len(users) - len(todo), len(todo),
@@ -500,7 +526,7 @@ def run(cfg: CotConfig) -> dict:
         else:
             raise AssertionError(cfg.teacher)
         generator = Generator(cfg, kind, teacher, budget, output_dir, progress, responses)
-        state = asyncio.run(generator.run(todo))
+        state = asyncio.run(generator.run((users[j] for j in todo), total=len(todo)))
 
         lines = list(responses.values())
         cot = cot_records(lines, kind)
@@ -517,7 +543,7 @@ def run(cfg: CotConfig) -> dict:
             "hit_rate": round(hits / len(lines), 4) if lines else None,
             "users_failed_this_run": state.failed,
             "first_errors": state.errors[:5],
-            "users_not_reached": len(users) - len(lines) - state.failed,
+            "users_remaining": len(users.pending(responses)),  # a rerun asks these
             "cot_records": len(cot),
             "stopped": state.stop_reason,
             "teacher": teacher.label,
