@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import os
 import random
@@ -175,7 +176,7 @@ class OpenAITeacher:
         self.retry_max_delay = retry_max_delay
         self.budget = budget or Budget()
         self.retries = 0
-        self.rng = random.Random(seed)
+        self.rng = random.Random()  # jitter must differ between runs and clients
 
     def redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -212,7 +213,7 @@ class OpenAITeacher:
                     raise TeacherError(self.redact(f"HTTP {exc.status_code}: {exc}"), fatal=fatal) from None
                 problem = f"HTTP {exc.status_code}"
                 headers = exc.response.headers
-            except (ValueError, TypeError, AttributeError, IndexError, errors.APIResponseValidationError) as exc:
+            except (MalformedReply, json.JSONDecodeError, errors.APIResponseValidationError) as exc:
                 problem = f"malformed reply ({type(exc).__name__}: {exc})"
             else:
                 self.budget.add_usage(reply)
@@ -229,13 +230,19 @@ class OpenAITeacher:
         await self.client.close()
 
 
+class MalformedReply(Exception):
+    """A 200 reply that is not a usable chat completion (retried like a server error)."""
+
+
 def _parse_completion(response) -> Reply:
-    """Text and usage of a chat completion; ValueError for a reply without text (malformed body)."""
-    if isinstance(response, (str, bytes)) or not getattr(response, "choices", None):
-        raise ValueError("no choices in the reply")
-    text = response.choices[0].message.content
+    """Text and usage of a chat completion, or MalformedReply."""
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise MalformedReply("no choices in the reply")
+    message = getattr(choices[0], "message", None)
+    text = getattr(message, "content", None)
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("empty message content")
+        raise MalformedReply("no message content in the reply")
     usage = getattr(response, "usage", None)
     return Reply(
         text=text,
