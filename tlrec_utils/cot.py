@@ -491,6 +491,8 @@ def run(cfg: CotConfig) -> dict:
 
     if cfg.dry_run:  # reads what is there, writes and calls nothing
         done = {r["key"] for r in read_only_jsonl(output_dir / "responses.jsonl")}
+        print("===== users and candidate sets =====")
+        print(json.dumps(stats, indent=2))
         return {**stats, **dry_run_report(users, users.pending(done), cfg, kind, budget)}
 
     lock = lock_output_dir(output_dir)
