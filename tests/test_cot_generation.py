@@ -289,17 +289,25 @@ def test_retry_after_header_forms():
 
 
 def test_parse_recommendations_normalises_titles():
-    candidates = ["Star Wars: Episode V - The Empire Strikes Back (1980)", "Singin' in the Rain (1952)", "Up (2009)"]
+    candidates = [
+        "Star Wars: Episode V - The Empire Strikes Back (1980)",
+        "Singin' in the Rain (1952)",
+        "Up (2009)",
+        "Heat (1995)",
+        "Ran (1985)",
+    ]
     text = (
         "Sure:\n"
         "1. Alien (1979) - “STAR WARS: EPISODE V – THE EMPIRE STRIKES BACK (1980)”\n"
-        "2) **Heat (1995)** - 'singin'   in the rain (1952)'.\n"
-        "3. Heat (1995) - Not A Candidate (2000)\n"
+        "2) **Jaws (1975)** - 'singin'   in the rain (1952)'.\n"
+        "3. Jaws (1975) - Heatwave (2009)\n"  # not a candidate, though a candidate's words start it
         "4. Up (2009)\n"
-        "5. Heat (1995) - Up (2009)\n"
-        "Up (2009) is also good"
+        "5. Jaws (1975) - Up (2009)\n"
+        "6. Heat (1995), because you liked Jaws (1975)\n"
+        "Ran (1985) is also good\n"  # not in the numbered list
     )
-    assert parse_recommendations(text, candidates) == candidates
+    assert parse_recommendations(text, candidates) == candidates[:4]
+    assert parse_recommendations("1. Jaws (1975) - Heatwave (2009)", candidates) == []
 
 
 def test_heuristic_teacher_on_netflix(data_dir, tmp_path):

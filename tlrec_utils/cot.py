@@ -230,8 +230,8 @@ def normalize_title(text: str) -> str:
 def parse_recommendations(text: str, candidate_titles: list[str]) -> list[str]:
     """Candidate titles recommended in Stage 3's numbered list (`no. watched item - candidate item`), in
     order, each once. The candidate is the longest tail of the line after a ' - ' that equals a candidate
-    (titles may contain ' - ' themselves); failing that, the longest candidate title contained in the part
-    after the first separator."""
+    (titles may contain ' - ' themselves); failing that, the longest candidate title named (as whole words)
+    in the part after the first separator, or anywhere in a line without one."""
     by_norm = {normalize_title(t): t for t in candidate_titles}
     found: list[str] = []
     for line in text.splitlines():
@@ -246,9 +246,9 @@ def parse_recommendations(text: str, candidate_titles: list[str]) -> list[str]:
             if tail in by_norm:
                 match = by_norm[tail]
                 break
-        if match is None and len(pieces) > 1:
-            rest = " - ".join(pieces[1:])
-            contained = [n for n in by_norm if n and n in rest]
+        if match is None:  # a free-form line: a candidate named inside it, as whole words
+            rest = " - ".join(pieces[1:]) if len(pieces) > 1 else body
+            contained = [n for n in by_norm if n and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", rest)]
             if contained:
                 match = by_norm[max(contained, key=len)]
         if match is not None and match not in found:
