@@ -53,7 +53,7 @@ def n_liked(data: Path) -> int:
 def args(data, out, server, *extra):
     return [
         "--data_dir", str(data), "--output_dir", str(out), "--base_url", server.base_url, "--model", "stub",
-        "--ensure_target", "--concurrency", "4", "--retry_base_delay", "0.01", "--request_timeout", "0.5",
+        "--ensure_target", "--concurrency", "4", "--retry_base_delay", "0.01", "--request_timeout", "10",
         "--no-progress", *extra,
     ]  # fmt: skip
 
@@ -99,9 +99,9 @@ def test_end_to_end_with_faults_and_hit_filtering(source, tmp_path, secret_key, 
     caplog.set_level(logging.DEBUG)
     users = n_liked(source)
     faults = ["429", "500", "timeout", "malformed", "no_choices"]
-    with StubOpenAI(timeout_sleep=1.5, retry_after="0.3") as server:
+    with StubOpenAI(timeout_sleep=3, retry_after="0.3") as server:
         server.faults.extend(faults)
-        main(args(source, tmp_path, server))
+        main(args(source, tmp_path, server, "--request_timeout", "1"))  # a slow machine still answers in 1 s
     # every user asked exactly three times, plus one retry per injected fault
     assert len(server.requests) == 3 * users + len(faults)
     assert all(r["authorization"] == f"Bearer {SECRET}" for r in server.requests)  # the key reached the server
