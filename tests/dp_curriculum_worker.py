@@ -1,6 +1,6 @@
 """Worker for tests/test_curriculum.py: a real data-parallel HF Trainer run under `torchrun --nproc_per_node 2`.
 
-Trains a tiny model for a few steps on records with a `stage` field, through the curriculum sampler, and writes
+Trains a tiny model for a few steps with the project's TLRecTrainer on records with a `stage` field, and writes
 `OUT/rank{R}.json`: the record ids of every training micro-batch this process fed to the model (read from the
 model's actual inputs by a forward hook), plus the world size and the number of optimizer steps.
 
@@ -15,9 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments  # noqa: E402
+from transformers import AutoModelForCausalLM, TrainingArguments  # noqa: E402
 
-from tlrec_utils.curriculum import build_curriculum_sampler  # noqa: E402
+from tlrec_utils.training import TLRecTrainer, TuningCollator  # noqa: E402
 
 # The test imports these to compute the expected order.
 N_PER_STAGE = 8
@@ -39,18 +39,6 @@ def make_records(vocab_size: int):
         seen.add(tuple(ids))
         records.append({"input_ids": ids, "attention_mask": [1] * length, "labels": ids, "stage": 3 - i % 3})
     return records
-
-
-class CurriculumTrainer(Trainer):
-    def __init__(self, *args, curriculum_mode="ordered", stages=None, lengths=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.curriculum_mode, self.stages, self.lengths = curriculum_mode, stages, lengths
-
-    def _get_train_sampler(self, train_dataset=None):
-        return build_curriculum_sampler(
-            self.stages, self.curriculum_mode, self.args.seed, self.lengths, self.args.num_train_epochs,
-            megabatch_size=4,
-        )
 
 
 def main(model_dir, out_dir, mode):
@@ -80,15 +68,16 @@ def main(model_dir, out_dir, mode):
         learning_rate=1e-3,
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         disable_tqdm=True,
+        train_sampling_strategy="group_by_length",
     )
-    trainer = CurriculumTrainer(
+    # The project's Trainer subclass, exactly as run_tuning builds it for CoT records (length grouping on).
+    trainer = TLRecTrainer(
         model=model,
         args=args,
         train_dataset=train,
-        data_collator=_collate,
-        curriculum_mode=mode,
+        data_collator=TuningCollator(pad_id=0),
         stages=[r["stage"] for r in records],
-        lengths=[len(r["input_ids"]) for r in records],
+        curriculum=mode,
     )
     trainer.train()
     rank = int(os.environ.get("RANK", 0))
@@ -103,18 +92,6 @@ def main(model_dir, out_dir, mode):
             }
         )
     )
-
-
-def _collate(features):
-    """Right padding with pad id 0 and mask 0; labels -100 on padding."""
-    width = max(len(f["input_ids"]) for f in features)
-    out = {"input_ids": [], "attention_mask": [], "labels": []}
-    for f in features:
-        pad = width - len(f["input_ids"])
-        out["input_ids"].append(f["input_ids"] + [0] * pad)
-        out["attention_mask"].append(f["attention_mask"] + [0] * pad)
-        out["labels"].append(f["labels"] + [-100] * pad)
-    return {k: torch.tensor(v) for k, v in out.items()}
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def expected_micro_batches(log, mode, world_size):
     full = [
         i
         for e in range(worker.EPOCHS)
-        for i in curriculum_order(log["stages"], mode, worker.SEED, e, log["lengths"], worker.EPOCHS, 4)
+        for i in curriculum_order(log["stages"], mode, worker.SEED, e, log["lengths"], worker.EPOCHS)
     ]
     b = worker.PER_DEVICE_BATCH
     batches = [full[k : k + b] for k in range(0, len(full), b)]
