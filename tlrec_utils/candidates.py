@@ -16,6 +16,8 @@ Ranking uses integer similarity sums, so results are exact and identical to a de
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,8 +110,12 @@ def user_filtering_candidates(
     allow_same_user: bool = False,
     chunk_size: int = 2000,
     progress: bool = False,
+    n_jobs: int | None = None,
 ) -> CandidateSets:
-    """Candidate sets for `query_rows` (default: every user), all users acting as possible neighbours."""
+    """Candidate sets for `query_rows` (default: every user), all users acting as possible neighbours.
+
+    `n_jobs` threads (default: the CPU cores, at most 8) work on blocks of `chunk_size` users."""
+    n_jobs = n_jobs or min(8, os.cpu_count() or 1)
     matrix = interactions.matrix
     n_users, n_items = matrix.shape
     query_rows = np.arange(n_users) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
@@ -122,12 +128,7 @@ def user_filtering_candidates(
     similarities = np.zeros((n_query, neighbor_num), dtype=np.int32)
     same_user = np.zeros(n_query, dtype=np.int32)
 
-    starts = range(0, n_query, chunk_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="candidate sets", unit="chunk")
-    for start in starts:
+    def fill_block(start: int) -> None:  # writes its own rows of the output arrays only
         block_rows = query_rows[start : start + chunk_size]
         n_block = len(block_rows)
         own = matrix[block_rows]
@@ -155,4 +156,18 @@ def user_filtering_candidates(
         weights[block] = _scatter(
             it_row, it_score / np.maximum(mass[it_row], 1), n_block, candidate_num, 0, np.float32
         )
+
+    starts = range(0, n_query, chunk_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(starts), desc="candidate sets", unit="chunk")
+    # scipy's sparse products and numpy's sort release the GIL: threads use all cores, memory stays shared
+    with ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
+        for _ in pool.map(fill_block, starts):
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     return CandidateSets(query_rows, items, weights, neighbors, similarities, same_user)
