@@ -25,9 +25,9 @@ ML100K_FILES = ("u.data", "u.item", "u.user", "u.genre", "u.occupation", "README
 
 WHERE_TO_GET = {
     "ml-100k": f"{ML100K_URL} (or pass --download); put u.data and u.item into --raw_dir",
-    "bookcrossing": "the Book-Crossing dump (BX-CSV-Dump.zip; the original Uni Freiburg page is offline, use a "
-    "mirror such as Kaggle 'somnambwl/bookcrossing-dataset' or 'ruchi798/bookcrossing-dataset'); put "
-    "BX-Book-Ratings.csv and BX-Books.csv into --raw_dir",
+    "bookcrossing": "a copy of the Book-Crossing dump BX-CSV-Dump.zip (the original page, "
+    "www2.informatik.uni-freiburg.de/~cziegler/BX/, is offline; copies exist on Kaggle and the Internet Archive); "
+    "put BX-Book-Ratings.csv and BX-Books.csv into --raw_dir",
     "netflix": "Kaggle 'netflix-inc/netflix-prize-data' (login required); put combined_data_1.txt .. "
     "combined_data_4.txt and movie_titles.csv into --raw_dir",
     "amazon-books": "Kaggle 'mohamedbakhet/amazon-books-reviews' (login required); put Books_rating.csv and "

@@ -1,0 +1,41 @@
+"""Time to prepare MovieLens-100K (the published TALLRec/TLRec Movie split) end to end.
+
+    python bench/bench_prepare_ml100k.py [--raw_dir DIR] [--repeats 3]
+
+DIR defaults to the local copy ($TLREC_DATA_DIR or ../shared/data)/ml-100k. Goal: under 10 s.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tlrec_utils.paths import shared_data_dir  # noqa: E402
+from tlrec_utils.prepare import PrepareConfig, prepare_dataset  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--raw_dir", default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    raw_dir = args.raw_dir or (shared_data_dir() / "ml-100k" if shared_data_dir() else None)
+    if raw_dir is None:
+        sys.exit("no ml-100k copy found: pass --raw_dir")
+    times = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            meta = prepare_dataset(PrepareConfig("ml-100k", str(raw_dir), str(Path(tmp) / "movie")))
+            times.append(time.perf_counter() - t0)
+    print(f"prepared ml-100k ({meta['n_ratings']:,} ratings -> {sum(meta['counts'].values()):,} records "
+          f"{meta['counts']}) in median {statistics.median(times):.2f} s (min {min(times):.2f} s, "
+          f"{args.repeats} runs; goal < 10 s: {10 / statistics.median(times):.1f}x under)")
+
+
+if __name__ == "__main__":
+    main()
