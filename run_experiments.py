@@ -1,0 +1,61 @@
+"""The paper's experiments as one command: every (setting, seed, method) cell of the grid in a config, then
+results/table1.md + .csv (mean ± std, t-test stars) and the ablation / backbone charts.
+
+    python run_experiments.py --config configs/experiments/movie_tiny.yaml              # run here
+    python run_experiments.py --config configs/experiments/movie_7b.yaml --launcher slurm  # sbatch array
+    python run_experiments.py --config configs/experiments/movie_7b.yaml --report_only   # table + figures
+
+Rerunning skips finished cells (a cell is finished when its metrics.json exists).
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tlrec_utils.errors import cli_entry  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML/JSON grid config (configs/experiments/)")
+    parser.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    parser.add_argument("--report_only", action="store_true", help="only aggregate finished cells into results/")
+    parser.add_argument("--dry_run", action="store_true", help="list the cells and their commands, run nothing")
+    parser.add_argument("--subprocess", action="store_true", help="local: one Python process per cell")
+    parser.add_argument("--cells_file", help=argparse.SUPPRESS)  # slurm array task: run one listed cell
+    parser.add_argument("--cell_index", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    from tlrec_utils import experiments as X
+
+    config = X.load_config(args.config)
+    cells = X.build_cells(config)
+    if args.cells_file is not None:
+        X.run_cell(config, X.cell_from_index(config, cells, args.cells_file, args.cell_index))
+        return 0
+    if args.dry_run:
+        for cell in cells:
+            state = "done" if X.is_finished(config, cell) else "todo"
+            print(f"{state}  {cell.path}  {cell.script} {' '.join(X.cell_argv(config, cell))}")
+        return 0
+    failures = []
+    if not args.report_only:
+        if args.launcher == "slurm":
+            X.submit_slurm(config, cells, args.config)
+            return 0
+        failures = X.run_local(config, cells, in_process=not args.subprocess)
+    written = X.report(config)
+    for name, path in written.items():
+        print(f"wrote {path}")
+    if "table1.md" in written:
+        print(written["table1.md"].read_text(encoding="utf-8"))
+    if failures:
+        print(f"{len(failures)} cell(s) failed: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_entry(main)())

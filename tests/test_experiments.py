@@ -1,0 +1,131 @@
+"""The experiment grid: cells run, rerun skips finished cells, report written; SLURM array script."""
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+import yaml
+
+import run_experiments
+from helpers import synthetic_records
+from tlrec_utils import experiments as X
+from tlrec_utils.errors import InputError
+
+
+@pytest.fixture()
+def grid_config(tmp_path):
+    target, catalog = synthetic_records(n=300, seed=0)
+    source, _ = synthetic_records(n=200, seed=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, recs in [("train", target[:200]), ("valid", target[200:250]), ("test", target[250:]),
+                       ("source_train", source)]:
+        (data / f"{name}.json").write_text(json.dumps(recs))
+    (data / "items.json").write_text(json.dumps(catalog))
+    config = {
+        "name": "tiny-grid",
+        "output_dir": str(tmp_path / "grid"),
+        "target": {k: str(data / f"{k}.json") for k in ("train", "valid", "test")} | {"items": str(data / "items.json")},
+        "source": {"train": str(data / "source_train.json")},
+        "settings": ["zero-shot", 16, 64],
+        "seeds": 2,
+        "ours": "LogReg",
+        "methods": [
+            {"name": "LogReg", "baseline": "heuristic-logreg"},
+            {"name": "Popularity", "baseline": "item-popularity"},
+            {"name": "User share", "baseline": "user-like-share"},
+        ],
+        "ablations": [{"name": "Like-rate", "baseline": "item-like-rate"}],
+        "slurm": {"partition": "gpu", "time": "02:00:00", "max_parallel": 4, "setup": ["module load cuda"]},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def test_grid_runs_every_cell_once_and_reports(grid_config, capsys):
+    path, config = grid_config
+    assert run_experiments.main(["--config", str(path)]) == 0
+    cells = X.build_cells(X.load_config(path))
+    assert len(cells) == (3 + 1) * 3 * 2
+    for cell in cells:
+        metrics = json.loads((X.cell_dir(config, cell) / "metrics.json").read_text())
+        assert metrics["settings"]["seed"] == cell.seed
+        expected_k = None if cell.setting == "zero-shot" else int(cell.setting[1:])
+        assert metrics["settings"]["k_shot"] == expected_k
+        expected_train = config["source"]["train"] if expected_k is None else config["target"]["train"]
+        assert metrics["settings"]["train_file"] == expected_train
+    table = (tmp := (X.runs_dir(config).parent / "results")) / "table1.md"
+    lines = table.read_text().splitlines()
+    assert lines[0] == "| Method | Zero-shot AUC | Zero-shot NDCG@10 | K=16 AUC | K=16 NDCG@10 | K=64 AUC | K=64 NDCG@10 |"
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| LogReg", "| Popularity", "| User share"]
+    assert (tmp / "ablation.png").stat().st_size > 0 and (tmp / "table1.csv").is_file()
+    assert "| LogReg |" in capsys.readouterr().out
+
+    # rerun: nothing is recomputed
+    mtimes = {c.path: os.stat(X.cell_dir(config, c) / "metrics.json").st_mtime_ns for c in cells}
+    assert run_experiments.main(["--config", str(path)]) == 0
+    assert mtimes == {c.path: os.stat(X.cell_dir(config, c) / "metrics.json").st_mtime_ns for c in cells}
+
+
+def test_k_shot_cells_pass_k_and_seed(grid_config):
+    """A K-shot cell passes its K and its seed (the K-shot sample is drawn by seed inside the run)."""
+    path, config = grid_config
+    cfg = X.load_config(path)
+    k16 = [c for c in X.build_cells(cfg) if c.setting == "k16" and c.method == "LogReg"]
+    assert [c.seed for c in k16] == [0, 1]
+    argv = X.cell_argv(cfg, k16[1])
+    assert argv[argv.index("--k_shot") + 1] == "16" and argv[argv.index("--seed") + 1] == "1"
+
+
+@pytest.fixture()
+def fake_sbatch(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch_calls.txt"
+    script = bin_dir / "sbatch"
+    script.write_text(f'#!/bin/bash\necho "$@" >> {log}\necho "Submitted batch job 4242"\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_slurm_array_over_unfinished_cells(grid_config, fake_sbatch):
+    path, config = grid_config
+    cfg = X.load_config(path)
+    cells = X.build_cells(cfg)
+    X.run_cell(cfg, cells[0])  # one cell already done: not part of the array
+    assert run_experiments.main(["--config", str(path), "--launcher", "slurm"]) == 0
+    script = X.runs_dir(config).parent.resolve() / "slurm" / "grid.sbatch"
+    assert fake_sbatch.read_text().split() == [str(script)]
+    text = script.read_text()
+    assert f"#SBATCH --array=0-{len(cells) - 2}%4" in text
+    assert "#SBATCH --partition=gpu" in text and "#SBATCH --time=02:00:00" in text and "module load cuda" in text
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    listed = json.loads((script.parent / "cells.json").read_text())
+    assert listed == [c.path for c in cells[1:]]
+    # what array task 3 runs: the 4th unfinished cell
+    assert "--cell_index \"$SLURM_ARRAY_TASK_ID\"" in text
+    assert run_experiments.main(["--config", str(path), "--cells_file", str(script.parent / "cells.json"),
+                                 "--cell_index", "3"]) == 0
+    assert X.is_finished(cfg, cells[4]) and not X.is_finished(cfg, cells[3])
+
+
+def test_slurm_without_sbatch_writes_the_script_and_says_so(grid_config, monkeypatch, tmp_path):
+    path, config = grid_config
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="sbatch not found"):
+        run_experiments.main(["--config", str(path), "--launcher", "slurm"])
+    assert (X.runs_dir(config).parent / "slurm" / "grid.sbatch").is_file()
+
+
+def test_bad_config_is_input_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\nmethods: []\n")
+    with pytest.raises(InputError, match="missing 'target'"):
+        run_experiments.main(["--config", str(bad)])
+    bad.write_text(yaml.safe_dump({"output_dir": "x", "target": {}, "settings": ["few"], "methods": [{"name": "a", "baseline": "sasrec"}]}))
+    with pytest.raises(InputError, match="neither zero-shot nor a K"):
+        run_experiments.main(["--config", str(bad)])
