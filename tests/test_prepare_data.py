@@ -15,9 +15,9 @@ from tlrec_utils.errors import InputError
 from tlrec_utils.prepare import PrepareConfig, prepare_dataset, write_k_shot
 from tlrec_utils.records import load_records
 
+from test_raw_datasets import write_ml100k  # tests/ is on sys.path (conftest)
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_raw_datasets import write_ml100k  # noqa: E402
 
 
 @pytest.fixture()
