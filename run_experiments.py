@@ -42,6 +42,7 @@ def main(argv=None):
         return 0
     failures = []
     if not args.report_only:
+        X.run_setup(config, in_process=not args.subprocess)
         if args.launcher == "slurm":
             X.submit_slurm(config, cells, args.config)
             return 0

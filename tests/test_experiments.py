@@ -38,6 +38,9 @@ def grid_config(tmp_path):
             {"name": "User share", "baseline": "user-like-share"},
         ],
         "ablations": [{"name": "Like-rate", "baseline": "item-like-rate"}],
+        # a setup step (run once before the cells): here a K-shot file, as a data preparation step would
+        "setup": [{"script": "run_prepare_data.py", "args": {"k_shot": 16, "seed": 0, "output_dir": str(data)},
+                   "creates": str(data / "train_k16_seed0.json")}],
         "slurm": {"partition": "gpu", "time": "02:00:00", "max_parallel": 4, "setup": ["module load cuda"]},
     }
     path = tmp_path / "grid.yaml"
@@ -65,9 +68,12 @@ def test_grid_runs_every_cell_once_and_reports(grid_config, capsys):
     assert "| LogReg |" in capsys.readouterr().out
 
     # rerun: nothing is recomputed
+    setup_file = config["setup"][0]["creates"]
     mtimes = {c.path: os.stat(X.cell_dir(config, c) / "metrics.json").st_mtime_ns for c in cells}
+    mtimes[setup_file] = os.stat(setup_file).st_mtime_ns
     assert run_experiments.main(["--config", str(path)]) == 0
-    assert mtimes == {c.path: os.stat(X.cell_dir(config, c) / "metrics.json").st_mtime_ns for c in cells}
+    assert mtimes == {c.path: os.stat(X.cell_dir(config, c) / "metrics.json").st_mtime_ns for c in cells} | {
+        setup_file: os.stat(setup_file).st_mtime_ns}
 
 
 def test_k_shot_cells_pass_k_and_seed(grid_config):

@@ -18,6 +18,8 @@ Config (YAML or JSON), e.g. configs/experiments/movie_tiny.yaml:
     backbones: [{name: tiny-gpt2, methods: [TLRec, TALLRec], pipeline: {base_model: ...}}]  # Figure 3
     backbone_settings: [64]                     # settings of the backbone grid (default: all)
     slurm: {partition: ..., time: "24:00:00", gpus: 1, cpus: 8, mem: 64G, max_parallel: 16, setup: [...]}
+    setup:                                      # steps run once, here, before any cell (both launchers)
+      - {script: run_prepare_data.py, args: {dataset: ml-100k, ...}, creates: data/movie/test.json}
 
 Layout: OUTPUT/runs/<group>/[<backbone>/]<method>/<setting>/seed<S>/ with cell.json (what the cell is and
 where its metrics.json lands) written before the cell runs; OUTPUT/results/ for the report.
@@ -213,14 +215,35 @@ def run_cell(config, cell: Cell, in_process: bool = True) -> None:
     write_cell_json(config, cell)
     argv = cell_argv(config, cell)
     logger.info("cell %s: %s %s", cell.path, cell.script, shlex.join(argv))
-    if in_process:
-        sys.path.insert(0, str(REPO_ROOT))
-        module = importlib.import_module(Path(cell.script).stem)
-        module.main(argv)
-    else:
-        subprocess.run([sys.executable, str(REPO_ROOT / cell.script), *argv], check=True)
+    _run_script(cell.script, argv, in_process)
     if not is_finished(config, cell):
         raise RuntimeError(f"cell {cell.path}: finished without writing {cell.metrics}")
+
+
+def run_setup(config, in_process: bool = True) -> None:
+    """Each `setup` step whose `creates` path does not exist yet (data preparation, tiny model, CoT data)."""
+    for n, step in enumerate(config.get("setup") or []):
+        if "script" not in step or "creates" not in step:
+            raise InputError(f"{config['_path']}: setup step {n} needs 'script' and 'creates'")
+        if Path(step["creates"]).exists():
+            continue
+        argv = flags(step.get("args") or {})
+        logger.info("setup %d: %s %s", n, step["script"], shlex.join(argv))
+        _run_script(step["script"], argv, in_process)
+        if not Path(step["creates"]).exists():
+            raise RuntimeError(f"setup step {n} ({step['script']}) did not create {step['creates']}")
+
+
+def _run_script(script: str, argv: list[str], in_process: bool) -> None:
+    if in_process:
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        module = importlib.import_module(Path(script).stem)
+        main = getattr(module, "main")
+        main = getattr(main, "__wrapped__", main)  # entry scripts may decorate main with cli_entry
+        main(argv)
+    else:
+        subprocess.run([sys.executable, str(REPO_ROOT / script), *argv], check=True)
 
 
 def run_local(config, cells: list[Cell], in_process: bool = True) -> list[str]:
