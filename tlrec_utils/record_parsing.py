@@ -11,9 +11,11 @@ for books; TARGET is `prompts.quote_target(text, style)`: wrapped again in quote
 `""Title" written by Author"`) or as in a list (style 'item', the TLRec Amazon-Books release).
 
 Items are separated by `, ` but titles and authors may contain `, ` and `"` themselves, so splitting on
-a separator or a regex gets them wrong. Instead every way of cutting the list at `, "` into well-formed
-items is enumerated; one way -> parsed, several -> a catalog (item_id -> text) may pick the one whose items
-all exist, otherwise the record is ambiguous and reported (None), never guessed.
+a separator or a regex gets them wrong. Instead the list is cut at `, "` only where every piece is a
+well-formed item (movie: quoted, balanced quotes inside; book: `"Title" written by Author`), and among those
+readings (found by dynamic programming) the one with the most items wins: no item text contains the
+separator. Ties go to the reading whose book titles do not contain `, "`; a tie beyond that is reported
+(None), never guessed. A catalog (item_id -> text) is tried first: a reading whose items all exist in it wins.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ _INPUT_RE = re.compile(
     + re.escape(prompts.UNPREFERENCE_PREFIX)
     + r"(?P<disliked>[^\n]*)\n"
     + re.escape(prompts.TARGET_QUESTION.split("{kind}")[0])
-    + r"(?P<kind>movie|book) (?P<target>[^\n]*)\?$"
+    + "(?P<kind>" + "|".join(prompts.ITEM_KINDS) + r") (?P<target>[^\n]*)\?$"
 )
 _SEPARATOR = ', "'
 _BOOK_MARK = '" written by '
