@@ -124,7 +124,7 @@ class EvalArguments:
     )
     max_new_tokens: int = field(default=128, metadata={"help": "Generation length in --eval_mode generate."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N records."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda when available)."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, auto (spread over all GPUs), ... (default: cuda when available)."})
 
 
 def parse_args(dataclass_types, argv=None):

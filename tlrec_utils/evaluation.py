@@ -112,8 +112,9 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
         catalog = catalog if catalog is not None else load_catalog(None, records)
         rankings = []
         cands_by_record = ranking_candidates(records, catalog, args.num_negatives, args.seed)
+        rank_encoder = RecordEncoder(tokenizer, args.max_length, answer)
         for i, cands in tqdm(cands_by_record, desc="ranking"):
-            encodings = [encoder.prompt_ids(c, where(source, record=i)) for c in cands]
+            encodings = [rank_encoder.prompt_ids(c, where(source, record=i)) for c in cands]
             if args.eval_mode == "generate":
                 scores = score(encodings, "ranking", progress=False)
             else:
@@ -125,8 +126,12 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
         result["counts"]["ranked"] = len(rankings)
         result["counts"]["liked_without_structure"] = result["counts"]["liked"] - len(rankings)
 
+    # prompts cut to --max_length (by dropping the oldest history items, or in the middle)
     result["counts"]["truncated"] = dict(encoder.truncations)
     encoder.report(source, len(records))
+    if "ndcg" in wanted:
+        result["counts"]["truncated_ranking_prompts"] = dict(rank_encoder.truncations)
+        rank_encoder.report(f"{source} (ranking prompts)", sum(len(c) for _, c in cands_by_record))
     result["settings"] = {
         "eval_mode": args.eval_mode, "metrics": sorted(wanted), "num_negatives": args.num_negatives,
         "ndcg_k": k, "seed": args.seed, "max_length": args.max_length, "batch_size": args.batch_size,

@@ -190,14 +190,14 @@ def load_for_inference(model_args, adapter: str | None = None, device: str | Non
     """(model, tokenizer) ready for scoring: eval mode, on `device` (default: CUDA when available)."""
     tokenizer = load_tokenizer(model_args.base_model, model_args.trust_remote_code)
     if adapter:
-        load_adapter_check = Path(adapter) / "adapter_config.json"
-        if not load_adapter_check.is_file():
+        if not (Path(adapter) / "adapter_config.json").is_file():
             raise InputError(f"--adapter {adapter}: not a LoRA adapter directory (no adapter_config.json)")
-    model = load_base_model(model_args)
+    # device "auto": spread a model too large for one GPU over all of them (accelerate's device_map)
+    model = load_base_model(model_args, device_map="auto" if device == "auto" else None)
     if adapter:
         model = load_adapter(model, adapter)
-    quantized = getattr(model, "is_quantized", False)
-    if not quantized:
+    placed = getattr(model, "is_quantized", False) or device == "auto"
+    if not placed:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
     model.eval()

@@ -1,0 +1,118 @@
+"""Evaluation speed on the Movie test split, as ratios measured in one run:
+
+1. run_eval's scoring (encoding + forward passes) vs the same model's plain forward pass over the same
+   batches (goal: overhead at most 20%);
+2. vs the authors' generate-then-read-first-step method: an untuned model (generates up to 128 tokens)
+   and a tuned one (stops after a few) (goals: at least 10x and at least 2x);
+3. shared-prefix ranking (history once, 51 suffixes as one batch) vs 51 full prompts (goal: at least 3x).
+
+    python bench/bench_eval.py [--prepared DIR] [--base_model DIR] [--tuned_model DIR]
+
+Without --tuned_model the tiny model is fully fine-tuned for a few steps first (so it answers and stops).
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench_common import movie_split_and_model
+
+
+def timed(fn, repeat=1):
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prepared")
+    ap.add_argument("--base_model")
+    ap.add_argument("--tuned_model", help="a fully fine-tuned model dir (run_tuning.py --finetune full)")
+    ap.add_argument("--records", type=int, default=512, help="test records for throughput")
+    ap.add_argument("--generate_records", type=int, default=64)
+    ap.add_argument("--rank_records", type=int, default=20)
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--max_length", type=int, default=512)
+    ap.add_argument("--work_dir")
+    args = ap.parse_args()
+
+    import run_tuning
+    from tlrec_utils.evaluation import load_catalog, ranking_candidates
+    from tlrec_utils.modeling import load_tokenizer
+    from tlrec_utils.records import load_records
+    from tlrec_utils.scoring import left_pad, length_sorted_batches, score_by_generation, score_prompts, \
+        score_shared_prefix
+    from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(torch.get_num_threads())
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_eval_"))
+    prepared, model_dir = movie_split_and_model(work, args.prepared, args.base_model)
+    records = load_records(prepared / "test.json")[: args.records]
+    tokenizer = load_tokenizer(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    answer = derive_answer_tokens(tokenizer)
+    pad = tokenizer.pad_token_id
+    print(f"model {model_dir} ({sum(p.numel() for p in model.parameters())} parameters), "
+          f"{torch.get_num_threads()} threads, {len(records)} Movie test records")
+
+    # 1. scoring vs plain forward over the same batches
+    def run_scoring():
+        enc = RecordEncoder(tokenizer, args.max_length, answer)
+        encodings = [enc.prompt_ids(r) for r in records]
+        return encodings, score_prompts(model, encodings, answer, pad, args.batch_size, progress=False)
+
+    t_score, (encodings, _) = timed(run_scoring, repeat=2)
+    batches = [left_pad([encodings[i] for i in idx], pad) for idx in length_sorted_batches(
+        [len(e) for e in encodings], args.batch_size)]
+
+    def plain_forward():
+        with torch.inference_mode():
+            for ids, mask, _ in batches:
+                model(input_ids=ids, attention_mask=mask)
+
+    t_plain, _ = timed(plain_forward, repeat=2)
+    print(f"[1] scoring incl. encoding: {t_score:.2f} s ({len(records) / t_score:.0f} records/s); plain forward "
+          f"of the same batches: {t_plain:.2f} s -> overhead {100 * (t_score / t_plain - 1):+.1f}% (goal <= 20%)")
+
+    # 2. generate mode, untuned and tuned
+    sub = encodings[: args.generate_records]
+    t_s, _ = timed(lambda: score_prompts(model, sub, answer, pad, args.batch_size, progress=False), repeat=2)
+    t_g, (_, n_new) = timed(lambda: score_by_generation(model, sub, answer, pad, tokenizer.eos_token_id,
+                                                        args.batch_size, 128, progress=False))
+    print(f"[2] untuned, {len(sub)} records: score {t_s:.2f} s, generate {t_g:.2f} s "
+          f"(mean {n_new.mean():.0f} new tokens) -> {t_g / t_s:.1f}x faster (goal >= 10x)")
+    tuned_dir = args.tuned_model
+    if tuned_dir is None:
+        tuned_dir = work / "tuned"
+        if not (tuned_dir / "config.json").is_file():
+            run_tuning.main(["--base_model", str(model_dir), "--train_files", str(prepared / "train.json"),
+                             "--output_dir", str(tuned_dir), "--finetune", "full", "--max_steps", "150",
+                             "--learning_rate", "1e-3", "--per_device_train_batch_size", "16", "--max_length",
+                             "256", "--save_strategy", "no", "--disable_tqdm", "true", "--overwrite_output_dir"])
+    tuned = AutoModelForCausalLM.from_pretrained(tuned_dir).eval()
+    t_s, _ = timed(lambda: score_prompts(tuned, sub, answer, pad, args.batch_size, progress=False), repeat=2)
+    t_g, (_, n_new) = timed(lambda: score_by_generation(tuned, sub, answer, pad, tokenizer.eos_token_id,
+                                                        args.batch_size, 128, progress=False))
+    print(f"[2] tuned,   {len(sub)} records: score {t_s:.2f} s, generate {t_g:.2f} s "
+          f"(mean {n_new.mean():.1f} new tokens) -> {t_g / t_s:.1f}x faster (goal >= 2x)")
+
+    # 3. shared-prefix ranking vs 51 full prompts
+    catalog = load_catalog(prepared / "items.json", records)
+    cands = ranking_candidates(records, catalog, 50, seed=0)[: args.rank_records]
+    enc = RecordEncoder(tokenizer, args.max_length, answer)
+    groups = [[enc.prompt_ids(c) for c in cs] for _, cs in cands]
+    t_full, _ = timed(lambda: [score_prompts(model, g, answer, pad, 51, progress=False) for g in groups], repeat=2)
+    t_pref, _ = timed(lambda: [score_shared_prefix(model, g, answer, pad, 64) for g in groups], repeat=2)
+    print(f"[3] ranking {len(groups)} targets among 50 negatives: full prompts {t_full:.2f} s, shared prefix "
+          f"{t_pref:.2f} s -> {t_full / t_pref:.1f}x faster (goal >= 3x)")
+
+
+if __name__ == "__main__":
+    main()
