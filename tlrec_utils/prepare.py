@@ -191,7 +191,8 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
 
     params = asdict(cfg)
     params.update(like_threshold=like_threshold, split_ratio=":".join(map(str, ratio)))
-    for key in ("raw_dir", "output_dir", "download"):
+    unused = ("history_len", "max_windows", "split_ratio", "like_threshold", "keep_implicit", "shuffle_seed")
+    for key in ("raw_dir", "output_dir", "download") + (unused if cfg.dataset == "windows-csv" else ("item_kind",)):
         params.pop(key)
     all_records = [r for s in SPLITS for r in splits[s]]
     meta = {
