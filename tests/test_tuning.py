@@ -221,3 +221,16 @@ def test_auto_target_modules_by_architecture():
     assert resolve_target_modules(gpt2, "c_attn, c_proj") == ["c_attn", "c_proj"]
     with pytest.raises(InputError, match="q_proj"):
         resolve_target_modules(gpt2, "q_proj")
+
+
+def test_config_file_instead_of_flags_and_k_shot(tiny_llama, data, tmp_path):
+    config = {"base_model": str(tiny_llama), "train_files": [str(data / "train.json")], "output_dir": str(tmp_path / "k"),
+              "k_shot": 16, "seed": 3, "max_steps": 1, "max_length": int(MAX_LEN), "use_cpu": True,
+              "lora_r": 4, "lora_target_modules": "q_proj,k_proj"}
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(config))
+    assert run_tuning.main([str(path)]) == 0
+    summary = json.loads((tmp_path / "k" / "tuning_summary.json").read_text())
+    assert summary["train_records"] == 16 and summary["k_shot"] == 16 and summary["seed"] == 3
+    adapter = json.loads((tmp_path / "k" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "k_proj"}
