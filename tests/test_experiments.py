@@ -80,7 +80,7 @@ def test_k_shot_cells_pass_k_and_seed(grid_config):
     """A K-shot cell passes its K and its seed (the K-shot sample is drawn by seed inside the run)."""
     path, config = grid_config
     cfg = X.load_config(path)
-    k16 = [c for c in X.build_cells(cfg) if c.setting == "k16" and c.method == "LogReg"]
+    k16 = [c for c in X.build_cells(cfg) if c.setting == "k16" and c.name == "LogReg"]
     assert [c.seed for c in k16] == [0, 1]
     argv = X.cell_argv(cfg, k16[1])
     assert argv[argv.index("--k_shot") + 1] == "16" and argv[argv.index("--seed") + 1] == "1"
@@ -135,3 +135,41 @@ def test_bad_config_is_input_error(tmp_path):
     bad.write_text(yaml.safe_dump({"output_dir": "x", "target": {}, "settings": ["few"], "methods": [{"name": "a", "baseline": "sasrec"}]}))
     with pytest.raises(InputError, match="neither zero-shot nor a K"):
         run_experiments.main(["--config", str(bad)])
+
+
+def test_pipeline_cells_one_run_per_seed_with_flags_run_pipeline_accepts(grid_config):
+    """TLRec and TALLRec come from one run_pipeline run_dir per seed (shared phases run once); an ablation
+    and a backbone are runs of their own; the flags parse with run_pipeline's own parser."""
+    import run_pipeline
+
+    path, config = grid_config
+    config = {**config, "pipeline": {"data_dir": "/data", "test_limit": 20},
+              "pipeline_runs": {"main": {"compare_without_cot": True},
+                                "wo_curriculum": {"curriculum": "shuffled", "compare_without_cot": False}},
+              "methods": config["methods"][:1] + [{"name": "TLRec", "pipeline": "main", "variant": "tlrec"},
+                                                  {"name": "TALLRec", "pipeline": "main", "variant": "wo_cot"}],
+              "ablations": [{"name": "w/o curriculum", "pipeline": "wo_curriculum", "variant": "tlrec_wo_curriculum"}],
+              "backbones": [{"name": "tiny-gpt2", "methods": ["TLRec"], "pipeline": {"base_model": "/models/gpt2"}}],
+              "backbone_settings": [64], "_path": str(path)}
+    cells = X.build_cells(config)
+    pipeline = [c for c in cells if c.script == "run_pipeline.py"]
+    assert [(c.group, c.name, c.backbone, c.seed) for c in pipeline] == [
+        ("main", "pipeline-main", None, 0), ("main", "pipeline-main", None, 1),
+        ("ablation", "pipeline-wo_curriculum", None, 0), ("ablation", "pipeline-wo_curriculum", None, 1),
+        ("backbone", "pipeline-main", "tiny-gpt2", 0), ("backbone", "pipeline-main", "tiny-gpt2", 1),
+    ]
+    main1 = pipeline[1]
+    assert main1.path == "main/pipeline-main/seed1"
+    assert {(o["method"], o["setting"]): o["metrics"] for o in main1.outputs} == {
+        (m, s): f"{v}/eval/{d}/metrics.json"
+        for m, v in (("TLRec", "tlrec"), ("TALLRec", "wo_cot"))
+        for s, d in (("zero-shot", "zero_shot"), ("k16", "k16_seed1"), ("k64", "k64_seed1"))
+    }
+    parsed = run_pipeline.parse_args(X.cell_argv(config, main1))
+    assert (parsed.run_dir, parsed.seeds, parsed.k_shots) == (str(X.cell_dir(config, main1)), [1], [16, 64])
+    assert parsed.compare_without_cot is True and parsed.data_dir == "/data" and parsed.test_limit == 20
+    ablation = run_pipeline.parse_args(X.cell_argv(config, pipeline[2]))
+    assert ablation.curriculum == "shuffled" and ablation.compare_without_cot is False
+    backbone = run_pipeline.parse_args(X.cell_argv(config, pipeline[4]))
+    assert backbone.base_model == "/models/gpt2" and backbone.k_shots == [64]
+    assert [o["method"] for o in pipeline[4].outputs] == ["TLRec"]

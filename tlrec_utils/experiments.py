@@ -1,28 +1,37 @@
 """The paper's experiment grid as one command (run_experiments.py): settings x seeds x methods, each cell a
 run directory; finished cells are skipped; local or SLURM array execution; then Table 1 and the figures.
 
-Config (YAML or JSON), e.g. configs/experiments/movie_tiny.yaml:
+Config (YAML or JSON), e.g. configs/experiments/movie_tiny.yaml (paths relative to the working directory):
 
     name: movie_tiny
-    output_dir: experiments/movie_tiny          # relative to the config's directory's repo root (cwd)
-    target: {train: ..., valid: ..., test: ..., items: ...}      # prepared target domain
-    source: {train: ..., valid: ...}                             # prepared source domain (zero-shot)
+    output_dir: experiments/movie_tiny
+    target: {train: ..., valid: ..., test: ..., items: ...}      # prepared target domain (baselines)
+    source: {train: ..., valid: ...}                             # prepared source domain (zero-shot baselines)
     settings: [zero-shot, 16, 64, 256]
     seeds: 5                                    # or an explicit list [0, 1, 2]
     ours: TLRec
     metrics: [auc, ndcg@10]
+    pipeline: {data_dir: ..., base_model: ...}  # run_pipeline flags shared by every pipeline run
+    pipeline_runs:                              # one run_pipeline invocation per seed (and backbone) each
+      main: {compare_without_cot: true}
+      wo_curriculum: {curriculum: shuffled, compare_without_cot: false}
     methods:                                    # Table 1 rows, in order
-      - {name: TLRec, pipeline: {...run_pipeline flags...}}
-      - {name: SASRec, baseline: sasrec}
-    ablations: [{name: TLRec w/o CoT, pipeline: {...}}]      # Figure 2 (with `ours`)
-    backbones: [{name: tiny-gpt2, methods: [TLRec, TALLRec], pipeline: {base_model: ...}}]  # Figure 3
+      - {name: TLRec, pipeline: main, variant: tlrec}
+      - {name: TALLRec, pipeline: main, variant: wo_cot}
+      - {name: SASRec, baseline: sasrec, options: {epochs: 20}}
+    ablations:                                  # Figure 2 (beside `ours`)
+      - {name: w/o curriculum, pipeline: wo_curriculum, variant: tlrec_wo_curriculum}
+    backbones:                                  # Figure 3: the named methods again per backbone
+      - {name: tiny-gpt2, methods: [TLRec, TALLRec], pipeline: {base_model: ...}}
     backbone_settings: [64]                     # settings of the backbone grid (default: all)
-    slurm: {partition: ..., time: "24:00:00", gpus: 1, cpus: 8, mem: 64G, max_parallel: 16, setup: [...]}
     setup:                                      # steps run once, here, before any cell (both launchers)
       - {script: run_prepare_data.py, args: {dataset: ml-100k, ...}, creates: data/movie/test.json}
+    slurm: {partition: ..., time: "24:00:00", gpus: 1, cpus: 8, mem: 64G, max_parallel: 16, setup: [...]}
 
-Layout: OUTPUT/runs/<group>/[<backbone>/]<method>/<setting>/seed<S>/ with cell.json (what the cell is and
-where its metrics.json lands) written before the cell runs; OUTPUT/results/ for the report.
+Cells: a baseline cell is one (method, setting, seed); a pipeline cell is one run_pipeline run_dir for one
+seed, giving every setting of every variant it trains (its shared phases run once). Layout:
+OUTPUT/runs/<group>/[<backbone>/]<method or pipeline-RUN>/[<setting>/]seed<S>/ with cell.json (what the
+cell is, where each metrics.json lands) written before the cell runs; OUTPUT/results/ for the report.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import InputError
@@ -49,15 +58,14 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Cell:
     group: str  # main | ablation | backbone
-    method: str
-    setting: str  # zero-shot | k16 | k64 | k256
+    name: str  # method (baseline cell) or pipeline-RUN (pipeline cell)
     seed: int
     script: str  # entry script at the repo root
     args: list[str]
-    metrics: str = "metrics.json"  # relative to the cell directory
+    outputs: list[dict]  # [{method, setting, metrics}]: metrics relative to the cell directory
+    setting: str | None = None  # baseline cells: zero-shot | k16 | ...
     backbone: str | None = None
     path: str = ""  # relative to OUTPUT/runs
-    extra: dict = field(default_factory=dict)
 
 
 def slug(text: str) -> str:
@@ -102,14 +110,17 @@ def seeds_of(config) -> list[int]:
     return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
 
 
-def flags(options: dict) -> list[str]:
-    """{key: value} -> ['--key', 'value', ...]; True -> bare flag, False/None -> omitted, lists -> repeated values."""
+def flags(options: dict, explicit_bools: bool = False) -> list[str]:
+    """{key: value} -> ['--key', 'value', ...]; None -> omitted, lists -> several values; booleans: a bare
+    flag / omitted (argparse store_true), or `--key true|false` with `explicit_bools` (HfArgumentParser)."""
     out = []
     for key, value in options.items():
-        if value is None or value is False:
+        if value is None or (value is False and not explicit_bools):
             continue
         out.append(f"--{key}")
-        if value is True:
+        if isinstance(value, bool):
+            if explicit_bools:
+                out.append(str(value).lower())
             continue
         out.extend(str(v) for v in value) if isinstance(value, list) else out.append(str(value))
     return out
@@ -127,24 +138,32 @@ def baseline_cell(config, method: dict, setting: str, seed: int, group: str) -> 
         "model": method["baseline"], **data, "test_file": target["test"], "items_file": target.get("items"),
         "seed": seed, **(method.get("options") or {}),
     }
-    return Cell(group, method["name"], setting, seed, "run_baselines.py", flags(options))
+    outputs = [{"method": method["name"], "setting": setting, "metrics": "metrics.json"}]
+    return Cell(group, method["name"], seed, "run_baselines.py", flags(options), outputs, setting=setting)
 
 
-def pipeline_cell(config, method: dict, setting: str, seed: int, group: str, backbone=None) -> Cell:
-    """A cell run by run_pipeline.py: see `pipeline_args` for the mapping."""
-    options = {**(config.get("pipeline") or {}), **(method.get("pipeline") or {})}
-    if backbone is not None:
-        options.update(backbone.get("pipeline") or {})
-    args, metrics = pipeline_args(config, options, setting, seed)
-    return Cell(group, method["name"], setting, seed, "run_pipeline.py", args, metrics=metrics)
+def pipeline_setting(setting: str, seed: int) -> str:
+    """The pipeline's name for a grid setting (its eval/<name>/ directory)."""
+    return "zero_shot" if setting == "zero-shot" else f"{setting}_seed{seed}"
 
 
-def pipeline_args(config, options: dict, setting: str, seed: int) -> tuple[list[str], str]:
-    """Flags for run_pipeline.py and where its metrics.json lands inside the cell directory.
-    The cell directory itself is appended as --run_dir when the cell runs."""
-    k = None if setting == "zero-shot" else int(setting[1:])
-    options = {**options, "seed": seed, "k_shot": k if k is not None else 0}
-    return flags(options), "eval/metrics.json" if k is None else f"k{k}/eval/metrics.json"
+def pipeline_cell(config, run: str, methods: list[dict], settings: list[str], seed: int, group: str,
+                  backbone: dict | None = None) -> Cell:
+    runs = config.get("pipeline_runs") or {}
+    if run not in runs:
+        raise InputError(f"{config['_path']}: pipeline run {run!r} is not defined in pipeline_runs")
+    options = {**(config.get("pipeline") or {}), **(runs[run] or {}), **((backbone or {}).get("pipeline") or {})}
+    k_shots = [int(s[1:]) for s in settings if s != "zero-shot"]
+    options.update(seeds=[seed], k_shots=k_shots)
+    if not k_shots:
+        raise InputError(f"{config['_path']}: pipeline runs need at least one K in settings")
+    outputs = [
+        {"method": m["name"], "setting": s, "metrics": f"{m['variant']}/eval/{pipeline_setting(s, seed)}/metrics.json"}
+        for m in methods
+        for s in settings
+    ]
+    return Cell(group, f"pipeline-{run}", seed, "run_pipeline.py", flags(options, explicit_bools=True), outputs,
+                backbone=backbone["name"] if backbone else None)
 
 
 def build_cells(config) -> list[Cell]:
@@ -152,38 +171,43 @@ def build_cells(config) -> list[Cell]:
     seeds = seeds_of(config)
     cells = []
 
-    def make(method, setting, seed, group, backbone=None):
-        if "baseline" in method:
-            return baseline_cell(config, method, setting, seed, group)
-        if "pipeline" in method or config.get("pipeline"):
-            return pipeline_cell(config, method, setting, seed, group, backbone)
-        raise InputError(f"{config['_path']}: method {method.get('name')!r} needs 'baseline' or 'pipeline'")
+    def add(methods: list[dict], group: str, group_settings, backbone=None):
+        pipelines = {}
+        for method in methods:
+            if "name" not in method:
+                raise InputError(f"{config['_path']}: every method needs a 'name'")
+            if "baseline" in method:
+                for setting in group_settings:
+                    for seed in seeds:
+                        cells.append(baseline_cell(config, method, setting, seed, group))
+            elif "pipeline" in method and "variant" in method:
+                pipelines.setdefault(method["pipeline"], []).append(method)
+            else:
+                raise InputError(
+                    f"{config['_path']}: method {method['name']!r} needs 'baseline', or 'pipeline' and 'variant'"
+                )
+        for run, run_methods in pipelines.items():
+            for seed in seeds:
+                cells.append(pipeline_cell(config, run, run_methods, group_settings, seed, group, backbone))
 
-    by_name = {}
-    for method in config["methods"]:
-        if "name" not in method:
-            raise InputError(f"{config['_path']}: every method needs a 'name'")
-        by_name[method["name"]] = method
-        for setting in settings:
-            for seed in seeds:
-                cells.append(make(method, setting, seed, "main"))
-    for method in config.get("ablations") or []:
-        for setting in settings:
-            for seed in seeds:
-                cells.append(make(method, setting, seed, "ablation"))
+    add(config["methods"], "main", settings)
+    add(config.get("ablations") or [], "ablation", settings)
+    by_name = {m["name"]: m for m in config["methods"]}
     backbone_settings = [setting_key(s) for s in config.get("backbone_settings", settings)]
     for backbone in config.get("backbones") or []:
-        for name in backbone.get("methods", [config.get("ours", "TLRec")]):
-            if name not in by_name:
-                raise InputError(f"{config['_path']}: backbone {backbone['name']!r} names unknown method {name!r}")
-            for setting in backbone_settings:
-                for seed in seeds:
-                    cell = make(by_name[name], setting, seed, "backbone", backbone)
-                    cell.backbone = backbone["name"]
-                    cells.append(cell)
+        names = backbone.get("methods", [config.get("ours", "TLRec")])
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise InputError(f"{config['_path']}: backbone {backbone.get('name')!r} names unknown method(s) {unknown}")
+        if any("baseline" in by_name[n] for n in names):
+            raise InputError(f"{config['_path']}: backbone {backbone.get('name')!r}: only pipeline methods have a backbone")
+        before = len(cells)
+        add([by_name[n] for n in names], "backbone", backbone_settings, backbone)
+        for cell in cells[before:]:
+            cell.backbone = backbone["name"]
     for cell in cells:
-        parts = [cell.group] + ([slug(cell.backbone)] if cell.backbone else []) + [slug(cell.method), cell.setting, f"seed{cell.seed}"]
-        cell.path = "/".join(parts)
+        parts = [cell.group] + ([slug(cell.backbone)] if cell.backbone else []) + [slug(cell.name)]
+        cell.path = "/".join(parts + ([cell.setting] if cell.setting else []) + [f"seed{cell.seed}"])
     return cells
 
 
@@ -196,7 +220,7 @@ def cell_dir(config, cell: Cell) -> Path:
 
 
 def is_finished(config, cell: Cell) -> bool:
-    return (cell_dir(config, cell) / cell.metrics).is_file()
+    return all((cell_dir(config, cell) / out["metrics"]).is_file() for out in cell.outputs)
 
 
 def cell_argv(config, cell: Cell) -> list[str]:
@@ -205,7 +229,7 @@ def cell_argv(config, cell: Cell) -> list[str]:
 
 
 def write_cell_json(config, cell: Cell) -> None:
-    info = {k: v for k, v in asdict(cell).items() if k in ("group", "method", "setting", "seed", "backbone", "metrics")}
+    info = {k: v for k, v in asdict(cell).items() if k in ("group", "seed", "backbone", "outputs")}
     info["command"] = shlex.join([sys.executable, cell.script, *cell_argv(config, cell)])
     atomic_write_json(cell_dir(config, cell) / "cell.json", info)
 
@@ -217,7 +241,8 @@ def run_cell(config, cell: Cell, in_process: bool = True) -> None:
     logger.info("cell %s: %s %s", cell.path, cell.script, shlex.join(argv))
     _run_script(cell.script, argv, in_process)
     if not is_finished(config, cell):
-        raise RuntimeError(f"cell {cell.path}: finished without writing {cell.metrics}")
+        missing = [o["metrics"] for o in cell.outputs if not (cell_dir(config, cell) / o["metrics"]).is_file()]
+        raise RuntimeError(f"cell {cell.path}: finished without writing {', '.join(missing)}")
 
 
 def run_setup(config, in_process: bool = True) -> None:

@@ -207,22 +207,26 @@ def write_report(rows, output_dir, metrics=("auc", "ndcg@10"), ours: str = "TLRe
 
 
 def collect_rows(root) -> list[dict]:
-    """Rows of every finished cell under `root`: a cell is a directory holding `cell.json` ({method,
-    setting, seed, group, backbone, metrics: path of its metrics.json relative to the cell}); cells whose
-    metrics.json does not exist yet are skipped."""
+    """Rows of every finished result under `root`. A cell is a directory holding `cell.json`: {group, seed,
+    backbone, outputs: [{method, setting, metrics}]} (metrics: path of a metrics.json relative to the cell),
+    or the single-output form {method, setting, seed, group, backbone, metrics}. Results whose metrics.json
+    does not exist yet are skipped."""
     import json
     import logging
 
     rows, pending = [], 0
     for cell_file in sorted(Path(root).rglob("cell.json")):
         cell = json.loads(cell_file.read_text(encoding="utf-8"))
-        metrics_path = cell_file.parent / cell.get("metrics", "metrics.json")
-        if not metrics_path.is_file():
-            pending += 1
-            continue
-        row = {"group": "main", "backbone": None, **cell}
-        row["metrics"] = json.loads(metrics_path.read_text(encoding="utf-8"))
-        rows.append(row)
+        outputs = cell.get("outputs") or [{k: cell.get(k) for k in ("method", "setting")} | {"metrics": cell.get("metrics", "metrics.json")}]
+        for out in outputs:
+            metrics_path = cell_file.parent / out["metrics"]
+            if not metrics_path.is_file():
+                pending += 1
+                continue
+            row = {"group": cell.get("group") or "main", "backbone": cell.get("backbone"), "seed": cell["seed"],
+                   "method": out["method"], "setting": out["setting"]}
+            row["metrics"] = json.loads(metrics_path.read_text(encoding="utf-8"))
+            rows.append(row)
     if pending:
-        logging.getLogger(__name__).warning("%s: %d cell(s) not finished, left out of the report", root, pending)
+        logging.getLogger(__name__).warning("%s: %d result(s) not finished, left out of the report", root, pending)
     return rows
