@@ -37,7 +37,7 @@ def grid_config(tmp_path):
             {"name": "Popularity", "baseline": "item-popularity"},
             {"name": "User share", "baseline": "user-like-share"},
         ],
-        "ablations": [{"name": "Like-rate", "baseline": "item-like-rate"}],
+        "ablations": [{"name": "Like-rate", "baseline": "item-like-rate"}, {"name": "Pop again", "same_as": "Popularity"}],
         # a setup step (run once before the cells): here a K-shot file, as a data preparation step would
         "setup": [{"script": "run_prepare_data.py", "args": {"k_shot": 16, "seed": 0, "output_dir": str(data)},
                    "creates": str(data / "train_k16_seed0.json")}],
@@ -65,6 +65,7 @@ def test_grid_runs_every_cell_once_and_reports(grid_config, capsys):
     assert lines[0] == "| Method | Zero-shot AUC | Zero-shot NDCG@10 | K=16 AUC | K=16 NDCG@10 | K=64 AUC | K=64 NDCG@10 |"
     assert [line.split(" | ")[0] for line in lines[2:5]] == ["| LogReg", "| Popularity", "| User share"]
     assert (tmp / "ablation.png").stat().st_size > 0 and (tmp / "table1.csv").is_file()
+    assert not any("Pop_again" in c.path for c in cells)  # `same_as` reuses Popularity's cells
     assert "| LogReg |" in capsys.readouterr().out
 
     # rerun: nothing is recomputed
@@ -137,8 +138,8 @@ def test_bad_config_is_input_error(tmp_path):
         run_experiments.main(["--config", str(bad)])
 
 
-def test_pipeline_cells_one_run_per_seed_with_flags_run_pipeline_accepts(grid_config):
-    """TLRec and TALLRec come from one run_pipeline run_dir per seed (shared phases run once); an ablation
+def test_pipeline_cells_one_run_with_flags_run_pipeline_accepts(grid_config):
+    """TLRec and TALLRec come from one run_pipeline run_dir for all seeds (shared phases run once); an ablation
     and a backbone are runs of their own; the flags parse with run_pipeline's own parser."""
     import run_pipeline
 
@@ -153,23 +154,24 @@ def test_pipeline_cells_one_run_per_seed_with_flags_run_pipeline_accepts(grid_co
               "backbone_settings": [64], "_path": str(path)}
     cells = X.build_cells(config)
     pipeline = [c for c in cells if c.script == "run_pipeline.py"]
-    assert [(c.group, c.name, c.backbone, c.seed) for c in pipeline] == [
-        ("main", "pipeline-main", None, 0), ("main", "pipeline-main", None, 1),
-        ("ablation", "pipeline-wo_curriculum", None, 0), ("ablation", "pipeline-wo_curriculum", None, 1),
-        ("backbone", "pipeline-main", "tiny-gpt2", 0), ("backbone", "pipeline-main", "tiny-gpt2", 1),
+    assert [(c.group, c.name, c.backbone, c.path) for c in pipeline] == [
+        ("main", "pipeline-main", None, "main/pipeline-main"),
+        ("ablation", "pipeline-wo_curriculum", None, "ablation/pipeline-wo_curriculum"),
+        ("backbone", "pipeline-main", "tiny-gpt2", "backbone/tiny-gpt2/pipeline-main"),
     ]
-    main1 = pipeline[1]
-    assert main1.path == "main/pipeline-main/seed1"
-    assert {(o["method"], o["setting"]): o["metrics"] for o in main1.outputs} == {
-        (m, s): f"{v}/eval/{d}/metrics.json"
+    main = pipeline[0]
+    # the zero-shot model does not depend on the K-shot seed: reported once
+    assert {(o["method"], o["setting"], o["seed"]): o["metrics"] for o in main.outputs} == {
+        (m, s, seed): f"{v}/eval/{d}/metrics.json"
         for m, v in (("TLRec", "tlrec"), ("TALLRec", "wo_cot"))
-        for s, d in (("zero-shot", "zero_shot"), ("k16", "k16_seed1"), ("k64", "k64_seed1"))
+        for s, seed, d in (("zero-shot", 0, "zero_shot"), ("k16", 0, "k16_seed0"), ("k16", 1, "k16_seed1"),
+                           ("k64", 0, "k64_seed0"), ("k64", 1, "k64_seed1"))
     }
-    parsed = run_pipeline.parse_args(X.cell_argv(config, main1))
-    assert (parsed.run_dir, parsed.seeds, parsed.k_shots) == (str(X.cell_dir(config, main1)), [1], [16, 64])
+    parsed = run_pipeline.parse_args(X.cell_argv(config, main))
+    assert (parsed.run_dir, parsed.seeds, parsed.k_shots) == (str(X.cell_dir(config, main)), [0, 1], [16, 64])
     assert parsed.compare_without_cot is True and parsed.data_dir == "/data" and parsed.test_limit == 20
-    ablation = run_pipeline.parse_args(X.cell_argv(config, pipeline[2]))
+    ablation = run_pipeline.parse_args(X.cell_argv(config, pipeline[1]))
     assert ablation.curriculum == "shuffled" and ablation.compare_without_cot is False
-    backbone = run_pipeline.parse_args(X.cell_argv(config, pipeline[4]))
+    backbone = run_pipeline.parse_args(X.cell_argv(config, pipeline[2]))
     assert backbone.base_model == "/models/gpt2" and backbone.k_shots == [64]
-    assert [o["method"] for o in pipeline[4].outputs] == ["TLRec"]
+    assert {o["method"] for o in pipeline[2].outputs} == {"TLRec"}

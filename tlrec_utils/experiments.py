@@ -21,6 +21,7 @@ Config (YAML or JSON), e.g. configs/experiments/movie_tiny.yaml (paths relative 
       - {name: SASRec, baseline: sasrec, options: {epochs: 20}}
     ablations:                                  # Figure 2 (beside `ours`)
       - {name: w/o curriculum, pipeline: wo_curriculum, variant: tlrec_wo_curriculum}
+      - {name: w/o CoT, same_as: TALLRec}       # reuse a Table 1 method's results
     backbones:                                  # Figure 3: the named methods again per backbone
       - {name: tiny-gpt2, methods: [TLRec, TALLRec], pipeline: {base_model: ...}}
     backbone_settings: [64]                     # settings of the backbone grid (default: all)
@@ -28,9 +29,10 @@ Config (YAML or JSON), e.g. configs/experiments/movie_tiny.yaml (paths relative 
       - {script: run_prepare_data.py, args: {dataset: ml-100k, ...}, creates: data/movie/test.json}
     slurm: {partition: ..., time: "24:00:00", gpus: 1, cpus: 8, mem: 64G, max_parallel: 16, setup: [...]}
 
-Cells: a baseline cell is one (method, setting, seed); a pipeline cell is one run_pipeline run_dir for one
-seed, giving every setting of every variant it trains (its shared phases run once). Layout:
-OUTPUT/runs/<group>/[<backbone>/]<method or pipeline-RUN>/[<setting>/]seed<S>/ with cell.json (what the
+Cells: a baseline cell is one (method, setting, seed); a pipeline cell is one run_pipeline run_dir giving
+every setting and seed of every variant it trains (its shared phases run once). Layout:
+OUTPUT/runs/<group>/[<backbone>/]<method>/<setting>/seed<S>/ (baselines) or
+OUTPUT/runs/<group>/[<backbone>/]pipeline-<RUN>/ (pipeline runs) with cell.json (what the
 cell is, where each metrics.json lands) written before the cell runs; OUTPUT/results/ for the report.
 """
 
@@ -59,10 +61,10 @@ logger = logging.getLogger(__name__)
 class Cell:
     group: str  # main | ablation | backbone
     name: str  # method (baseline cell) or pipeline-RUN (pipeline cell)
-    seed: int
+    seed: int | None  # None: a pipeline cell covering every seed
     script: str  # entry script at the repo root
     args: list[str]
-    outputs: list[dict]  # [{method, setting, metrics}]: metrics relative to the cell directory
+    outputs: list[dict]  # [{method, setting, seed, metrics}]: metrics relative to the cell directory
     setting: str | None = None  # baseline cells: zero-shot | k16 | ...
     backbone: str | None = None
     path: str = ""  # relative to OUTPUT/runs
@@ -138,7 +140,7 @@ def baseline_cell(config, method: dict, setting: str, seed: int, group: str) -> 
         "model": method["baseline"], **data, "test_file": target["test"], "items_file": target.get("items"),
         "seed": seed, **(method.get("options") or {}),
     }
-    outputs = [{"method": method["name"], "setting": setting, "metrics": "metrics.json"}]
+    outputs = [{"method": method["name"], "setting": setting, "seed": seed, "metrics": "metrics.json"}]
     return Cell(group, method["name"], seed, "run_baselines.py", flags(options), outputs, setting=setting)
 
 
@@ -147,22 +149,27 @@ def pipeline_setting(setting: str, seed: int) -> str:
     return "zero_shot" if setting == "zero-shot" else f"{setting}_seed{seed}"
 
 
-def pipeline_cell(config, run: str, methods: list[dict], settings: list[str], seed: int, group: str,
+def pipeline_cell(config, run: str, methods: list[dict], settings: list[str], seeds: list[int], group: str,
                   backbone: dict | None = None) -> Cell:
+    """One run_pipeline run_dir for all seeds: its seed-independent phases (data, CoT data and tuning, source
+    rec-tuning = the zero-shot model) run once, the K-shot phases once per seed. The zero-shot model is
+    therefore reported once (first seed), not as seeds that would only repeat it."""
     runs = config.get("pipeline_runs") or {}
     if run not in runs:
         raise InputError(f"{config['_path']}: pipeline run {run!r} is not defined in pipeline_runs")
     options = {**(config.get("pipeline") or {}), **(runs[run] or {}), **((backbone or {}).get("pipeline") or {})}
     k_shots = [int(s[1:]) for s in settings if s != "zero-shot"]
-    options.update(seeds=[seed], k_shots=k_shots)
     if not k_shots:
         raise InputError(f"{config['_path']}: pipeline runs need at least one K in settings")
+    options.update(seeds=list(seeds), k_shots=k_shots)
     outputs = [
-        {"method": m["name"], "setting": s, "metrics": f"{m['variant']}/eval/{pipeline_setting(s, seed)}/metrics.json"}
+        {"method": m["name"], "setting": s, "seed": seed,
+         "metrics": f"{m['variant']}/eval/{pipeline_setting(s, seed)}/metrics.json"}
         for m in methods
         for s in settings
+        for seed in (seeds[:1] if s == "zero-shot" else seeds)
     ]
-    return Cell(group, f"pipeline-{run}", seed, "run_pipeline.py", flags(options, explicit_bools=True), outputs,
+    return Cell(group, f"pipeline-{run}", None, "run_pipeline.py", flags(options, explicit_bools=True), outputs,
                 backbone=backbone["name"] if backbone else None)
 
 
@@ -187,11 +194,11 @@ def build_cells(config) -> list[Cell]:
                     f"{config['_path']}: method {method['name']!r} needs 'baseline', or 'pipeline' and 'variant'"
                 )
         for run, run_methods in pipelines.items():
-            for seed in seeds:
-                cells.append(pipeline_cell(config, run, run_methods, group_settings, seed, group, backbone))
+            cells.append(pipeline_cell(config, run, run_methods, group_settings, seeds, group, backbone))
 
     add(config["methods"], "main", settings)
-    add(config.get("ablations") or [], "ablation", settings)
+    # an ablation that is a Table 1 method (w/o CoT = TALLRec here) reuses its cells: `same_as: TALLRec`
+    add([a for a in config.get("ablations") or [] if "same_as" not in a], "ablation", settings)
     by_name = {m["name"]: m for m in config["methods"]}
     backbone_settings = [setting_key(s) for s in config.get("backbone_settings", settings)]
     for backbone in config.get("backbones") or []:
@@ -207,7 +214,7 @@ def build_cells(config) -> list[Cell]:
             cell.backbone = backbone["name"]
     for cell in cells:
         parts = [cell.group] + ([slug(cell.backbone)] if cell.backbone else []) + [slug(cell.name)]
-        cell.path = "/".join(parts + ([cell.setting] if cell.setting else []) + [f"seed{cell.seed}"])
+        cell.path = "/".join(parts + ([cell.setting, f"seed{cell.seed}"] if cell.setting else []))
     return cells
 
 
@@ -375,6 +382,10 @@ def report(config) -> dict:
     from .reporting import collect_rows, write_report
 
     rows = collect_rows(runs_dir(config))
+    for ablation in config.get("ablations") or []:
+        if "same_as" in ablation:
+            rows += [{**r, "group": "ablation", "method": ablation["name"]}
+                     for r in rows if r["group"] == "main" and r["method"] == ablation["same_as"]]
     methods = [m["name"] for m in config["methods"]]
     settings = [setting_key(s) for s in config.get("settings", ["zero-shot", 16, 64, 256])]
     return write_report(

@@ -207,8 +207,8 @@ def write_report(rows, output_dir, metrics=("auc", "ndcg@10"), ours: str = "TLRe
 
 
 def collect_rows(root) -> list[dict]:
-    """Rows of every finished result under `root`. A cell is a directory holding `cell.json`: {group, seed,
-    backbone, outputs: [{method, setting, metrics}]} (metrics: path of a metrics.json relative to the cell),
+    """Rows of every finished result under `root`. A cell is a directory holding `cell.json`: {group,
+    backbone, outputs: [{method, setting, seed, metrics}]} (metrics: path of a metrics.json relative to the cell),
     or the single-output form {method, setting, seed, group, backbone, metrics}. Results whose metrics.json
     does not exist yet are skipped."""
     import json
@@ -223,7 +223,8 @@ def collect_rows(root) -> list[dict]:
             if not metrics_path.is_file():
                 pending += 1
                 continue
-            row = {"group": cell.get("group") or "main", "backbone": cell.get("backbone"), "seed": cell["seed"],
+            row = {"group": cell.get("group") or "main", "backbone": cell.get("backbone"),
+                   "seed": out.get("seed", cell.get("seed")),
                    "method": out["method"], "setting": out["setting"]}
             row["metrics"] = json.loads(metrics_path.read_text(encoding="utf-8"))
             rows.append(row)
