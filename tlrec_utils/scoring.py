@@ -18,6 +18,9 @@ from .tokenization import AnswerTokens, common_prefix_length
 
 
 def _forward_params(model) -> set[str]:
+    """Keyword arguments the underlying model's forward takes (through DDP/DeepSpeed and PEFT wrappers)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return set(inspect.signature(base.forward).parameters)
 

@@ -145,7 +145,7 @@ class TLRecTrainer(Trainer):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
+            logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs.get("position_ids"))
             two = logits[:, [self.answer_tokens.no_id, self.answer_tokens.yes_id]].float()
         return None, two, inputs["label"]
 
@@ -158,7 +158,11 @@ class SaveOnSigterm(TrainerCallback):
 
     def __init__(self):
         self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (an embedding application): it handles signals itself
+            self._previous = None
+            logger.warning("not in the main thread: SIGTERM will not save a checkpoint")
 
     def _handle(self, signum, frame):
         logger.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
@@ -171,7 +175,8 @@ class SaveOnSigterm(TrainerCallback):
         return control
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def last_checkpoint(output_dir) -> str | None:
