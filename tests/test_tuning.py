@@ -226,7 +226,8 @@ def test_auto_target_modules_by_architecture():
 def test_config_file_instead_of_flags_and_k_shot(tiny_llama, data, tmp_path):
     config = {"base_model": str(tiny_llama), "train_files": [str(data / "train.json")], "output_dir": str(tmp_path / "k"),
               "k_shot": 16, "seed": 3, "max_steps": 1, "max_length": int(MAX_LEN), "use_cpu": True,
-              "lora_r": 4, "lora_target_modules": "q_proj,k_proj"}
+              "lora_r": 4, "lora_target_modules": "q_proj,k_proj", "gradient_checkpointing": True,
+              "warmup_steps": 0, "learning_rate": 1e-2}
     path = tmp_path / "args.json"
     path.write_text(json.dumps(config))
     assert run_tuning.main([str(path)]) == 0
@@ -234,3 +235,5 @@ def test_config_file_instead_of_flags_and_k_shot(tiny_llama, data, tmp_path):
     assert summary["train_records"] == 16 and summary["k_shot"] == 16 and summary["seed"] == 3
     adapter = json.loads((tmp_path / "k" / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "k_proj"}
+    weights = load_file(tmp_path / "k" / "adapter_model.safetensors")
+    assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # gradients reached the adapter
