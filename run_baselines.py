@@ -27,6 +27,7 @@ def main(argv=None):
     parser.add_argument("--k_shot", type=int, help="train on K records drawn from --train_file by --seed")
     parser.add_argument("--seed", type=int, default=0, help="K-shot sample and model initialisation")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--test_limit", type=int, help="evaluate on the first N test records (as run_eval --limit)")
     parser.add_argument("--num_negatives", type=int, default=50)
     parser.add_argument("--ndcg_k", type=int, default=10)
     parser.add_argument("--negatives_seed", type=int, default=0, help="same as run_eval's --seed for identical negatives")
@@ -56,6 +57,7 @@ def main(argv=None):
         ndcg_k=args.ndcg_k,
         negatives_seed=args.negatives_seed,
         text_encoder=args.text_encoder,
+        test_limit=args.test_limit,
         **sequential,
     )
 

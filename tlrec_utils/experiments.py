@@ -9,6 +9,7 @@ Config (YAML or JSON), e.g. configs/experiments/movie_tiny.yaml (paths relative 
     source: {train: ..., valid: ...}                             # prepared source domain (zero-shot baselines)
     settings: [zero-shot, 16, 64, 256]
     seeds: 5                                    # or an explicit list [0, 1, 2]
+    test_limit: 300                             # optional: every method on the first N test records
     ours: TLRec
     metrics: [auc, ndcg@10]
     pipeline: {data_dir: ..., base_model: ...}  # run_pipeline flags shared by every pipeline run
@@ -138,7 +139,7 @@ def baseline_cell(config, method: dict, setting: str, seed: int, group: str) -> 
         data = {"train_file": target["train"], "valid_file": target.get("valid"), "k_shot": int(setting[1:])}
     options = {
         "model": method["baseline"], **data, "test_file": target["test"], "items_file": target.get("items"),
-        "seed": seed, **(method.get("options") or {}),
+        "seed": seed, "test_limit": config.get("test_limit"), **(method.get("options") or {}),
     }
     outputs = [{"method": method["name"], "setting": setting, "seed": seed, "metrics": "metrics.json"}]
     return Cell(group, method["name"], seed, "run_baselines.py", flags(options), outputs, setting=setting)
@@ -158,6 +159,8 @@ def pipeline_cell(config, run: str, methods: list[dict], settings: list[str], se
     if run not in runs:
         raise InputError(f"{config['_path']}: pipeline run {run!r} is not defined in pipeline_runs")
     options = {**(config.get("pipeline") or {}), **(runs[run] or {}), **((backbone or {}).get("pipeline") or {})}
+    if config.get("test_limit"):  # baselines and pipeline evaluate on the same first N test records
+        options["test_limit"] = config["test_limit"]
     k_shots = [int(s[1:]) for s in settings if s != "zero-shot"]
     if not k_shots:
         raise InputError(f"{config['_path']}: pipeline runs need at least one K in settings")

@@ -37,10 +37,13 @@ def run_baseline(
     ndcg_k: int = 10,
     negatives_seed: int = 0,
     text_encoder=None,
+    test_limit: int | None = None,
     **sequential_overrides,
 ) -> dict:
     train = load_structured(train_file)
     test = load_structured(test_file)
+    if test_limit:  # the first N, as run_eval's --limit and the pipeline's test_limit take them
+        test = test[:test_limit]
     valid = load_structured(valid_file) if valid_file else None
     if k_shot:
         train = sample_k_shot(train, k_shot, seed, source=str(train_file))
@@ -55,6 +58,7 @@ def run_baseline(
         "train_file": str(train_file),
         "valid_file": str(valid_file) if valid_file else None,
         "test_file": str(test_file),
+        "test_limit": test_limit,
         "items_file": str(items_file) if items_file else None,
         "k_shot": k_shot,
         "seed": seed,
