@@ -59,7 +59,7 @@ def test_deepspeed_config_autos_filled_by_training_arguments(name, tiny_llama, t
         parsed = DeepSpeedConfig(json.loads(json.dumps(cfg)))
         assert parsed.zero_optimization_stage == stage
         assert parsed.train_batch_size == 32 and parsed.bfloat16_config.enabled
-        assert parsed.zero_config.offload_optimizer is not None if offload else parsed.zero_config.offload_optimizer is None
+        assert (parsed.zero_config.offload_optimizer is not None) == offload
         if stage == 3:
             assert parsed.zero_config.gather_16bit_weights_on_model_save  # adapters/models save as plain files
         # fp16 instead of bf16 flips the auto precision the other way.
@@ -163,7 +163,9 @@ TRAIN_CMD = ["run_tuning.py", "--base_model", "/models/llama 7b", "--output_dir"
 
 def test_single_node_template_renders_accelerate_launch(fake_slurm):
     env, log = fake_slurm
-    proc = subprocess.run(["bash", str(REPO / "slurm/single_node.sbatch"), *TRAIN_CMD], env=env, capture_output=True, text=True, cwd="/")
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm/single_node.sbatch"), *TRAIN_CMD], env=env, capture_output=True, text=True, cwd="/"
+    )
     assert proc.returncode == 0, proc.stderr
     (call,) = accelerate_calls(log)
     args = parse_launch(call)
@@ -175,7 +177,9 @@ def test_single_node_template_renders_accelerate_launch(fake_slurm):
 
 def test_multi_node_template_renders_one_launch_per_node(fake_slurm):
     env, log = fake_slurm
-    proc = subprocess.run(["bash", str(REPO / "slurm/multi_node.sbatch"), *TRAIN_CMD], env=env, capture_output=True, text=True, cwd="/")
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm/multi_node.sbatch"), *TRAIN_CMD], env=env, capture_output=True, text=True, cwd="/"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "srun --kill-on-bad-exit=1" in log.read_text()
     calls = accelerate_calls(log)
@@ -192,14 +196,18 @@ def test_multi_node_template_renders_one_launch_per_node(fake_slurm):
 def test_multi_node_template_needs_slurm(fake_slurm):
     env, _ = fake_slurm
     del env["SLURM_NNODES"]
-    proc = subprocess.run(["bash", str(REPO / "slurm/multi_node.sbatch"), *TRAIN_CMD], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm/multi_node.sbatch"), *TRAIN_CMD], env=env, capture_output=True, text=True
+    )
     assert proc.returncode != 0 and "SLURM_NNODES" in proc.stderr
 
 
 def test_preemption_signal_reaches_the_trainer_then_requeues(fake_slurm):
     env, log = fake_slurm
     env["FAKE_BLOCK"] = "1"
-    proc = subprocess.Popen(["bash", str(REPO / "slurm/single_node.sbatch"), *TRAIN_CMD], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "slurm/single_node.sbatch"), *TRAIN_CMD], env=env, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 20
     while not (log.exists() and "started" in log.read_text()):
         assert time.time() < deadline and proc.poll() is None, "fake trainer never started"

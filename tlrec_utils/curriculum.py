@@ -83,7 +83,9 @@ def curriculum_order(
     if mode == "shuffled":
         return _shuffled(np.arange(n), seed, epoch, 0, lengths, megabatch_size)
     if mode == "ordered":
-        return [i for k, (_, idx) in enumerate(groups) for i in _shuffled(idx, seed, epoch, k + 1, lengths, megabatch_size)]
+        return [
+            i for k, (_, idx) in enumerate(groups) for i in _shuffled(idx, seed, epoch, k + 1, lengths, megabatch_size)
+        ]
     # stagewise: the whole schedule is num_epochs passes over stage 1, then over stage 2, ...; epoch e is slice e.
     num_epochs = max(1, math.ceil(num_epochs))
     epoch = epoch % num_epochs  # the Trainer never asks beyond num_epochs; a larger epoch wraps instead of failing
@@ -99,7 +101,9 @@ def curriculum_order(
 class CurriculumSampler(Sampler):
     """Yields `curriculum_order(...)` for the epoch last set by `set_epoch` (the Trainer sets it every epoch)."""
 
-    def __init__(self, stages, mode="ordered", seed=0, lengths=None, num_epochs=1, megabatch_size=DEFAULT_MEGABATCH_SIZE):
+    def __init__(
+        self, stages, mode="ordered", seed=0, lengths=None, num_epochs=1, megabatch_size=DEFAULT_MEGABATCH_SIZE
+    ):
         if mode not in CURRICULUM_MODES:
             raise InputError(f"--curriculum must be one of {', '.join(CURRICULUM_MODES)}, got {mode!r}")
         self.stages = list(stages)

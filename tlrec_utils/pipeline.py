@@ -205,8 +205,8 @@ def tuning_phase(cfg: PipelineConfig, name: str, out: Path, base_model: str, tra
         "--num_train_epochs", str(epochs), "--learning_rate", str(cfg.learning_rate), "--seed", str(seed),
         "--per_device_train_batch_size", str(cfg.per_device_train_batch_size),
         "--gradient_accumulation_steps", str(cfg.gradient_accumulation_steps), "--max_length", str(cfg.max_length),
-        "--finetune", cfg.finetune, "--lora_r", str(cfg.lora_r), "--curriculum", curriculum, "--save_strategy", "steps", "--save_steps", "50",
-        "--save_total_limit", "1", "--dataloader_num_workers", "0",
+        "--finetune", cfg.finetune, "--lora_r", str(cfg.lora_r), "--curriculum", curriculum,
+        "--save_strategy", "steps", "--save_steps", "50", "--save_total_limit", "1", "--dataloader_num_workers", "0",
     ]  # fmt: skip
     if init_adapter:
         argv += ["--init_adapter", str(init_adapter)]
