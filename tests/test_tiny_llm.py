@@ -51,3 +51,11 @@ def test_cli_missing_data_file_is_one_line_error(tmp_path):
     assert "nope.json: file not found" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_sentencepiece_byte_fallback_round_trips_unseen_characters(tiny_llama_sp):
+    tok = AutoTokenizer.from_pretrained(tiny_llama_sp)
+    text = "Yes Man (2008) – Amélie 東京"  # characters the tokenizer never saw come back through byte tokens
+    ids = tok(text).input_ids
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text

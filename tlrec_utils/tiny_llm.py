@@ -84,11 +84,11 @@ def train_tokenizer(texts, vocab_size: int = 4000, style: str = "bytelevel"):
         tok.decoder = decoders.Sequence(
             [decoders.Metaspace(replacement="▁", prepend_scheme="first"), decoders.ByteFallback(), decoders.Fuse()]
         )
-        byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=specials + byte_tokens, show_progress=False
+            vocab_size=max(vocab_size - 256, len(specials) + 1), special_tokens=specials, show_progress=False
         )
         tok.train_from_iterator(texts, trainer=trainer)
+        tok = _with_byte_fallback_vocab(tok)
         bos_id = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
@@ -99,6 +99,23 @@ def train_tokenizer(texts, vocab_size: int = 4000, style: str = "bytelevel"):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
     fast.init_kwargs["add_bos_token"] = add_bos
     return fast
+
+
+def _with_byte_fallback_vocab(tok):
+    """Put the 256 byte tokens `<0x00>`..`<0xFF>` into the BPE vocabulary itself, right after the special
+    tokens, as LLaMA's sentencepiece model has them. Registered as added (special) tokens instead, they would
+    be dropped by `decode(skip_special_tokens=True)`, silently losing characters."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    specials = [t["content"] for t in spec["added_tokens"]]
+    ordered = specials + [f"<0x{i:02X}>" for i in range(256)]
+    ordered += [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if t not in set(ordered)]
+    spec["model"]["vocab"] = {t: i for i, t in enumerate(ordered)}
+    for added in spec["added_tokens"]:
+        added["id"] = spec["model"]["vocab"][added["content"]]
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def build_tiny_llama(
