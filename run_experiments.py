@@ -46,7 +46,11 @@ def main(argv=None):
         if args.launcher == "slurm":
             X.submit_slurm(config, cells, args.config)
             return 0
-        failures = X.run_local(config, cells, in_process=not args.subprocess)
+        try:
+            failures = X.run_local(config, cells, in_process=not args.subprocess)
+        except X.GridInterrupted as exc:
+            print(f"interrupted: {exc}; rerun the same command to resume", file=sys.stderr)
+            return X.EXIT_INTERRUPTED
     written = X.report(config)
     for name, path in written.items():
         print(f"wrote {path}")

@@ -175,3 +175,28 @@ def test_pipeline_cells_one_run_with_flags_run_pipeline_accepts(grid_config):
     backbone = run_pipeline.parse_args(X.cell_argv(config, pipeline[2]))
     assert backbone.base_model == "/models/gpt2" and backbone.k_shots == [64]
     assert {o["method"] for o in pipeline[2].outputs} == {"TLRec"}
+
+
+def test_sigterm_stops_the_grid_and_a_rerun_resumes(grid_config, tmp_path):
+    """SIGTERM (SLURM preemption, a timeout) stops the whole grid with status 143, not just one cell; the
+    rerun finishes the rest."""
+    import signal
+    import sys
+    import time
+
+    path, config = grid_config
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "run_experiments.py", "--config", str(path)], stdout=f, stderr=f,
+                                cwd=X.REPO_ROOT)
+        cfg = X.load_config(path)
+        cells = X.build_cells(cfg)
+        deadline = time.time() + 60
+        while not any(X.is_finished(cfg, c) for c in cells) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=60)
+    done = sum(X.is_finished(cfg, c) for c in cells)
+    assert status == 143 and 0 < done < len(cells), log.read_text()[-2000:]
+    assert run_experiments.main(["--config", str(path)]) == 0
+    assert all(X.is_finished(cfg, c) for c in cells)

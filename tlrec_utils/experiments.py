@@ -45,6 +45,7 @@ import logging
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -269,6 +270,13 @@ def run_setup(config, in_process: bool = True) -> None:
             raise RuntimeError(f"setup step {n} ({step['script']}) did not create {step['creates']}")
 
 
+EXIT_INTERRUPTED = 143  # run_pipeline's status after SIGTERM (checkpoint saved): stop the grid, rerun resumes
+
+
+class GridInterrupted(Exception):
+    """A cell stopped on SIGTERM (SLURM preemption, timeout): the whole grid stops; rerunning resumes."""
+
+
 def _run_script(script: str, argv: list[str], in_process: bool) -> None:
     if in_process:
         if str(REPO_ROOT) not in sys.path:
@@ -276,9 +284,13 @@ def _run_script(script: str, argv: list[str], in_process: bool) -> None:
         module = importlib.import_module(Path(script).stem)
         main = getattr(module, "main")
         main = getattr(main, "__wrapped__", main)  # entry scripts may decorate main with cli_entry
-        main(argv)
+        status = main(argv)
     else:
-        subprocess.run([sys.executable, str(REPO_ROOT / script), *argv], check=True)
+        status = subprocess.run([sys.executable, str(REPO_ROOT / script), *argv]).returncode
+        if status not in (0, EXIT_INTERRUPTED, -signal.SIGTERM):
+            raise RuntimeError(f"{script} exited with status {status}")
+    if status in (EXIT_INTERRUPTED, -signal.SIGTERM):
+        raise GridInterrupted(f"{script} was interrupted (SIGTERM)")
 
 
 def run_local(config, cells: list[Cell], in_process: bool = True) -> list[str]:
@@ -288,16 +300,31 @@ def run_local(config, cells: list[Cell], in_process: bool = True) -> list[str]:
     todo = [c for c in cells if not is_finished(config, c)]
     logger.info("%d cells, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
     failures = []
+
+    def on_sigterm(signum, frame):  # between or inside baseline cells; tuning phases install their own handler
+        raise GridInterrupted("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        _run_cells(config, todo, in_process, failures, tqdm)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return failures
+
+
+def _run_cells(config, todo, in_process, failures, tqdm) -> None:
     for cell in tqdm(todo, desc="cells"):
         started = time.time()
         try:
             run_cell(config, cell, in_process=in_process)
+        except GridInterrupted:
+            logger.warning("cell %s interrupted: stopping the grid; rerun the same command to resume", cell.path)
+            raise
         except (Exception, SystemExit) as exc:  # one broken cell must not stop the grid
             logger.error("cell %s failed: %s", cell.path, exc)
             failures.append(cell.path)
         else:
             logger.info("cell %s done in %.1f s", cell.path, time.time() - started)
-    return failures
 
 
 SBATCH_TEMPLATE = """#!/bin/bash
@@ -394,4 +421,6 @@ def report(config) -> dict:
     return write_report(
         rows, Path(config["output_dir"]) / "results", metrics=tuple(config.get("metrics", ("auc", "ndcg@10"))),
         ours=config.get("ours", "TLRec"), methods=methods, settings=settings, title=config.get("title"),
+        ablation_order=[config.get("ours", "TLRec")] + [a["name"] for a in config.get("ablations") or []],
+        backbone_order=[b["name"] for b in config.get("backbones") or []] or None,
     )

@@ -179,7 +179,7 @@ def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: 
 
 
 def write_report(rows, output_dir, metrics=("auc", "ndcg@10"), ours: str = "TLRec", methods=None, settings=None,
-                 title: str | None = None, figure_metric: str = "auc") -> dict:
+                 title: str | None = None, figure_metric: str = "auc", ablation_order=None, backbone_order=None) -> dict:
     """results/table1.md, table1.csv, ablation.png and backbones.png (figures only when the grid has
     ablation / backbone rows). Returns {name: path}."""
     output_dir = Path(output_dir)
@@ -196,12 +196,13 @@ def write_report(rows, output_dir, metrics=("auc", "ndcg@10"), ours: str = "TLRe
         written["ablation.png"] = grouped_bar_chart(
             ablation, "setting", "method", figure_metric, output_dir / "ablation.png",
             f"Ablations ({METRIC_LABELS.get(figure_metric, figure_metric)})", x_order=order, x_label=setting_label,
+            bar_order=ablation_order,
         )
     backbone = [r for r in rows if r.get("group") == "backbone"]
     if backbone:
         written["backbones.png"] = grouped_bar_chart(
             backbone, "backbone", "method", figure_metric, output_dir / "backbones.png",
-            f"Backbones ({METRIC_LABELS.get(figure_metric, figure_metric)})",
+            f"Backbones ({METRIC_LABELS.get(figure_metric, figure_metric)})", x_order=backbone_order,
         )
     return written
 
