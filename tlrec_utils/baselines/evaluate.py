@@ -1,6 +1,6 @@
 """Score a fitted baseline on test records exactly as run_eval scores an LLM (tlrec_utils.evaluation):
-AUC, sampled NDCG@k (each liked target among the same seeded negatives), per-user NDCG@k; the same
-metrics.json schema and predictions.jsonl, written by evaluation.write_outputs."""
+AUC, sampled NDCG@k (each liked target among the same seeded negatives: evaluation.ranking_candidates),
+per-user NDCG@k; the same metrics.json schema and predictions.jsonl, written by evaluation.write_outputs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import time
 import numpy as np
 
 from .. import metrics as M
-from ..errors import InputError
-from ..negatives import sample_negatives
+from ..evaluation import ranking_candidates
 
 
 def evaluate(model, test_records, catalog: dict, num_negatives: int = 50, ndcg_k: int = 10, negatives_seed: int = 0):
@@ -18,18 +17,12 @@ def evaluate(model, test_records, catalog: dict, num_negatives: int = 50, ndcg_k
     started = time.time()
     labels = [int(r["label"]) for r in test_records]
     scores = np.asarray(model.predict(test_records), dtype=np.float64)
-    try:
-        negatives = sample_negatives(test_records, catalog.keys(), num_negatives=num_negatives, seed=negatives_seed)
-    except ValueError as exc:
-        raise InputError(f"--items_file: {exc}") from None
-    ranked = [i for i, neg in enumerate(negatives) if neg is not None]
-    swapped = [
-        {**test_records[i], "target": {"item_id": item, "title": catalog[item]}, "label": 0}
-        for i in ranked
-        for item in negatives[i]
-    ]
-    neg_scores = np.asarray(model.predict(swapped), dtype=np.float64).reshape(len(ranked), num_negatives)
-    rankings = [(scores[i], neg_scores[j]) for j, i in enumerate(ranked)]
+    # run_eval's own candidate lists: the same records ranked, against the same seeded negatives
+    candidates = ranking_candidates(test_records, catalog, num_negatives, negatives_seed)
+    ranked = [i for i, _ in candidates]
+    flat = [c for _, cands in candidates for c in cands]
+    cand_scores = np.asarray(model.predict(flat), dtype=np.float64).reshape(len(ranked), num_negatives + 1)
+    rankings = [(row[0], row[1:]) for row in cand_scores]
     user_value, users_ranked = M.user_ndcg([r["user_id"] for r in test_records], labels, scores, k=ndcg_k)
     result = {
         "auc": M.auc(labels, scores),
@@ -45,5 +38,5 @@ def evaluate(model, test_records, catalog: dict, num_negatives: int = 50, ndcg_k
         for i, (r, s) in enumerate(zip(test_records, scores))
     ]
     for j, i in enumerate(ranked):
-        predictions[i]["ranking_p_yes"] = [float(scores[i])] + [float(x) for x in neg_scores[j]]
+        predictions[i]["ranking_p_yes"] = [float(x) for x in cand_scores[j]]
     return {k: M.json_safe(v) for k, v in result.items()}, predictions
