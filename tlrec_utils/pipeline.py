@@ -69,6 +69,7 @@ class PipelineConfig:
     )
     trust_remote_code: bool = field(default=False)
     tiny_vocab_size: int = field(default=2000)
+    tiny_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny LLaMA (2 layers, 4 heads)."})
     # CoT data (source domain)
     teacher: str = field(default="heuristic", metadata={"help": "heuristic (offline, not an LLM) or openai."})
     teacher_model: str = field(default="gpt-4")
@@ -191,7 +192,8 @@ def model_phase(cfg: PipelineConfig, text_files: list[Path]) -> str:
     from .tiny_llm import build_tiny_llama
 
     out = Path(cfg.run_dir) / "model"
-    _phase(out, "tiny LLaMA", lambda: {"path": str(build_tiny_llama(text_files, out, vocab_size=cfg.tiny_vocab_size))})
+    _phase(out, "tiny LLaMA", lambda: {"path": str(build_tiny_llama(
+        text_files, out, vocab_size=cfg.tiny_vocab_size, hidden_size=cfg.tiny_hidden_size))})
     return str(out)
 
 
