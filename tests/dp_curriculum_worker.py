@@ -92,6 +92,13 @@ def main(model_dir, out_dir, mode):
             }
         )
     )
+    # Tear the process group down together: a rank that exits while the other still talks to it through gloo
+    # can abort (SIGABRT) at interpreter exit.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
