@@ -52,6 +52,12 @@ def staged_output_dir(output_dir, overwrite: bool = True):
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    move_contents(stage, output_dir)
+
+
+def move_contents(stage, output_dir) -> None:
+    """Move every entry of `stage` into `output_dir` (replacing same-named entries), then remove `stage`."""
+    stage, output_dir = Path(stage), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for item in stage.iterdir():
         target = output_dir / item.name

@@ -193,13 +193,11 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     """Train and save to `training_args.output_dir`. Returns the exit status: 0, or 143 after a SIGTERM
     (a checkpoint was saved; rerunning the same command resumes from it)."""
     import json
-    import os
-    import shutil
     import time
 
     from transformers import EarlyStoppingCallback
 
-    from .fileio import atomic_write_json
+    from .fileio import atomic_write_json, move_contents
     from .kshot import sample_k_shot
     from .modeling import load_base_model, load_tokenizer, prepare_for_training
     from .tokenization import RecordEncoder, derive_answer_tokens
@@ -282,12 +280,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(stage))
-        for item in stage.iterdir():
-            target = output_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        shutil.rmtree(stage, ignore_errors=True)
+        move_contents(stage, output_dir)
         summary = {
             "finetune": lora_args.finetune,
             "base_model": model_args.base_model,
