@@ -14,12 +14,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text encoder is a local path; never reach a hub
 
 from tlrec_utils.baselines import BASELINES  # noqa: E402
-from tlrec_utils.errors import cli_entry  # noqa: E402
+from tlrec_utils.errors import InputError, cli_entry  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, choices=BASELINES)
+    parser.add_argument("--model", required=True, help=f"one of {', '.join(BASELINES)}")
     parser.add_argument("--train_file", required=True)
     parser.add_argument("--test_file", required=True)
     parser.add_argument("--valid_file", help="validation records: best epoch by AUC (sequential models)")
@@ -40,6 +40,8 @@ def main(argv=None):
     parser.add_argument("--dro_beta", type=float, default=0.5)
     parser.add_argument("--dro_gamma", type=float, default=0.05)
     args = parser.parse_args(argv)
+    if args.model not in BASELINES:  # checked here, not by argparse `choices`, so the error stays one line
+        raise InputError(f"--model: unknown baseline {args.model!r} (one of {', '.join(BASELINES)})")
 
     from tlrec_utils.baselines.runner import run_baseline
 

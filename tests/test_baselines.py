@@ -151,3 +151,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "record 0" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_unknown_baseline_is_one_line_exit_2(tmp_path, capsys):
+    import run_baselines
+
+    with pytest.raises(SystemExit) as exc:
+        run_baselines.cli_entry(run_baselines.main)(
+            ["--model", "nope", "--train_file", "x.json", "--test_file", "y.json", "--output_dir", str(tmp_path / "o")]
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown baseline 'nope'" in err and "sasrec" in err
+    assert not (tmp_path / "o").exists()
