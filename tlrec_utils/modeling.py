@@ -137,7 +137,7 @@ def resolve_target_modules(model, spec: str):
 
 def prepare_for_training(model, lora_args, gradient_checkpointing: bool = False):
     """LoRA (new, or continued from `--init_adapter`) or full fine-tuning. Returns the model to train."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     quantized = getattr(model, "is_quantized", False) or getattr(model, "is_loaded_in_4bit", False)
     if lora_args.finetune == "full":
