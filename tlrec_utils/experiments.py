@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text, read_config_file
 from .paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -88,20 +88,7 @@ def setting_key(setting) -> str:
 
 def load_config(path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            config = yaml.safe_load(text)
-        else:
-            config = json.loads(text)
-    except Exception as exc:  # yaml and json raise different types: report either as bad input
-        raise InputError(f"{path}: cannot parse ({exc})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: expected a mapping at the top level")
+    config = read_config_file(path)
     for key in ("output_dir", "target", "methods"):
         if key not in config:
             raise InputError(f"{path}: missing '{key}'")

@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -73,3 +75,26 @@ def sha256_file(path, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_config_file(path) -> dict:
+    """A JSON or YAML (.yaml/.yml) config file as a dict ({} when empty); InputError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as exc:  # yaml and json raise different types: both are bad input
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise InputError(f"{path}: not valid {kind} ({str(exc).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
+    return values

@@ -34,12 +34,13 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, read_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -356,3 +357,34 @@ def format_table(results: dict, k: int = 10) -> str:
 
 def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(PipelineConfig)]
+
+
+def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineConfig:
+    """PipelineConfig from flags; `--config FILE.yaml|json` supplies defaults that flags override."""
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(PipelineConfig, description=description)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise InputError("--config needs a file")
+        path = Path(argv[i + 1])
+        del argv[i : i + 2]
+        values = read_config_file(path)
+        unknown = sorted(set(values) - set(config_fields()))
+        if unknown:
+            raise InputError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a value from the file satisfies a required flag
+            if action.dest in values:
+                action.required = False
+    # --tuning_args takes the rest of the line (it holds run_tuning flags)
+    tuning_args = []
+    if "--tuning_args" in argv:
+        i = argv.index("--tuning_args")
+        argv, tuning_args = argv[:i], argv[i + 1 :]
+    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    if tuning_args:
+        cfg.tuning_args = list(cfg.tuning_args) + tuning_args
+    return cfg
