@@ -21,7 +21,7 @@ def model_and_tok(request):
     # a random tiny model is nearly uniform: larger answer rows make score differences visible
     answer = derive_answer_tokens(tok)
     with torch.no_grad():
-        model.lm_head.weight[[answer.yes_id, answer.no_id]] = torch.randn(2, model.config.hidden_size) * 0.3
+        model.lm_head.weight[[answer.yes_id, answer.no_id]] = torch.randn(2, model.config.hidden_size) * 0.1
     return model, tok
 
 

@@ -113,6 +113,37 @@ def test_init_adapter_continues_the_adapter(trained, tiny_llama, data, tmp_path)
     assert any(not torch.equal(first[k], third[k]) for k in first)
 
 
+def test_template_saved_with_the_adapter_is_what_eval_and_later_phases_use(trained, tiny_llama, data, tmp_path,
+                                                                            caplog):
+    from tlrec_utils import prompts
+
+    out, _ = trained
+    assert prompts.load_saved_template(out) == prompts.get_template("tallrec")  # the default, saved
+    assert json.loads((out / "tuning_summary.json").read_text())["prompt_template"] == "tallrec"
+    # a phase trained with alpaca: the next phase (no flag) and run_eval (no flag) keep alpaca
+    first = tmp_path / "alpaca"
+    assert run_tuning.main(_common(tiny_llama, first, "--train_files", data / "val.json", "--max_steps", 1,
+                                   "--prompt_template", "alpaca")) == 0
+    second = tmp_path / "next"
+    assert run_tuning.main(_common(tiny_llama, second, "--train_files", data / "val.json", "--max_steps", 1,
+                                   "--init_adapter", first)) == 0
+    assert prompts.load_saved_template(second).name == "alpaca"
+
+    def evaluate(name, *extra):
+        assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(second), "--test_file",
+                              str(data / "val.json"), "--output_dir", str(tmp_path / name), "--metrics", "auc",
+                              "--limit", "16", *extra]) == 0
+        preds = [json.loads(line)["p_yes"] for line in (tmp_path / name / "predictions.jsonl").open()]
+        return json.loads((tmp_path / name / "metrics.json").read_text())["settings"]["prompt_template"], preds
+
+    saved, saved_preds = evaluate("saved")
+    assert saved == "alpaca"
+    with caplog.at_level("WARNING"):
+        told, told_preds = evaluate("told", "--prompt_template", "tallrec")
+    assert told == "tallrec" and "--prompt_template tallrec differs from the template 'alpaca'" in caplog.text
+    assert told_preds != saved_preds  # other prompt bytes, other scores
+
+
 def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tiny_llama, data, tmp_path):
     out = tmp_path / "preempted"
 

@@ -72,6 +72,12 @@ class DataArguments:
     max_val_records: int | None = field(
         default=None, metadata={"help": "Validate on the first N records of --val_file only (faster checks)."}
     )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Alpaca template: tallrec (TALLRec's released bytes), tlrec (the TLRec authors' utils.py) "
+                          "or alpaca (clean alpaca-lora). Default: the one saved with --init_adapter / the base "
+                          "model, else tallrec. Saved to output_dir/tlrec_prompt.json."},
+    )
 
 
 @dataclass
@@ -125,6 +131,11 @@ class EvalArguments:
     max_new_tokens: int = field(default=128, metadata={"help": "Generation length in --eval_mode generate."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N records."})
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, auto (spread over all GPUs), ... (default: cuda when available)."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "tallrec, tlrec or alpaca. Default: the template saved with the adapter/model "
+                          "(tlrec_prompt.json), else tallrec; a different explicit one is used with a warning."},
+    )
 
 
 def parse_args(dataclass_types, argv=None):

@@ -71,15 +71,19 @@ def ranking_candidates(records: list[dict], catalog: dict[str, str], num_negativ
     return out
 
 
-def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: str = "test file"):
-    """(metrics dict, predictions list). `args`: arguments.EvalArguments."""
+def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: str = "test file", template=None):
+    """(metrics dict, predictions list). `args`: arguments.EvalArguments; `template`: prompts.PromptTemplate
+    (default: `args.prompt_template` or tallrec; run_eval passes the one saved with the model)."""
+    from .prompts import get_template
+
+    template = template or get_template(getattr(args, "prompt_template", None))
     started = time.time()
     wanted = {m.strip() for m in args.metrics.split(",") if m.strip()}
     unknown = wanted - {"auc", "ndcg"}
     if unknown:
         raise InputError(f"--metrics: unknown {', '.join(sorted(unknown))} (choose from auc, ndcg)")
-    answer = derive_answer_tokens(tokenizer)
-    encoder = RecordEncoder(tokenizer, args.max_length, answer)
+    answer = derive_answer_tokens(tokenizer, template)
+    encoder = RecordEncoder(tokenizer, args.max_length, answer, template=template)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     k = args.ndcg_k
     result = {"counts": {"records": len(records), "liked": int(sum(r["label"] for r in records))}}
@@ -112,7 +116,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
         catalog = catalog if catalog is not None else load_catalog(None, records)
         rankings = []
         cands_by_record = ranking_candidates(records, catalog, args.num_negatives, args.seed)
-        rank_encoder = RecordEncoder(tokenizer, args.max_length, answer)
+        rank_encoder = RecordEncoder(tokenizer, args.max_length, answer, template=template)
         for i, cands in tqdm(cands_by_record, desc="ranking"):
             encodings = [rank_encoder.prompt_ids(c, where(source, record=i)) for c in cands]
             if args.eval_mode == "generate":
@@ -135,7 +139,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
     result["settings"] = {
         "eval_mode": args.eval_mode, "metrics": sorted(wanted), "num_negatives": args.num_negatives,
         "ndcg_k": k, "seed": args.seed, "max_length": args.max_length, "batch_size": args.batch_size,
-        "answer_token_ids": {"yes": answer.yes_id, "no": answer.no_id},
+        "answer_token_ids": {"yes": answer.yes_id, "no": answer.no_id}, "prompt_template": template.name,
     }
     result["wall_time_s"] = round(time.time() - started, 3)
     return {key: M.json_safe(v) for key, v in result.items()}, predictions

@@ -97,6 +97,10 @@ class PipelineConfig:
     per_device_train_batch_size: int = field(default=8)
     gradient_accumulation_steps: int = field(default=1)
     max_length: int = field(default=512)
+    prompt_template: str | None = field(
+        default=None, metadata={"help": "Alpaca template of every tuning and evaluation phase: tallrec (default), "
+                                        "tlrec or alpaca (tlrec_utils/prompts.py)."},
+    )
     finetune: str = field(
         default="lora",
         metadata={"help": "lora (the paper: each phase continues the previous adapter) or full (each phase continues "
@@ -217,6 +221,8 @@ def tuning_phase(cfg: PipelineConfig, name: str, out: Path, base_model: str, tra
         argv += ["--k_shot", str(k_shot)]
     if cfg.trust_remote_code:
         argv += ["--trust_remote_code"]
+    if cfg.prompt_template:
+        argv += ["--prompt_template", cfg.prompt_template]
     argv += list(cfg.tuning_args)
 
     def run():
@@ -235,6 +241,7 @@ def eval_phase(cfg: PipelineConfig, name: str, out: Path, base_model: str, adapt
     from .arguments import EvalArguments, ModelArguments
     from .evaluation import evaluate, load_catalog, load_test_records, summary_line, write_outputs
     from .modeling import load_for_inference
+    from .prompts import resolve_template
 
     def run():
         model_args = ModelArguments(base_model=base_model, trust_remote_code=cfg.trust_remote_code)
@@ -242,11 +249,14 @@ def eval_phase(cfg: PipelineConfig, name: str, out: Path, base_model: str, adapt
             test_file=str(test_file), output_dir=str(out), adapter=str(adapter) if adapter else None,
             items_file=str(items_file), metrics=cfg.eval_metrics, num_negatives=cfg.num_negatives, ndcg_k=cfg.ndcg_k,
             batch_size=cfg.eval_batch_size, max_length=cfg.max_length, limit=cfg.test_limit, device=cfg.device,
+            prompt_template=cfg.prompt_template,
         )  # fmt: skip
+        template = resolve_template(cfg.prompt_template, [eval_args.adapter, base_model])
         records = load_test_records(eval_args.test_file, eval_args.limit)
         catalog = load_catalog(eval_args.items_file, records) if "ndcg" in eval_args.metrics else None
         model, tokenizer = load_for_inference(model_args, eval_args.adapter, eval_args.device)
-        metrics, predictions = evaluate(model, tokenizer, records, eval_args, catalog, source=eval_args.test_file)
+        metrics, predictions = evaluate(model, tokenizer, records, eval_args, catalog, source=eval_args.test_file,
+                                        template=template)
         metrics["settings"].update(base_model=base_model, adapter=eval_args.adapter, test_file=eval_args.test_file)
         write_outputs(out, metrics, predictions)
         logger.info("[%s] %s", name, summary_line(metrics, cfg.ndcg_k))
@@ -283,6 +293,10 @@ def check_config(cfg: PipelineConfig) -> None:
         raise InputError(f"--teacher must be heuristic or openai, got {cfg.teacher!r}")
     if any(k < 1 for k in cfg.k_shots):
         raise InputError(f"--k_shots must be positive, got {cfg.k_shots}")
+    if cfg.prompt_template is not None:
+        from .prompts import get_template
+
+        get_template(cfg.prompt_template)  # an unknown name fails before any phase runs
 
 
 def run_variant(cfg: PipelineConfig, name: str, spec: dict, base_model: str, data: dict, cot_file) -> dict:

@@ -1,23 +1,137 @@
 """Every prompt string of TLRec in one place, used identically at training and evaluation.
 
-The Alpaca template is TALLRec's (alpaca-lora `templates/alpaca.json`); the rec-tuning wording is the one
-in the published TALLRec/TLRec records, byte for byte. Changing a string here changes the data format:
-published records will no longer match.
+Alpaca templates are data: `TEMPLATES` holds named templates with their bytes and their source. The default,
+`tallrec`, is byte for byte what TALLRec's `finetune_rec.py` and `evaluate.py` build (the f-string's first line
+ends in `request.  # noqa: E501`, two spaces and the comment inside the string: every TALLRec/TLRec model was
+trained and evaluated on them). The rec-tuning wording is the one in the published TALLRec/TLRec records, and
+the CoT wording the TLRec authors' `cot_data/generate_data.py` / `preprocess_data.py`, byte for byte.
+Changing a string here changes the data format: published records will no longer match.
 """
 
 from __future__ import annotations
 
-ALPACA_PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
 RESPONSE_SPLIT = "### Response:"
+_HEADER = "Below is an instruction that describes a task{paired}. Write a response that appropriately completes the request."
+_PAIRED = ", paired with an input that provides further context"
+_NOQA = "  # noqa: E501"  # inside the released f-strings, so inside every released prompt
+_BODY_INPUT = "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+_BODY_NO_INPUT = "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """An Alpaca-style template up to and including '### Response:\\n' (the response follows directly).
+
+    Records without an input use `no_input_train` when building training sequences and `no_input_eval` when
+    scoring, because the TLRec authors' training and evaluation code differ there by one space."""
+
+    name: str
+    with_input: str
+    no_input_train: str
+    no_input_eval: str
+    source: str = ""
+
+    def render(self, instruction: str, input: str | None = None, training: bool = False) -> str:
+        if input:
+            return self.with_input.format(instruction=instruction, input=input)
+        text = self.no_input_train if training else self.no_input_eval
+        return text.format(instruction=instruction)
+
+    def texts(self) -> tuple[str, str, str]:
+        return self.with_input, self.no_input_train, self.no_input_eval
+
+
+def _template(name, source, input_header, train_header, eval_header) -> PromptTemplate:
+    return PromptTemplate(name, input_header + _BODY_INPUT, train_header + _BODY_NO_INPUT,
+                          eval_header + _BODY_NO_INPUT, source)
+
+
+TEMPLATES = {
+    t.name: t
+    for t in (
+        # SAI990323/TALLRec@c1db29ce6501bce32cc8c3e343c4eb14155beeb1 finetune_rec.py generate_prompt and
+        # evaluate.py generate_prompt: the same bytes in both, with and without input
+        _template("tallrec", "TALLRec finetune_rec.py / evaluate.py (SAI990323/TALLRec@c1db29c)",
+                  _HEADER.format(paired=_PAIRED) + _NOQA, _HEADER.format(paired="") + _NOQA,
+                  _HEADER.format(paired="") + _NOQA),
+        # ljy2222/TLRec@534c6c97ea67dcde1230f102c65d4ef141cd3435 utils.py: generate_prompt (training) ends the
+        # no-input header in "request. " (a trailing space, no comment), generate_prompt_eval in "request."
+        _template("tlrec", "TLRec utils.py generate_prompt / generate_prompt_eval (ljy2222/TLRec@534c6c9)",
+                  _HEADER.format(paired=_PAIRED) + _NOQA, _HEADER.format(paired="") + " ",
+                  _HEADER.format(paired="")),
+        # tloen/alpaca-lora templates/alpaca.json: the clean header
+        _template("alpaca", "alpaca-lora templates/alpaca.json", _HEADER.format(paired=_PAIRED),
+                  _HEADER.format(paired=""), _HEADER.format(paired="")),
+    )
+}
+DEFAULT_TEMPLATE = "tallrec"
+TEMPLATE_FILE = "tlrec_prompt.json"  # saved next to every tuned model/adapter
+
+
+def get_template(name: str | None = None) -> PromptTemplate:
+    name = DEFAULT_TEMPLATE if name is None else name
+    if name not in TEMPLATES:
+        raise InputError(f"--prompt_template: unknown template {name!r} (choose from {', '.join(TEMPLATES)})")
+    return TEMPLATES[name]
+
+
+def save_template(directory, template: PromptTemplate) -> None:
+    from .fileio import atomic_write_json
+
+    atomic_write_json(Path(directory) / TEMPLATE_FILE, asdict(template))
+
+
+def load_saved_template(directory) -> PromptTemplate | None:
+    """The template saved next to a model/adapter by run_tuning, or None when there is none. The saved bytes
+    win over the registry's: they are what the model was trained on."""
+    if not directory:
+        return None
+    path = Path(directory) / TEMPLATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        template = PromptTemplate(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise InputError(f"{path}: not a saved prompt template ({exc})") from None
+    for text in template.texts():
+        if not isinstance(text, str) or not text.endswith(RESPONSE_SPLIT + "\n") or "{instruction}" not in text:
+            raise InputError(f"{path}: a template text does not hold {{instruction}} and end in '### Response:\\n'")
+    if "{input}" not in template.with_input:
+        raise InputError(f"{path}: the with_input template has no {{input}}")
+    return template
+
+
+def resolve_template(requested: str | None, saved_in=()) -> PromptTemplate:
+    """The template to use: `requested` (a name) if given, else the one saved in the first of `saved_in`
+    (directories: adapter, model) that holds one, else the default. An explicit request that differs from
+    the saved template is used, with a warning naming both."""
+    saved, where_saved = None, None
+    for directory in saved_in:
+        saved = load_saved_template(directory)
+        if saved is not None:
+            where_saved = Path(directory) / TEMPLATE_FILE
+            break
+    if requested is None:
+        if saved is not None:
+            logger.info("prompt template %r from %s", saved.name, where_saved)
+            return saved
+        return get_template(None)
+    template = get_template(requested)
+    if saved is not None and saved != template:
+        logger.warning("--prompt_template %s differs from the template %r the model was trained with (%s): "
+                       "using %s", template.name, saved.name, where_saved, template.name)
+    return template
+
 
 YES = "Yes."
 NO = "No."
@@ -34,15 +148,14 @@ UNPREFERENCE_PREFIX = "User Unpreference: "
 TARGET_QUESTION = "Whether the user will like the target {kind} {target}?"
 
 
-def generate_prompt(instruction: str, input: str | None = None) -> str:
+def generate_prompt(instruction: str, input: str | None = None, template: PromptTemplate | None = None,
+                    training: bool = False) -> str:
     """The Alpaca prompt up to and including '### Response:\\n' (the response follows directly)."""
-    if input:
-        return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input)
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+    return (template or TEMPLATES[DEFAULT_TEMPLATE]).render(instruction, input, training=training)
 
 
-def record_prompt(record: dict) -> str:
-    return generate_prompt(record["instruction"], record.get("input"))
+def record_prompt(record: dict, template: PromptTemplate | None = None, training: bool = False) -> str:
+    return generate_prompt(record["instruction"], record.get("input"), template, training=training)
 
 
 def rec_instruction(kind: str) -> str:

@@ -26,8 +26,8 @@ SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
 
 def iter_texts(paths):
     """Every string in the given JSON / JSONL files (records, CoT records, anything), plus the templates."""
-    yield prompts.ALPACA_PROMPT_INPUT
-    yield prompts.ALPACA_PROMPT_NO_INPUT
+    for template in prompts.TEMPLATES.values():
+        yield from template.texts()
     yield f"{prompts.YES} {prompts.NO}"
 
     def strings(obj):

@@ -49,9 +49,9 @@ def common_prefix_length(a, b) -> int:
     return n
 
 
-def derive_answer_tokens(tokenizer) -> AnswerTokens:
+def derive_answer_tokens(tokenizer, template: prompts.PromptTemplate | None = None) -> AnswerTokens:
     """The token ids that decide "Yes." vs "No." right after the template's response header."""
-    prompt = prompts.generate_prompt(prompts.rec_instruction("movie"), "An example input.")
+    prompt = prompts.generate_prompt(prompts.rec_instruction("movie"), "An example input.", template)
     yes_ids, no_ids = tokenizer([prompt + prompts.YES, prompt + prompts.NO]).input_ids
     i = first_difference(yes_ids, no_ids)
     if i is None or i >= len(yes_ids) or i >= len(no_ids):
@@ -109,10 +109,13 @@ def rerender(record: dict, history=None, target=None) -> dict | None:
 class RecordEncoder:
     """Encodes records for scoring (`prompt_ids`) and training (`training_features`), within `max_length`.
 
-    `truncations` counts records cut: {'history': n, 'middle': m}."""
+    `template`: the Alpaca template (prompts.TEMPLATES; default tallrec). `truncations` counts records cut:
+    {'history': n, 'middle': m}."""
 
-    def __init__(self, tokenizer, max_length: int, answer: AnswerTokens | None = None, train_on_inputs: bool = False):
+    def __init__(self, tokenizer, max_length: int, answer: AnswerTokens | None = None, train_on_inputs: bool = False,
+                 template: prompts.PromptTemplate | None = None):
         self.tokenizer = tokenizer
+        self.template = template or prompts.get_template()
         self.max_length = max_length
         self.answer = answer
         self.train_on_inputs = train_on_inputs
@@ -130,7 +133,7 @@ class RecordEncoder:
 
     def prompt_ids(self, record: dict, source: str = "record") -> list[int]:
         """Token ids whose last position predicts the answer token, at most `max_length` long."""
-        ids = self._scoring_ids(prompts.record_prompt(record), source)
+        ids = self._scoring_ids(prompts.record_prompt(record, self.template), source)
         if len(ids) <= self.max_length:
             return ids
         history = record.get("history") or []
@@ -138,7 +141,7 @@ class RecordEncoder:
             shorter = rerender(record, history=history[start:])
             if shorter is None:
                 break
-            ids = self._scoring_ids(prompts.record_prompt(shorter), source)
+            ids = self._scoring_ids(prompts.record_prompt(shorter, self.template), source)
             if len(ids) <= self.max_length:
                 self.truncations["history"] += 1
                 return ids
@@ -163,7 +166,7 @@ class RecordEncoder:
     def training_features(self, record: dict, source: str = "record") -> dict:
         """{'input_ids', 'labels'} with prompt labels -100 (unless train_on_inputs)."""
         output = record["output"]
-        prompt_ids, response_ids = self._split_ids(prompts.record_prompt(record), output)
+        prompt_ids, response_ids = self._split_ids(prompts.record_prompt(record, self.template, training=True), output)
         budget = self.max_length - len(response_ids)
         if budget < MIN_PROMPT_TOKENS:
             raise InputError(
@@ -177,7 +180,8 @@ class RecordEncoder:
                 if shorter is None:
                     break
                 shorter["output"] = output
-                prompt_ids, response_ids = self._split_ids(prompts.record_prompt(shorter), output)
+                prompt_ids, response_ids = self._split_ids(
+                    prompts.record_prompt(shorter, self.template, training=True), output)
                 if len(prompt_ids) <= budget:
                     self.truncations["history"] += 1
                     break

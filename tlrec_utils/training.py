@@ -200,6 +200,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     from .fileio import atomic_write_json, move_contents
     from .kshot import sample_k_shot
     from .modeling import load_base_model, load_tokenizer, prepare_for_training
+    from .prompts import resolve_template, save_template
     from .tokenization import RecordEncoder, derive_answer_tokens
 
     started = time.time()
@@ -225,14 +226,17 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
         if not val_records:
             raise InputError(f"{data_args.val_file}: no records")
 
+    # the template the previous phase trained with (adapter, or a full model's directory) unless told otherwise
+    template = resolve_template(data_args.prompt_template, [lora_args.init_adapter, model_args.base_model])
     tokenizer = load_tokenizer(model_args.base_model, model_args.trust_remote_code)
-    answer = derive_answer_tokens(tokenizer) if val_records is not None else None
-    encoder = RecordEncoder(tokenizer, data_args.max_length, answer, train_on_inputs=data_args.train_on_inputs)
+    answer = derive_answer_tokens(tokenizer, template) if val_records is not None else None
+    encoder = RecordEncoder(tokenizer, data_args.max_length, answer, train_on_inputs=data_args.train_on_inputs,
+                            template=template)
     train_features = training_dataset(train_records, encoder, ", ".join(data_args.train_files))
     train_truncations = dict(encoder.truncations)
     val_features = None
     if val_records is not None:
-        val_encoder = RecordEncoder(tokenizer, data_args.max_length, answer)
+        val_encoder = RecordEncoder(tokenizer, data_args.max_length, answer, template=template)
         val_features = validation_dataset(val_records, val_encoder, data_args.val_file)
     stages = [r["stage"] for r in train_records] if "stage" in train_records[0] else None
     if stages is not None:
@@ -280,6 +284,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(stage))
+        save_template(stage, template)  # what run_eval and later phases use
         move_contents(stage, output_dir)
         summary = {
             "finetune": lora_args.finetune,
@@ -292,6 +297,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
             "val_file": data_args.val_file,
             "val_records": len(val_records) if val_records is not None else 0,
             "max_length": data_args.max_length,
+            "prompt_template": template.name,
             "truncated_train_records": train_truncations,
             "curriculum": data_args.curriculum if stages is not None else None,
             "global_step": trainer.state.global_step,

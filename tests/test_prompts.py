@@ -1,0 +1,101 @@
+"""Prompt bytes compared with the released code, byte for byte.
+
+The expected strings below are copied from the released files (data, not code):
+- SAI990323/TALLRec commit c1db29ce6501bce32cc8c3e343c4eb14155beeb1: finetune_rec.py `generate_prompt`,
+  evaluate.py `generate_prompt`;
+- ljy2222/TLRec commit 534c6c97ea67dcde1230f102c65d4ef141cd3435: utils.py `generate_prompt` (training) and
+  `generate_prompt_eval` (evaluation).
+"""
+
+import pytest
+from transformers import AutoTokenizer
+
+from tlrec_utils import prompts
+from tlrec_utils.errors import InputError
+from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens
+
+# first lines of the f-strings (TALLRec finetune_rec.py lines 304/315, evaluate.py lines 204/215)
+TALLREC_INPUT_HEADER = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.  # noqa: E501"
+)
+TALLREC_NO_INPUT_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "  # noqa: E501"
+)
+# TLRec utils.py: generate_prompt's no-input first line ends in "request. " (trailing space),
+# generate_prompt_eval's in "request."
+TLREC_NO_INPUT_TRAIN_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request. "
+)
+TLREC_NO_INPUT_EVAL_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+# the rest of the f-string after the first line, up to where the output follows (both repositories)
+BODY_INPUT = "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+BODY_NO_INPUT = "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+# alpaca-lora templates/alpaca.json
+ALPACA_INPUT_HEADER = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+
+
+def test_tallrec_template_is_the_released_bytes():
+    t = prompts.get_template("tallrec")
+    assert prompts.get_template() is t  # the default
+    assert t.with_input == TALLREC_INPUT_HEADER + BODY_INPUT
+    assert t.no_input_train == t.no_input_eval == TALLREC_NO_INPUT_HEADER + BODY_NO_INPUT
+    assert prompts.generate_prompt("Do X.", "Some input.") == (
+        TALLREC_INPUT_HEADER + "\n\n### Instruction:\nDo X.\n\n### Input:\nSome input.\n\n### Response:\n"
+    )
+
+
+def test_tlrec_template_differs_between_training_and_evaluation_without_input():
+    t = prompts.get_template("tlrec")
+    assert t.with_input == TALLREC_INPUT_HEADER + BODY_INPUT
+    assert t.no_input_train == TLREC_NO_INPUT_TRAIN_HEADER + BODY_NO_INPUT
+    assert t.no_input_eval == TLREC_NO_INPUT_EVAL_HEADER + BODY_NO_INPUT
+    assert t.render("Do X.", "", training=True).startswith(TLREC_NO_INPUT_TRAIN_HEADER + "\n\n")
+    assert t.render("Do X.", None).startswith(TLREC_NO_INPUT_EVAL_HEADER + "\n\n")
+
+
+def test_alpaca_template_is_clean():
+    t = prompts.get_template("alpaca")
+    assert t.with_input == ALPACA_INPUT_HEADER + BODY_INPUT
+    assert "noqa" not in "".join(t.texts())
+    assert t.no_input_train == t.no_input_eval == TLREC_NO_INPUT_EVAL_HEADER + BODY_NO_INPUT
+
+
+def test_unknown_template_is_an_input_error():
+    with pytest.raises(InputError, match="--prompt_template: unknown template 'vicuna'"):
+        prompts.get_template("vicuna")
+
+
+def test_encoder_trains_on_the_training_variant_and_scores_the_evaluation_variant(tiny_llama):
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    template = prompts.get_template("tlrec")
+    record = {"instruction": "Say yes.", "input": "", "output": "Yes."}
+    encoder = RecordEncoder(tok, 4096, derive_answer_tokens(tok, template), template=template)
+    train = encoder.training_features(record)
+    n_prompt = sum(1 for label in train["labels"] if label == -100)
+    special = (tok.bos_token_id, tok.eos_token_id)
+    text = tok.decode([i for i in train["input_ids"][:n_prompt] if i not in special])
+    assert text == TLREC_NO_INPUT_TRAIN_HEADER + "\n\n### Instruction:\nSay yes.\n\n### Response:\n"
+    scored = tok.decode([i for i in encoder.prompt_ids(record) if i not in special])
+    assert scored == TLREC_NO_INPUT_EVAL_HEADER + "\n\n### Instruction:\nSay yes.\n\n### Response:\n"
+
+
+def test_saved_template_round_trips_and_explicit_choice_warns(tmp_path, caplog):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    prompts.save_template(adapter, prompts.get_template("alpaca"))
+    assert prompts.load_saved_template(adapter) == prompts.get_template("alpaca")
+    assert prompts.resolve_template(None, [None, adapter]).name == "alpaca"
+    assert prompts.resolve_template(None, [tmp_path / "nothing"]).name == "tallrec"
+    with caplog.at_level("WARNING"):
+        assert prompts.resolve_template("tallrec", [adapter]).name == "tallrec"
+    assert "--prompt_template tallrec differs from the template 'alpaca'" in caplog.text
+    (adapter / prompts.TEMPLATE_FILE).write_text('{"name": "x"}')
+    with pytest.raises(InputError, match="tlrec_prompt.json: not a saved prompt template"):
+        prompts.load_saved_template(adapter)
