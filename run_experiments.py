@@ -24,6 +24,9 @@ def main(argv=None):
     parser.add_argument("--report_only", action="store_true", help="only aggregate finished cells into results/")
     parser.add_argument("--dry_run", action="store_true", help="list the cells and their commands, run nothing")
     parser.add_argument("--subprocess", action="store_true", help="local: one Python process per cell")
+    parser.add_argument("--download", action="store_true",
+                        help="setup steps fetch the published data files they lack (verified)")
+    parser.add_argument("--mirror", help="download from MIRROR/HOST/PATH instead of https://HOST/PATH")
     parser.add_argument("--cells_file", help=argparse.SUPPRESS)  # slurm array task: run one listed cell
     parser.add_argument("--cell_index", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -42,7 +45,7 @@ def main(argv=None):
         return 0
     failures = []
     if not args.report_only:
-        X.run_setup(config, in_process=not args.subprocess)
+        X.run_setup(config, in_process=not args.subprocess, download=args.download, mirror=args.mirror)
         if args.launcher == "slurm":
             X.submit_slurm(config, cells, args.config)
             return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tlrec_utils.paths import shared_data_dir  # noqa: E402
+from tlrec_utils.paths import data_dir  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +19,12 @@ def movie_split_and_model(work_dir: Path, prepared: str | None, base_model: str 
     from tlrec_utils.tiny_llm import build_tiny_llama
 
     if prepared is None:
-        data = shared_data_dir()
-        if data is None:
-            raise SystemExit("no local data: pass --prepared DIR (run_prepare_data.py output) or set TLREC_DATA_DIR")
+        raw = data_dir() / "ml-100k"
+        if not (raw / "u.data").is_file():
+            raise SystemExit(f"no {raw}/u.data: pass --prepared DIR (run_prepare_data.py output) or set TLREC_DATA_DIR")
         prepared = work_dir / "ml-100k"
         if not (prepared / "train.json").is_file():
-            run_prepare_data.main(["--dataset", "ml-100k", "--raw_dir", str(data / "ml-100k"),
+            run_prepare_data.main(["--dataset", "ml-100k", "--raw_dir", str(raw),
                                    "--output_dir", str(prepared)])
     prepared = Path(prepared)
     if base_model is None:

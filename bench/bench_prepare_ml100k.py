@@ -2,7 +2,7 @@
 
     python bench/bench_prepare_ml100k.py [--raw_dir DIR] [--repeats 3]
 
-DIR defaults to the local copy ($TLREC_DATA_DIR or ../shared/data)/ml-100k. Goal: under 10 s.
+DIR defaults to the local copy ($TLREC_DATA_DIR, else ~/.cache/tlrec)/ml-100k. Goal: under 10 s.
 """
 
 import argparse
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tlrec_utils.paths import shared_data_dir  # noqa: E402
+from tlrec_utils.paths import data_dir  # noqa: E402
 from tlrec_utils.prepare import PrepareConfig, prepare_dataset  # noqa: E402
 
 
@@ -23,9 +23,9 @@ def main():
     p.add_argument("--raw_dir", default=None)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    raw_dir = args.raw_dir or (shared_data_dir() / "ml-100k" if shared_data_dir() else None)
-    if raw_dir is None:
-        sys.exit("no ml-100k copy found: pass --raw_dir")
+    raw_dir = Path(args.raw_dir) if args.raw_dir else data_dir() / "ml-100k"
+    if not (raw_dir / "u.data").is_file():
+        sys.exit(f"no ml-100k copy at {raw_dir}: pass --raw_dir or set TLREC_DATA_DIR")
     times = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:

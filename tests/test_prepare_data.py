@@ -1,16 +1,14 @@
-"""run_prepare_data.py: outputs, K-shot sampling, --download (offline, file:// URL) and every bad input."""
+"""run_prepare_data.py: outputs, K-shot sampling and every bad input (downloads: test_download.py)."""
 
 import hashlib
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 import run_prepare_data
-from tlrec_utils import download
 from tlrec_utils.errors import InputError
 from tlrec_utils.prepare import PrepareConfig, prepare_dataset, write_k_shot
 from tlrec_utils.records import load_records
@@ -67,33 +65,12 @@ def test_k_shot_reproducible(ml_raw, tmp_path):
     assert path.is_file()
 
 
-def _zip_of(tmp_path, files: dict) -> Path:
-    archive = tmp_path / "ml-100k.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("ml-100k/", "")
-        for name, data in files.items():
-            zf.writestr(f"ml-100k/{name}", data)
-    return archive
-
-
-def test_download_verifies_checksum_then_extracts(ml_raw, tmp_path, monkeypatch):
-    archive = _zip_of(tmp_path, {n: (ml_raw / n).read_bytes() for n in ("u.data", "u.item")} | {"u.user": b"x"})
-    good = hashlib.sha256(archive.read_bytes()).hexdigest()
-    target = tmp_path / "fresh"
-    with pytest.raises(InputError, match="SHA-256 mismatch"):
-        download.download_ml100k(target, url=archive.as_uri(), sha256="0" * 64)
-    assert not any(target.iterdir())  # nothing extracted, temporary download removed
-    monkeypatch.setattr(download, "ML100K_URL", archive.as_uri())
-    monkeypatch.setattr(download, "ML100K_SHA256", good)
-    meta = run_prepare_data.main(["--dataset", "ml-100k", "--raw_dir", str(target), "--output_dir",
-                                  str(tmp_path / "out"), "--history_len", "3", "--download"])
-    assert sorted(p.name for p in target.iterdir()) == ["u.data", "u.item", "u.user"]
-    assert (target / "u.data").read_bytes() == (ml_raw / "u.data").read_bytes()
-    assert meta["counts"]["train"] > 0
-    with pytest.raises(InputError, match="download failed"):
-        download.download_ml100k(tmp_path / "x", url=(tmp_path / "nope.zip").as_uri())
-    with pytest.raises(InputError, match="Kaggle 'netflix-inc/netflix-prize-data'.*combined_data_1.txt"):
+def test_download_needs_a_published_release(tmp_path):
+    with pytest.raises(InputError, match="--download has no published release.*Kaggle 'netflix-inc"):
         prepare_dataset(PrepareConfig("netflix", str(tmp_path / "none"), str(tmp_path / "o"), download=True))
+    with pytest.raises(InputError, match="--release 'netflx': no such published release; choose one of ml-100k"):
+        prepare_dataset(PrepareConfig("windows-csv", None, str(tmp_path / "o"), release="netflx"))
+    assert not (tmp_path / "o").exists()
 
 
 # -------------------------------------------------------------- bad input: exit 2, one line, no output

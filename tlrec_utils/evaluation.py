@@ -107,8 +107,13 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
         labels = [r["label"] for r in records]
         result["auc"] = M.auc(labels, p_yes)
         users = [r.get("user_id") for r in records]
-        if all(u is not None for u in users):
+        no_user = sum(u is None for u in users)
+        if not no_user:
             result[f"ndcg@{k}_user"], result["counts"]["users_ranked"] = M.user_ndcg(users, labels, p_yes, k)
+        else:  # e.g. TALLRec's published Book records: no user ids, so no per-user ranking
+            result[f"ndcg@{k}_user"] = None
+            result.setdefault("notes", {})[f"ndcg@{k}_user"] = (
+                f"not computed: {no_user} of {len(records)} records carry no user_id")
         for pred, p in zip(predictions, p_yes):
             pred["p_yes"] = float(p)
 

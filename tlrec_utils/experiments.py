@@ -243,14 +243,18 @@ def run_cell(config, cell: Cell, in_process: bool = True) -> None:
         raise RuntimeError(f"cell {cell.path}: finished without writing {', '.join(missing)}")
 
 
-def run_setup(config, in_process: bool = True) -> None:
-    """Each `setup` step whose `creates` path does not exist yet (data preparation, tiny model, CoT data)."""
+def run_setup(config, in_process: bool = True, download: bool = False, mirror: str | None = None) -> None:
+    """Each `setup` step whose `creates` path does not exist yet (data preparation, tiny model, CoT data).
+    `download`/`mirror` go to the run_prepare_data steps: they fetch the published files they lack."""
     for n, step in enumerate(config.get("setup") or []):
         if "script" not in step or "creates" not in step:
             raise InputError(f"{config['_path']}: setup step {n} needs 'script' and 'creates'")
         if Path(step["creates"]).exists():
             continue
-        argv = flags(step.get("args") or {})
+        args = dict(step.get("args") or {})
+        if step["script"] == "run_prepare_data.py" and "k_shot" not in args:
+            args.update({"download": True} if download else {}, **({"mirror": mirror} if mirror else {}))
+        argv = flags(args)
         logger.info("setup %d: %s %s", n, step["script"], shlex.join(argv))
         _run_script(step["script"], argv, in_process)
         if not Path(step["creates"]).exists():

@@ -56,7 +56,7 @@ class PhaseInterrupted(Exception):
 class PipelineConfig:
     run_dir: str = field(metadata={"help": "Everything goes here, one directory per phase."})
     data_dir: str | None = field(
-        default=None, metadata={"help": "Folder holding the raw datasets (default: $TLREC_DATA_DIR or ../shared/data)."}
+        default=None, metadata={"help": "Folder holding the raw datasets (default: $TLREC_DATA_DIR, else ~/.cache/tlrec)."}
     )
     source_dataset: str = field(default="windows-csv", metadata={"help": "run_prepare_data --dataset of the source."})
     source_subdir: str = field(default="netflix", metadata={"help": "Source raw files: DATA_DIR/SOURCE_SUBDIR."})
@@ -64,7 +64,12 @@ class PipelineConfig:
     target_subdir: str = field(default="ml-100k", metadata={"help": "Target raw files: DATA_DIR/TARGET_SUBDIR."})
     item_kind: str = field(default="movie", metadata={"help": "movie or book (prompt wording)."})
     max_windows: int = field(default=10000, metadata={"help": "Windows kept per prepared dataset (paper: 10000)."})
-    download: bool = field(default=False, metadata={"help": "Download MovieLens-100K from GroupLens when missing."})
+    download: bool = field(
+        default=False, metadata={"help": "Download the data's missing files (verified) into data_dir/<subdir>."}
+    )
+    mirror: str | None = field(
+        default=None, metadata={"help": "Download from MIRROR/HOST/PATH instead of https://HOST/PATH ($TLREC_MIRROR)."}
+    )
     base_model: str | None = field(
         default=None, metadata={"help": "Causal LM path. Default: a tiny random LLaMA built from the data (demo)."}
     )
@@ -143,12 +148,9 @@ def _phase(directory: Path, name: str, fn, is_complete=None) -> dict:
 
 
 def _raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
-    from .paths import shared_data_dir
+    from .paths import data_dir
 
-    base = Path(cfg.data_dir) if cfg.data_dir else shared_data_dir()
-    if base is None:
-        raise InputError("no --data_dir given and no $TLREC_DATA_DIR or ../shared/data found")
-    return base / subdir
+    return data_dir(cfg.data_dir) / subdir
 
 
 def prepare_phase(cfg: PipelineConfig, which: str) -> Path:
@@ -156,12 +158,16 @@ def prepare_phase(cfg: PipelineConfig, which: str) -> Path:
 
     out = Path(cfg.run_dir) / "data" / which
     dataset = cfg.source_dataset if which == "source" else cfg.target_dataset
-    raw = _raw_dir(cfg, cfg.source_subdir if which == "source" else cfg.target_subdir)
+    subdir = cfg.source_subdir if which == "source" else cfg.target_subdir
+    raw = _raw_dir(cfg, subdir)
 
     def run():
+        from .download import RELEASES
+
         meta = prepare_dataset(PrepareConfig(
             dataset=dataset, raw_dir=str(raw), output_dir=str(out), max_windows=cfg.max_windows,
-            download=cfg.download and dataset == "ml-100k", item_kind=cfg.item_kind,
+            download=cfg.download, release=subdir if subdir in RELEASES else None, mirror=cfg.mirror,
+            item_kind=cfg.item_kind,
         ))  # fmt: skip
         return {"counts": meta["counts"]}
 

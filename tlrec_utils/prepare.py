@@ -2,11 +2,16 @@
 
 Output directory: train.json / valid.json / test.json (records, see `records`), items.json (item_id -> text:
 the catalog ranking negatives are sampled from), meta.json (dataset, parameters, counts, like rate, source
-files with SHA-256). Written through a staging directory: a failed run leaves no partial output.
+files with SHA-256, and for downloaded files their URL, commit and verified hash). Written through a staging
+directory: a failed run leaves no partial output.
+
+The raw files come from `raw_dir`, else from the data directory's folder of a published release
+(tlrec_utils.download.RELEASES; `--download` fetches what it lacks, verified).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,16 +21,18 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import __version__, raw_datasets
-from .download import download_ml100k, missing_files_error
+from . import download as dl
+from .download import missing_files_error
 from .errors import InputError
 from .fileio import atomic_write_json, sha256_file, staged_output_dir
 from .kshot import k_shot_filename, sample_k_shot
+from .paths import data_dir as resolve_data_dir
 from .records import build_record, load_records, save_records
 from .windows import parse_split_ratio, sliding_windows, split_sizes
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("ml-100k", "bookcrossing", "netflix", "amazon-books", "windows-csv")
+DATASETS = ("ml-100k", "bookcrossing", "netflix", "amazon-books", "windows-csv", "records")
 # liked = rating > threshold. MovieLens/Netflix: 4-5 stars (TALLRec); BookCrossing: 6-10 (TALLRec);
 # Amazon Books: 4-5 stars.
 DEFAULT_LIKE_THRESHOLD = {"ml-100k": 3, "netflix": 3, "bookcrossing": 5, "amazon-books": 3}
@@ -35,7 +42,7 @@ SPLITS = ("train", "valid", "test")
 @dataclass
 class PrepareConfig:
     dataset: str
-    raw_dir: str
+    raw_dir: str | None  # None: DATA_DIR/RELEASE
     output_dir: str
     history_len: int = 10
     max_windows: int = 10000  # 0: keep all windows
@@ -47,6 +54,9 @@ class PrepareConfig:
     item_kind: str = "movie"  # windows-csv wording
     target_style: str = "wrap"  # how the target is quoted: 'wrap' (TALLRec) or 'item' (TLRec Amazon release)
     bad_row_tolerance: float = raw_datasets.DEFAULT_BAD_ROW_TOLERANCE
+    data_dir: str | None = None  # where releases live (default: paths.data_dir)
+    release: str | None = None  # published release read (and downloaded); default: the dataset's (DEFAULT_RELEASE)
+    mirror: str | None = None  # download from MIRROR/HOST/PATH (default: $TLREC_MIRROR)
 
 
 def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
@@ -65,17 +75,34 @@ def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
     return parse_split_ratio(cfg.split_ratio)
 
 
+def release_name(cfg: PrepareConfig) -> str | None:
+    return cfg.release or dl.DEFAULT_RELEASE.get(cfg.dataset) or dl.DEFAULT_RELEASE.get((cfg.dataset, cfg.item_kind))
+
+
+def fetch_raw_files(cfg: PrepareConfig) -> Path:
+    """The raw directory (`raw_dir`, else DATA_DIR/RELEASE), with the release's missing files downloaded
+    (verified) when `download` is set."""
+    name = release_name(cfg)
+    if name is not None:
+        dl.release(name)  # an unknown --release is an error even without --download
+    if cfg.raw_dir:
+        raw_dir = Path(cfg.raw_dir)
+    elif name is None:
+        raise InputError(f"--raw_dir is required for --dataset {cfg.dataset} (no published release to read)")
+    else:
+        raw_dir = resolve_data_dir(cfg.data_dir) / name
+    if cfg.download:
+        if name is None:
+            raise missing_files_error(cfg.dataset, raw_dir, ["raw files"], what="--download has no published "
+                                      f"release for this dataset (only for {', '.join(dl.RELEASES)})")
+        dl.fetch_missing(name, raw_dir, cfg.mirror)
+    return raw_dir
+
+
 def load_raw(cfg: PrepareConfig) -> raw_datasets.RawRatings:
     tol = cfg.bad_row_tolerance
     if cfg.dataset == "ml-100k":
-        raw_dir = Path(cfg.raw_dir)
-        have = (raw_dir / "u.data").is_file() or (raw_dir / "ml-100k" / "u.data").is_file()
-        if cfg.download and not have:
-            download_ml100k(raw_dir)
-        return raw_datasets.load_ml100k(raw_dir, tol)
-    if cfg.download:
-        raise missing_files_error(cfg.dataset, cfg.raw_dir, ["raw files"],
-                                  what="--download is only available for ml-100k")
+        return raw_datasets.load_ml100k(cfg.raw_dir, tol)
     if cfg.dataset == "bookcrossing":
         return raw_datasets.load_bookcrossing(cfg.raw_dir, tol, keep_implicit=cfg.keep_implicit)
     if cfg.dataset == "netflix":
@@ -149,7 +176,7 @@ def windows_csv_records(cfg: PrepareConfig):
     raw_dir = Path(cfg.raw_dir)
     if not raw_dir.is_dir():
         raise missing_files_error("windows-csv", raw_dir, ["train.csv"], what="directory not found")
-    mapping_path, items = raw_datasets.read_item_mapping(raw_dir)
+    mapping_path, items = raw_datasets.read_item_mapping(raw_dir, cfg.bad_row_tolerance)
     splits, sources = {}, []
     for split in SPLITS:
         path = raw_dir / f"{split}.csv"
@@ -169,8 +196,46 @@ def windows_csv_records(cfg: PrepareConfig):
     return splits, items, sources + [mapping_path]
 
 
+def published_records(cfg: PrepareConfig):
+    """Published TALLRec-format splits taken as they are (text untouched), structured fields recovered by
+    the record parser; the catalog is every item they mention. Item ids are the item texts (the files have
+    no ids); records without a user id keep `user_id: None`."""
+    raw_dir = Path(cfg.raw_dir)
+    if not raw_dir.is_dir():
+        raise missing_files_error("records", raw_dir, ["train.json"], what="directory not found")
+    missing = [f"{s}.json" for s in SPLITS if not (raw_dir / f"{s}.json").is_file()]
+    if missing:
+        raise missing_files_error("records", raw_dir, missing)
+    splits, items, kinds, unparsed = {}, {}, set(), 0
+    for split in SPLITS:
+        out = []
+        for rec in load_records(raw_dir / f"{split}.json"):
+            kinds.add(rec.pop("kind", None))
+            rec.pop("target_style", None)
+            unparsed += "history" not in rec
+            for item in rec.get("history", []) + ([rec["target"]] if "target" in rec else []):
+                items.setdefault(item["item_id"], item["title"])
+            out.append({**rec, "user_id": rec.get("user_id"), "timestamp": rec.get("timestamp")})
+        splits[split] = out
+    if not splits["train"]:
+        raise InputError(f"{raw_dir / 'train.json'}: no records")
+    kinds.discard(None)
+    if len(kinds) > 1:
+        raise InputError(f"{raw_dir}: records mix item kinds ({', '.join(sorted(kinds))})")
+    kind = kinds.pop() if kinds else cfg.item_kind
+    return splits, items, kind, [raw_dir / f"{s}.json" for s in SPLITS], {"records_without_structure": unparsed}
+
+
 def _like_rate(records):
     return float(np.mean([r["label"] for r in records])) if records else None
+
+
+def _source_entry(path: Path) -> dict:
+    entry = {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    downloaded = dl.provenance_of(path)
+    if downloaded:
+        entry["downloaded"] = downloaded  # url, commit, verified hash
+    return entry
 
 
 def prepare_dataset(cfg: PrepareConfig) -> dict:
@@ -178,9 +243,12 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
     ratio = check_config(cfg)
     like_threshold = cfg.like_threshold if cfg.like_threshold is not None else DEFAULT_LIKE_THRESHOLD.get(cfg.dataset)
     extra = {}
+    cfg = dataclasses.replace(cfg, raw_dir=str(fetch_raw_files(cfg)))
     if cfg.dataset == "windows-csv":
         splits, catalog, sources = windows_csv_records(cfg)
         kind, skipped = cfg.item_kind, {}
+    elif cfg.dataset == "records":
+        splits, catalog, kind, sources, skipped = published_records(cfg)
     else:
         raw = load_raw(cfg)
         records, catalog, extra = window_records(raw, cfg, like_threshold)
@@ -192,7 +260,11 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
     params = asdict(cfg)
     params.update(like_threshold=like_threshold, split_ratio=":".join(map(str, ratio)))
     unused = ("history_len", "max_windows", "split_ratio", "like_threshold", "keep_implicit", "shuffle_seed")
-    for key in ("raw_dir", "output_dir", "download") + (unused if cfg.dataset == "windows-csv" else ("item_kind",)):
+    if cfg.dataset == "records":
+        unused += ("item_kind", "target_style", "bad_row_tolerance")
+    elif cfg.dataset != "windows-csv":
+        unused = ("item_kind",)
+    for key in ("raw_dir", "output_dir", "download", "data_dir", "mirror") + unused:
         params.pop(key)
     all_records = [r for s in SPLITS for r in splits[s]]
     meta = {
@@ -204,7 +276,7 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
         "like_rate": {**{s: _like_rate(splits[s]) for s in SPLITS}, "all": _like_rate(all_records)},
         **extra,
         "skipped": skipped,
-        "sources": [{"file": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sources],
+        "sources": [_source_entry(p) for p in sources],
     }
     with staged_output_dir(cfg.output_dir) as stage:
         for split in SPLITS:

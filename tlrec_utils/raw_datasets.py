@@ -330,21 +330,29 @@ def load_amazon_books(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE, chu
 WINDOW_COLUMNS = ["user_id", "history_movie_id", "history_rating", "movie_id", "rating", "timestamp"]
 
 
-def read_item_mapping(raw_dir) -> tuple[Path, dict[str, str]]:
+def read_item_mapping(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE) -> tuple[Path, dict[str, str]]:
+    """`item_mapping.csv` under the header 'movie_id,movie_name': rows 'id,name' (Netflix release: the text is
+    the name) or 'id,title,authors' (Amazon-Book release, authors a list literal such as "['A', 'B']"): the
+    text is '"Title" written by A', 'B', the list cut by its first and last two characters exactly as the
+    authors' instrument_data/preprocess_data_book.py (ljy2222/TLRec@38fca0f) wrote their records."""
     path = Path(raw_dir) / "item_mapping.csv"
     if not path.is_file():
         raise InputError(
-            f"{path}: file not found; windows-csv needs item texts (item_mapping.csv: movie_id,movie_name). "
-            "Releases without it (e.g. amazon-book, ASINs only) can be used through their .json records instead"
+            f"{path}: file not found; windows-csv needs item texts (item_mapping.csv: movie_id,movie_name); "
+            "--download fetches it for the published releases (--release netflix or amazon-book)"
         )
-    items = {}
+    items, problems, n = {}, RowProblems(path, tolerance), 0
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         next(reader, None)
-        for row in reader:
-            if len(row) < 2:
-                raise InputError(f"{path} line {reader.line_num}: expected 'item_id,item_text'")
-            items[row[0]] = row[1]
+        for n, row in enumerate(reader, 1):
+            if len(row) == 2:
+                items[row[0]] = row[1]
+            elif len(row) == 3:
+                items[row[0]] = f'"{row[1]}" written by {row[2][2:-2]}'
+            else:
+                problems.add(reader.line_num, "expected 'item_id,item_text' or 'item_id,title,authors'")
+    problems.finish(n)
     return path, items
 
 
