@@ -14,7 +14,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text encoder is a local path; never reach a hub
 
 from tlrec_utils.baselines import BASELINES  # noqa: E402
-from tlrec_utils.errors import InputError, cli_entry  # noqa: E402
+from tlrec_utils.errors import InputError, cli_entry, exit_status  # noqa: E402
 
 
 def main(argv=None):
@@ -42,6 +42,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.model not in BASELINES:  # checked here, not by argparse `choices`, so the error stays one line
         raise InputError(f"--model: unknown baseline {args.model!r} (one of {', '.join(BASELINES)})")
+    from tlrec_utils.validation import check_input_file, check_number, check_output_dir
+
+    for flag in ("k_shot", "test_limit", "num_negatives", "ndcg_k", "epochs", "dim", "batch_size"):
+        check_number(f"--{flag}", getattr(args, flag), 1)
+    for flag in ("lr", "dro_alpha", "dro_beta", "dro_gamma"):
+        check_number(f"--{flag}", getattr(args, flag), 0, exclusive_min=flag == "lr")
+    for flag in ("train_file", "test_file", "valid_file", "items_file"):
+        if getattr(args, flag) is not None:
+            check_input_file(getattr(args, flag), f"--{flag}")
+    check_output_dir(args.output_dir, "--output_dir")
 
     from tlrec_utils.baselines.runner import run_baseline
 
@@ -65,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli_entry(main)()
+    raise SystemExit(exit_status(cli_entry(main)()))

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 
 from tlrec_utils.cot import CotConfig, run
-from tlrec_utils.errors import cli_entry
+from tlrec_utils.errors import cli_entry, exit_status
 
 HELP = {
     "data_dir": "prepared source domain (run_prepare_data.py output); its train.json is used",
@@ -54,8 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from tlrec_utils.validation import check_input_dir, check_output_dir
+
+    check_input_dir(args.data_dir, "--data_dir")
+    if not args.dry_run:
+        check_output_dir(args.output_dir, "--output_dir")
     return run(CotConfig(**vars(args)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(exit_status(main(sys.argv[1:])))

@@ -18,7 +18,7 @@ def main(argv=None):
 
     model_args, eval_args = parse_args((ModelArguments, EvalArguments), argv)
     records = load_test_records(eval_args.test_file, eval_args.limit)
-    wanted = eval_args.metrics.split(",")
+    wanted = eval_args.metrics.split(",")  # validated and stripped by EvalArguments
     catalog = load_catalog(eval_args.items_file, records) if "ndcg" in wanted else None
     template = resolve_template(eval_args.prompt_template, [eval_args.adapter, model_args.base_model])
     model, tokenizer = load_for_inference(model_args, eval_args.adapter, eval_args.device)

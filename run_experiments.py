@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tlrec_utils.errors import cli_entry  # noqa: E402
+from tlrec_utils.errors import cli_entry, exit_status  # noqa: E402
 
 
 def main(argv=None):
@@ -66,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli_entry(main)())
+    raise SystemExit(exit_status(cli_entry(main)()))

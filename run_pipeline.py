@@ -11,10 +11,11 @@ Rerunning the same command skips finished phases and resumes an interrupted one.
 import sys
 
 from tlrec_utils.errors import cli_entry
-from tlrec_utils.pipeline import parse_pipeline_args
 
 
 def parse_args(argv=None):
+    from tlrec_utils.pipeline import parse_pipeline_args
+
     return parse_pipeline_args(argv, description=__doc__)
 
 
@@ -23,6 +24,9 @@ def main(argv=None):
     from tlrec_utils.pipeline import PhaseInterrupted, format_table, run_pipeline
 
     cfg = parse_args(argv)
+    from tlrec_utils.validation import check_output_dir
+
+    check_output_dir(cfg.run_dir, "--run_dir")
     try:
         results = run_pipeline(cfg)
     except PhaseInterrupted as exc:

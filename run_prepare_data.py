@@ -9,9 +9,10 @@
 
 import argparse
 
-from tlrec_utils.errors import InputError, cli_entry
-from tlrec_utils.prepare import DATASETS, PrepareConfig, prepare_dataset, write_k_shot
+from tlrec_utils.errors import InputError, cli_entry, exit_status
+from tlrec_utils.prepare import DATASETS, PrepareConfig, check_config, prepare_dataset, write_k_shot
 from tlrec_utils.raw_datasets import DEFAULT_BAD_ROW_TOLERANCE
+from tlrec_utils.validation import check_output_dir
 
 
 def parse_args(argv=None):
@@ -49,13 +50,15 @@ def parse_args(argv=None):
 @cli_entry
 def main(argv=None):
     args = parse_args(argv)
+    check_output_dir(args.output_dir, "--output_dir")
     if args.k_shot is not None:
         return write_k_shot(args.output_dir, args.k_shot, args.seed)
     if not args.dataset:
         raise InputError("--dataset is required (or --k_shot K on a prepared --output_dir)")
     cfg = PrepareConfig(**{k: v for k, v in vars(args).items() if k not in ("k_shot", "seed")})
+    check_config(cfg)
     return prepare_dataset(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(exit_status(main()))

@@ -155,7 +155,9 @@ def test_auth_error_echoing_the_key_is_redacted(source, tmp_path, secret_key, ca
     caplog.set_level(logging.DEBUG)
     with StubOpenAI() as server:
         server.faults.append("401_echo")
-        main(args(source, tmp_path, server, "--max_users", "2", "--concurrency", "1"))
+        with pytest.raises(SystemExit) as exc:  # refused for authentication: a failure, not a finished run
+            main(args(source, tmp_path, server, "--max_users", "2", "--concurrency", "1"))
+    assert exc.value.code == 2
     assert len(server.requests) == 1  # a bad key fails every request: the run stops at once
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["users_failed_this_run"] == 1 and summary["users_completed"] == 0
@@ -168,7 +170,9 @@ def test_server_down_stops_after_a_few_users(source, tmp_path, secret_key):
     with StubOpenAI() as server:
         url = server.base_url
     dead = args(source, tmp_path, server, "--concurrency", "1", "--max_retries", "1")
-    main(dead)  # nothing listens on that port any more: connection refused
+    with pytest.raises(SystemExit) as exc:  # nothing listens on that port any more: connection refused
+        main(dead)
+    assert exc.value.code == 2
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "3 users failed in a row" in summary["stopped"]
     assert summary["users_failed_this_run"] == 3 and summary["users_completed"] == 0

@@ -227,7 +227,7 @@ def test_cli_missing_train_file(tiny_llama, tmp_path):
                                                                     tmp_path / "nope.json")],
                           capture_output=True, text=True, cwd=Path(run_tuning.__file__).parent)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.json'}: file not found"
+    assert proc.stderr.strip().splitlines()[-1] == f"error: --train_files {tmp_path / 'nope.json'}: file not found"
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
 
 

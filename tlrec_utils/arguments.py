@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import InputError
+from .validation import check_config_values, check_device, check_number, comma_list, missing_required
+
+EVAL_METRICS = ("auc", "ndcg")
 
 
 @dataclass
@@ -31,6 +34,15 @@ class ModelArguments:
         default=None, metadata={"help": "Attention kernel passed to from_pretrained (eager, sdpa, flash_attention_2)."}
     )
 
+    def __post_init__(self):
+        if not str(self.base_model or "").strip():
+            raise InputError("--base_model: empty (give a model directory or hub id)")
+        from .validation import check_model_path
+
+        check_model_path(self.base_model, "--base_model")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise InputError("--load_in_4bit and --load_in_8bit exclude each other")
+
 
 @dataclass
 class LoraArguments:
@@ -48,6 +60,16 @@ class LoraArguments:
         default="auto",
         metadata={"help": "auto (by architecture), all-linear, or a comma-separated list such as q_proj,v_proj."},
     )
+
+    def __post_init__(self):
+        check_number("--lora_r", self.lora_r, 1)
+        check_number("--lora_alpha", self.lora_alpha, 0, exclusive_min=True)
+        check_number("--lora_dropout", self.lora_dropout, 0, 0.999)
+        self.lora_target_modules = ",".join(comma_list("--lora_target_modules", self.lora_target_modules))
+        if self.init_adapter is not None:
+            from .validation import check_adapter_dir
+
+            check_adapter_dir(self.init_adapter, "--init_adapter")
 
 
 @dataclass
@@ -79,6 +101,19 @@ class DataArguments:
                           "model, else tallrec. Saved to output_dir/tlrec_prompt.json."},
     )
 
+    def __post_init__(self):
+        from .validation import check_input_file
+
+        if not self.train_files:
+            raise InputError("--train_files: give at least one records file")
+        for path in self.train_files:
+            check_input_file(path, "--train_files")
+        if self.val_file is not None:
+            check_input_file(self.val_file, "--val_file")
+        check_number("--k_shot", self.k_shot, 1)
+        check_number("--max_length", self.max_length, 8)
+        check_number("--max_val_records", self.max_val_records, 1)
+
 
 @dataclass
 class TuningTrainingArguments(TrainingArguments):
@@ -101,6 +136,17 @@ class TuningTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train again even when output_dir already holds a finished model."}
     )
+
+    def __post_init__(self):
+        check_number("--learning_rate", self.learning_rate, 0)
+        if self.max_steps is None or self.max_steps <= 0:  # --max_steps overrides the epochs
+            check_number("--num_train_epochs", self.num_train_epochs, 0, exclusive_min=True)
+        check_number("--per_device_train_batch_size", self.per_device_train_batch_size, 1)
+        check_number("--per_device_eval_batch_size", self.per_device_eval_batch_size, 1)
+        check_number("--gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        check_number("--warmup_steps", self.warmup_steps, 0)
+        check_number("--early_stopping_patience", self.early_stopping_patience, 1)
+        super().__post_init__()
 
 
 @dataclass
@@ -137,21 +183,43 @@ class EvalArguments:
                           "(tlrec_prompt.json), else tallrec; a different explicit one is used with a warning."},
     )
 
+    def __post_init__(self):
+        from .validation import check_adapter_dir, check_input_file, check_output_dir
+
+        self.metrics = ",".join(dict.fromkeys(comma_list("--metrics", self.metrics, EVAL_METRICS)))
+        check_number("--num_negatives", self.num_negatives, 1)
+        check_number("--ndcg_k", self.ndcg_k, 1)
+        check_number("--batch_size", self.batch_size, 1)
+        check_number("--max_length", self.max_length, 8)
+        check_number("--max_new_tokens", self.max_new_tokens, 1)
+        check_number("--limit", self.limit, 1)
+        check_input_file(self.test_file, "--test_file")
+        if self.items_file is not None:
+            check_input_file(self.items_file, "--items_file")
+        if self.adapter is not None:
+            check_adapter_dir(self.adapter, "--adapter")
+        check_device("--device", self.device)
+        check_output_dir(self.output_dir, "--output_dir")
+
 
 def parse_args(dataclass_types, argv=None):
-    """Flags, or one .json/.yaml file holding them all. Returns one instance per dataclass type."""
+    """Flags, or one .json/.yaml file holding them all. Returns one instance per dataclass type; every value
+    is checked here (the dataclasses' __post_init__), before any data or model is read."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        from pathlib import Path
+        from .fileio import read_config_file
 
-        path = Path(argv[0])
-        if not path.is_file():
-            raise InputError(f"{path}: config file not found")
+        path = argv[0]
+        values = check_config_values(read_config_file(path), dataclass_types, path)
+        missing = missing_required(values, dataclass_types)
+        if missing:
+            raise InputError(f"{path}: missing required setting(s) {', '.join(missing)}")
         try:
-            if path.suffix == ".json":
-                return parser.parse_json_file(str(path))
-            return parser.parse_yaml_file(str(path))
-        except ValueError as exc:
-            raise InputError(f"{path}: {exc}") from None
-    return parser.parse_args_into_dataclasses(args=argv)
+            return parser.parse_dict(values)
+        except (ValueError, TypeError) as exc:  # TrainingArguments' own checks (e.g. --bf16 without support)
+            raise InputError(f"{path}: {' '.join(str(exc).split())}") from None
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:  # TrainingArguments' own checks
+        raise InputError(" ".join(str(exc).split())) from None

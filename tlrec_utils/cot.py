@@ -92,6 +92,7 @@ class RunState:
     failed: int = 0
     stop_reason: str | None = None
     errors: list[str] = field(default_factory=list)
+    last_error: TeacherError | None = None
 
 
 # ------------------------------------------------------------------------------------------ users
@@ -400,6 +401,7 @@ class Generator:
                 except TeacherError as exc:
                     self.state.failed += 1
                     self.state.errors.append(f"{user.key}: {exc}")
+                    self.state.last_error = exc
                     logger.error("user %s failed (a rerun retries it): %s", user.key, exc)
                     failures_in_a_row += 1
                     if exc.fatal or failures_in_a_row >= give_up_after:
@@ -495,6 +497,7 @@ def run(cfg: CotConfig) -> dict:
         print(json.dumps(stats, indent=2))
         return {**stats, **dry_run_report(users, users.pending(done), cfg, kind, budget)}
 
+    existed = output_dir.exists()
     lock = lock_output_dir(output_dir)
     try:
         check_run_config(output_dir, cfg, kind, sha256_file(train_path))
@@ -527,6 +530,7 @@ def run(cfg: CotConfig) -> dict:
             )
         else:
             raise AssertionError(cfg.teacher)
+        answered_before = len(responses)
         generator = Generator(cfg, kind, teacher, budget, output_dir, progress, responses)
         state = asyncio.run(generator.run((users[j] for j in todo), total=len(todo)))
 
@@ -560,6 +564,13 @@ def run(cfg: CotConfig) -> dict:
             "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         }
         atomic_write_json(output_dir / "summary.json", summary)
+        failure = teacher_failure(state, cfg, todo, len(responses) - answered_before)
+        if failure:
+            if not existed and not progress:  # nothing obtained: leave no output directory behind
+                import shutil
+
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise InputError(failure)
         if state.stop_reason:
             logger.warning("stopped early: %s (rerun with a higher cap to go on)", state.stop_reason)
         logger.info(
@@ -569,6 +580,23 @@ def run(cfg: CotConfig) -> dict:
         return summary
     finally:
         lock.close()
+
+
+def teacher_failure(state: RunState, cfg: CotConfig, todo: list, answered: int) -> str | None:
+    """One line when the teacher refused us (key, model, URL) or a run with users to ask obtained nothing:
+    a failure, not a finished run (what was answered is kept; a rerun resumes)."""
+    exc = state.last_error
+    server = f"--base_url {cfg.base_url}" if cfg.base_url else "the OpenAI API"
+    cause = getattr(exc, "cause", None)
+    if cause == "auth":
+        return f"{server} refused the API key ({str(exc)[:120]}): check OPENAI_API_KEY"
+    if cause == "not_found":
+        return f"{server}: not found ({str(exc)[:120]}): check --model {cfg.model} and --base_url"
+    if todo and answered == 0 and state.failed:
+        if cause == "connection":
+            return f"{server}: cannot connect ({str(exc)[:120]}): check the URL and that the server is running"
+        return f"{cfg.output_dir}: no user was answered ({state.failed} failed; first: {state.errors[0][:160]})"
+    return None
 
 
 def read_only_jsonl(path: Path) -> list[dict]:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import metrics as M
 from .errors import InputError, where
-from .negatives import sample_negatives
+from .negatives import CatalogTooSmall, sample_negatives
 from .scoring import score_by_generation, score_prompts, score_shared_prefix
 from .tokenization import RecordEncoder, derive_answer_tokens, rerender
 
@@ -43,6 +43,8 @@ def load_catalog(items_file, records: list[dict]) -> dict[str, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if isinstance(data, dict):
         return {str(k): str(v) for k, v in data.items()}
     if isinstance(data, list):
@@ -55,14 +57,17 @@ def load_catalog(items_file, records: list[dict]) -> dict[str, str]:
     raise InputError(f"{path}: expected a JSON object {{item_id: title}} or a list of {{item_id, title}}")
 
 
-def ranking_candidates(records: list[dict], catalog: dict[str, str], num_negatives: int, seed: int):
+def ranking_candidates(records: list[dict], catalog: dict[str, str], num_negatives: int, seed: int,
+                       source: str = "test file", catalog_name: str | None = None):
     """For each liked record with structure: (record index, [target record, negative records...])."""
     usable = [i for i, r in enumerate(records) if r.get("label") and rerender(r) is not None]
     subset = [records[i] for i in usable]
     try:
         negatives = sample_negatives(subset, catalog.keys(), num_negatives=num_negatives, seed=seed)
-    except ValueError as exc:
-        raise InputError(f"--items_file: {exc}") from None
+    except CatalogTooSmall as exc:  # exc.index counts the liked records only
+        name = f"--items_file {catalog_name}" if catalog_name else "the items seen in the test file (no --items_file)"
+        raise InputError(f"{where(source, record=usable[exc.index])}: {name} has {exc.available} items outside "
+                         f"the record's history and target, fewer than --num_negatives {exc.wanted}") from None
     out = []
     for i, negs in zip(usable, negatives):
         rec = records[i]
@@ -120,7 +125,8 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
     if "ndcg" in wanted:
         catalog = catalog if catalog is not None else load_catalog(None, records)
         rankings = []
-        cands_by_record = ranking_candidates(records, catalog, args.num_negatives, args.seed)
+        cands_by_record = ranking_candidates(records, catalog, args.num_negatives, args.seed, source,
+                                             getattr(args, "items_file", None))
         rank_encoder = RecordEncoder(tokenizer, args.max_length, answer, template=template)
         for i, cands in tqdm(cands_by_record, desc="ranking"):
             encodings = [rank_encoder.prompt_ids(c, where(source, record=i)) for c in cands]

@@ -80,9 +80,16 @@ def sha256_file(path, chunk_size: int = 1 << 20) -> str:
 def read_config_file(path) -> dict:
     """A JSON or YAML (.yaml/.yml) config file as a dict ({} when empty); InputError naming the file otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a config file")
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -92,7 +99,7 @@ def read_config_file(path) -> dict:
             values = json.loads(text)
     except Exception as exc:  # yaml and json raise different types: both are bad input
         kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
-        raise InputError(f"{path}: not valid {kind} ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: not valid {kind} ({' '.join(str(exc).split())})") from None
     if values is None:
         return {}
     if not isinstance(values, dict):

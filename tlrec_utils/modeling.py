@@ -5,6 +5,7 @@ The same code serves the tiny local LLaMA of the tests and `--base_model huggyll
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def quantization_config(load_in_4bit: bool, load_in_8bit: bool):
 
 def load_base_model(model_args, device_map=None):
     """The causal LM of `model_args.base_model` (see arguments.ModelArguments)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     _check_exists(model_args.base_model, "--base_model")
@@ -95,7 +97,7 @@ def load_base_model(model_args, device_map=None):
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(model_args.base_model, **kwargs)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         raise InputError(f"--base_model {model_args.base_model}: cannot load ({str(exc).splitlines()[0]})") from None
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
@@ -186,12 +188,103 @@ def load_adapter(model, adapter_dir: str, is_trainable: bool = False):
     return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
 
 
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a .safetensors header (no tensor is read)."""
+    import struct
+
+    from .validation import check_safetensors_complete
+
+    check_safetensors_complete(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def model_skeleton(model_args):
+    """The base model's modules on the meta device: shapes without loading (or allocating) any weight."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.base_model, trust_remote_code=model_args.trust_remote_code)
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--base_model {model_args.base_model}: cannot read its config "
+                         f"({' '.join(str(exc).split())[:200]})") from None
+
+
+def check_weights_fit(weights_dir, model_args, flag: str, skeleton=None) -> None:
+    """A LoRA adapter or a full-model checkpoint in `weights_dir` fits the base model, checked from the file
+    headers and a weightless copy of the base model before any weight loads. The error names the base model
+    the weights were made for (adapter_config.json / config.json) and the one given."""
+    path = Path(weights_dir)
+    adapter_cfg = path / "adapter_config.json"
+    if adapter_cfg.is_file():
+        made_for = _read_json(adapter_cfg).get("base_model_name_or_path")
+        weights = path / "adapter_model.safetensors"
+    else:
+        made_for = _read_json(path / "config.json").get("_name_or_path") if (path / "config.json").is_file() else None
+        weights = path / "model.safetensors"
+    if not weights.is_file():
+        if adapter_cfg.is_file() and not (path / "adapter_model.bin").is_file():
+            raise InputError(f"{flag} {path}: no adapter_model.safetensors (incomplete adapter directory)")
+        return  # sharded or .bin weights: transformers/peft check those while loading
+    shapes = _safetensors_shapes(weights)
+    skeleton = skeleton if skeleton is not None else model_skeleton(model_args)
+    expected = {name: list(t.shape) for name, t in skeleton.state_dict().items()}
+    problem = None
+    for key, shape in shapes.items():
+        if adapter_cfg.is_file():
+            parts = key.removeprefix("base_model.model.").split(".")
+            if len(parts) < 3 or parts[-2] not in ("lora_A", "lora_B"):
+                continue
+            name = ".".join(parts[:-2])
+            try:
+                in_f, out_f = _in_out_features(skeleton.get_submodule(name))
+            except AttributeError:
+                problem = f"it adapts {name}, which the model does not have"
+                break
+            if in_f is None:
+                continue
+            if (parts[-2] == "lora_A" and shape[-1] != in_f) or (parts[-2] == "lora_B" and shape[0] != out_f):
+                problem = f"{key} has shape {shape}, the model's {name} maps {in_f} -> {out_f} features"
+                break
+        elif key in expected and list(shape) != expected[key]:
+            problem = f"{key} has shape {shape}, the model needs {expected[key]}"
+            break
+    if problem:
+        raise InputError(f"{flag} {path}: made for base model {made_for or '(not recorded)'}, "
+                         f"not for --base_model {model_args.base_model} ({problem})")
+
+
+def _in_out_features(module) -> tuple[int | None, int | None]:
+    """(in, out) features of a linear layer: nn.Linear, or GPT-2's Conv1D (weight stored transposed)."""
+    if hasattr(module, "in_features"):
+        return module.in_features, module.out_features
+    if hasattr(module, "nf") and getattr(module, "weight", None) is not None:
+        return module.weight.shape[0], module.nf
+    return None, None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
 def load_for_inference(model_args, adapter: str | None = None, device: str | None = None):
     """(model, tokenizer) ready for scoring: eval mode, on `device` (default: CUDA when available)."""
     tokenizer = load_tokenizer(model_args.base_model, model_args.trust_remote_code)
     if adapter:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise InputError(f"--adapter {adapter}: not a LoRA adapter directory (no adapter_config.json)")
+        check_weights_fit(adapter, model_args, "--adapter")
     # device "auto": spread a model too large for one GPU over all of them (accelerate's device_map)
     model = load_base_model(model_args, device_map="auto" if device == "auto" else None)
     if adapter:

@@ -303,6 +303,29 @@ def check_config(cfg: PipelineConfig) -> None:
         from .prompts import get_template
 
         get_template(cfg.prompt_template)  # an unknown name fails before any phase runs
+    from .validation import check_device, check_number, comma_list
+
+    for name in ("tiny_vocab_size", "tiny_hidden_size", "per_device_train_batch_size", "gradient_accumulation_steps",
+                 "lora_r", "num_negatives", "ndcg_k", "eval_batch_size", "test_limit", "source_records",
+                 "cot_max_users"):
+        check_number(f"--{name}", getattr(cfg, name), 1)
+    check_number("--max_length", cfg.max_length, 8)
+    check_number("--max_windows", cfg.max_windows, 0)
+    for name in ("cot_epochs", "source_epochs", "kshot_epochs", "cot_max_cost"):
+        check_number(f"--{name}", getattr(cfg, name), 0, exclusive_min=True)
+    check_number("--learning_rate", cfg.learning_rate, 0)
+    cfg.eval_metrics = ",".join(dict.fromkeys(comma_list("--eval_metrics", cfg.eval_metrics, ("auc", "ndcg"))))
+    check_device("--device", cfg.device)
+    # the raw data must be there before run_dir is made (not needed once a data phase is complete)
+    for which, subdir, dataset in (("source", cfg.source_subdir, cfg.source_dataset),
+                                   ("target", cfg.target_subdir, cfg.target_dataset)):
+        if (Path(cfg.run_dir) / "data" / which / PHASE_DONE).is_file():
+            continue
+        raw = _raw_dir(cfg, subdir)
+        if not raw.is_dir() and not cfg.download:
+            flag = "--data_dir" if cfg.data_dir else "data directory"
+            raise InputError(f"{flag}: {raw} not found (raw files of the {which} dataset {dataset}; "
+                             "--download fetches the public ones)")
 
 
 def run_variant(cfg: PipelineConfig, name: str, spec: dict, base_model: str, data: dict, cot_file) -> dict:
@@ -391,10 +414,9 @@ def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineCo
             raise InputError("--config needs a file")
         path = Path(argv[i + 1])
         del argv[i : i + 2]
-        values = read_config_file(path)
-        unknown = sorted(set(values) - set(config_fields()))
-        if unknown:
-            raise InputError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        from .validation import check_config_values
+
+        values = check_config_values(read_config_file(path), (PipelineConfig,), path)
         parser.set_defaults(**values)
         for action in parser._actions:  # a value from the file satisfies a required flag
             if action.dest in values:

@@ -101,11 +101,14 @@ def load_records(path, require_label: bool = True, parse_text: bool = True, cata
                 raise InputError(
                     f"{where(path, record=i)}: output {rec['output']!r} is not \"Yes.\" or \"No.\""
                 )
-            if "label" in rec and rec["label"] is not None and int(rec["label"]) != label:
+            if rec.get("label") is not None and label_value(rec["label"]) != label:
+                if label_value(rec["label"]) is None:
+                    raise InputError(f"{where(path, record=i)}: label {rec['label']!r} is not 0 or 1")
                 raise InputError(
                     f"{where(path, record=i)}: label {rec['label']!r} disagrees with output {rec['output']!r}"
                 )
             rec["label"] = label
+        check_structured_fields(rec, where(path, record=i))
         if parse_text and "history" not in rec:
             parsed = parse_rec_input(rec["input"], catalog=catalog)
             if parsed is None:
@@ -120,6 +123,39 @@ def load_records(path, require_label: bool = True, parse_text: bool = True, cata
             ", ".join(map(str, unparsed[:5])),
         )
     return records
+
+
+def label_value(value) -> int | None:
+    """0 or 1 from a record's label (0, 1, true, false, 0.0, 1.0); None for anything else (NaN, "abc")."""
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+        return int(value)
+    return None
+
+
+def _check_item(item, loc: str, what: str) -> None:
+    if not isinstance(item, dict):
+        raise InputError(f"{loc}: {what} is not an object with 'item_id' and 'title' (got {item!r:.60})")
+    if not isinstance(item.get("title"), str):
+        raise InputError(f"{loc}: {what} has no string 'title'")
+    if not isinstance(item.get("item_id"), (str, int)) or isinstance(item.get("item_id"), bool):
+        raise InputError(f"{loc}: {what} has no 'item_id' (string or integer)")
+
+
+def check_structured_fields(rec: dict, loc: str) -> None:
+    """Types of the structured fields a record carries (see the module docstring); absent ones are fine."""
+    if "label" in rec and rec["label"] is not None and label_value(rec["label"]) is None:
+        raise InputError(f"{loc}: label {rec['label']!r} is not 0 or 1")
+    if rec.get("history") is not None:
+        if not isinstance(rec["history"], list):
+            raise InputError(f"{loc}: history must be a list of items, got {type(rec['history']).__name__}")
+        for j, item in enumerate(rec["history"]):
+            _check_item(item, loc, f"history item {j}")
+            if "liked" in item and not isinstance(item["liked"], bool) and item["liked"] not in (0, 1):
+                raise InputError(f"{loc}: history item {j}: liked {item['liked']!r} is not true or false")
+    if rec.get("target") is not None:
+        _check_item(rec["target"], loc, "target")
+    if rec.get("user_id") is not None and not isinstance(rec["user_id"], (str, int)):
+        raise InputError(f"{loc}: user_id must be a string or an integer, got {rec['user_id']!r:.60}")
 
 
 def parse_rec_input(text: str, catalog=None) -> dict | None:

@@ -46,9 +46,10 @@ class TeacherError(Exception):
 
     `fatal`: every other request would fail the same way (bad key, no access, unknown model): stop the run."""
 
-    def __init__(self, message: str, fatal: bool = False):
+    def __init__(self, message: str, fatal: bool = False, cause: str | None = None):
         super().__init__(message)
         self.fatal = fatal
+        self.cause = cause  # "auth" (401/403), "not_found" (404), "connection" (server unreachable) or None
 
 
 class Budget:
@@ -193,7 +194,7 @@ class OpenAITeacher:
         for attempt in range(self.max_retries + 1):
             self.budget.take_request()
             await self.rate.wait()
-            headers = None
+            headers, cause = None, None
             try:
                 async with self.semaphore:
                     response = await self.client.chat.completions.create(
@@ -204,13 +205,17 @@ class OpenAITeacher:
                         seed=self.seed,
                     )
                 reply = _parse_completion(response)
+                reply.text = self.redact(reply.text)  # a server that echoes the key must not get it stored
             except retryable as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                cause = "connection" if type(exc) is errors.APIConnectionError else None
                 headers = getattr(getattr(exc, "response", None), "headers", None)
             except errors.APIStatusError as exc:
                 if exc.status_code < 500 and exc.status_code != 429:
                     fatal = exc.status_code in (401, 403, 404)
-                    raise TeacherError(self.redact(f"HTTP {exc.status_code}: {exc}"), fatal=fatal) from None
+                    cause = {401: "auth", 403: "auth", 404: "not_found"}.get(exc.status_code)
+                    raise TeacherError(self.redact(f"HTTP {exc.status_code}: {exc}"), fatal=fatal,
+                                       cause=cause) from None
                 problem = f"HTTP {exc.status_code}"
                 headers = exc.response.headers
             except (MalformedReply, json.JSONDecodeError, errors.APIResponseValidationError) as exc:
@@ -219,7 +224,8 @@ class OpenAITeacher:
                 self.budget.add_usage(reply)
                 return reply
             if attempt == self.max_retries:
-                raise TeacherError(self.redact(f"gave up after {attempt + 1} attempts: {problem}"))
+                raise TeacherError(self.redact(f"gave up after {attempt + 1} attempts: {problem}"),
+                                   cause=cause)
             delay = self._retry_delay(attempt, headers)
             self.retries += 1
             logger.warning("%s; retry %d in %.2f s", self.redact(problem)[:300], attempt + 1, delay)

@@ -170,8 +170,9 @@ class RecordEncoder:
         budget = self.max_length - len(response_ids)
         if budget < MIN_PROMPT_TOKENS:
             raise InputError(
-                f"{source}: the response alone has {len(response_ids)} tokens, too many for --max_length "
-                f"{self.max_length}; raise --max_length"
+                f"{source}: the response has {len(response_ids)} tokens and the prompt needs at least "
+                f"{MIN_PROMPT_TOKENS}: raise --max_length to at least {len(response_ids) + MIN_PROMPT_TOKENS} "
+                f"(now {self.max_length})"
             )
         if len(prompt_ids) > budget:
             history = record.get("history") or []

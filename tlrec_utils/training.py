@@ -204,9 +204,9 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     from .tokenization import RecordEncoder, derive_answer_tokens
 
     started = time.time()
-    if not training_args.output_dir:
-        raise InputError("--output_dir is required")
-    output_dir = Path(training_args.output_dir)
+    from .validation import check_output_dir
+
+    output_dir = check_output_dir(training_args.output_dir, "--output_dir")
     if (output_dir / FINISHED_MARKER).is_file() and not training_args.overwrite_output_dir:
         raise InputError(f"{output_dir}: already holds a finished model ({FINISHED_MARKER}); "
                          "pass --overwrite_output_dir to train again")
@@ -225,6 +225,13 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
             val_records = val_records[: data_args.max_val_records]
         if not val_records:
             raise InputError(f"{data_args.val_file}: no records")
+        classes = {int(r["label"]) for r in val_records}
+        if len(classes) < 2:
+            what = f"all {len(val_records)} validation records are {'Yes' if 1 in classes else 'No'}"
+            if training_args.metric_for_best_model in ("auc", "eval_auc"):
+                raise InputError(f"--val_file {data_args.val_file}: {what}; AUC needs both classes "
+                                 "(--metric_for_best_model auc)")
+            logger.warning("%s: %s; validation AUC will be undefined (nan)", data_args.val_file, what)
 
     # the template the previous phase trained with (adapter, or a full model's directory) unless told otherwise
     template = resolve_template(data_args.prompt_template, [lora_args.init_adapter, model_args.base_model])
@@ -241,6 +248,22 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     stages = [r["stage"] for r in train_records] if "stage" in train_records[0] else None
     if stages is not None:
         logger.info("CoT records with stages %s: curriculum %s", sorted(set(stages)), data_args.curriculum)
+
+    # adapter and checkpoint against the base model (from file headers), before any weight loads
+    resume = training_args.resume_from_checkpoint
+    if resume is None and not training_args.overwrite_output_dir:
+        resume = last_checkpoint(output_dir)  # like run_clm.py: a rerun continues where it stopped
+    if lora_args.init_adapter or resume:
+        from .modeling import check_weights_fit, model_skeleton
+
+        skeleton = model_skeleton(model_args)
+        if lora_args.init_adapter:
+            check_weights_fit(lora_args.init_adapter, model_args, "--init_adapter", skeleton)
+        if resume:
+            if not Path(resume).is_dir():
+                raise InputError(f"--resume_from_checkpoint {resume}: directory not found")
+            check_weights_fit(resume, model_args, "checkpoint", skeleton)
+        del skeleton
 
     model = load_base_model(model_args)
     model = prepare_for_training(model, lora_args, training_args.gradient_checkpointing)
@@ -264,9 +287,6 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
         stages=stages,
         curriculum=data_args.curriculum,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume is None and not training_args.overwrite_output_dir:
-        resume = last_checkpoint(output_dir)  # like run_clm.py: a rerun continues where it stopped
     if resume:
         logger.info("resuming from %s", resume)
     try:

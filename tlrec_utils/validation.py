@@ -1,0 +1,272 @@
+"""Checks every entry script runs before any work: flag ranges and choices, comma lists, output paths,
+config-file values against the dataclass they fill. Each failure is an InputError naming the flag or file."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from pathlib import Path
+
+from .errors import InputError
+
+
+def check_number(flag: str, value, minimum=None, maximum=None, allow_none: bool = True, exclusive_min=False):
+    """`value` within [minimum, maximum] (or (minimum, ...] with exclusive_min); None passes if allowed."""
+    if value is None:
+        if allow_none:
+            return value
+        raise InputError(f"{flag} is required")
+    if isinstance(value, float) and math.isnan(value):
+        raise InputError(f"{flag} must be a number, got nan")
+    too_low = minimum is not None and (value <= minimum if exclusive_min else value < minimum)
+    too_high = maximum is not None and value > maximum
+    if too_low or too_high:
+        low = "" if minimum is None else (f"> {minimum}" if exclusive_min else f">= {minimum}")
+        high = "" if maximum is None else f"<= {maximum}"
+        raise InputError(f"{flag} must be {' and '.join(p for p in (low, high) if p)}, got {value}")
+    return value
+
+
+def comma_list(flag: str, text, choices=None) -> list[str]:
+    """'a, b' -> ['a', 'b'] (spaces stripped, empty pieces dropped); unknown or no entries are an error."""
+    values = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    items = [str(v).strip() for v in values if str(v).strip()]
+    if not items:
+        raise InputError(f"{flag}: empty list" + (f" (choose from {', '.join(choices)})" if choices else ""))
+    if choices is not None:
+        unknown = [v for v in items if v not in choices]
+        if unknown:
+            raise InputError(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(choices)})")
+    return items
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in [path, *path.parents]:
+        if parent.exists() or parent.is_symlink():
+            return parent
+    return Path(".")
+
+
+def _check_creatable(flag: str, path: Path) -> None:
+    """Everything above `path` that exists is a writable directory (so `path` can be made)."""
+    base = _nearest_existing(path.parent if path != Path(path.anchor) else path)
+    if not base.is_dir():
+        raise InputError(f"{flag} {path}: {base} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: no permission to write in {base}")
+
+
+def check_output_dir(path, flag: str = "--output_dir") -> Path:
+    """An output directory that exists or can be created and written, checked before any work starts."""
+    if path is None or not str(path).strip():
+        raise InputError(f"{flag}: empty path (give a directory)")
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: exists and is not a directory")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"{flag} {path}: no permission to write in this directory")
+    else:
+        _check_creatable(flag, path)
+    from .errors import note_output_dir
+
+    note_output_dir(path)
+    return path
+
+
+def check_output_file(path, flag: str) -> Path:
+    if path is None or not str(path).strip():
+        raise InputError(f"{flag}: empty path (give a file)")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory, expected a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise InputError(f"{flag} {path}: no permission to overwrite this file")
+    else:
+        _check_creatable(flag, path)
+    return path
+
+
+def check_input_file(path, flag: str) -> Path:
+    if path is None or not str(path).strip():
+        raise InputError(f"{flag}: empty path (give a file)")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory, expected a file")
+    if not path.is_file():
+        raise InputError(f"{flag} {path}: file not found")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{flag} {path}: no permission to read this file")
+    return path
+
+
+def check_input_dir(path, flag: str) -> Path:
+    if path is None or not str(path).strip():
+        raise InputError(f"{flag}: empty path (give a directory)")
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: is a file, expected a directory")
+    if not path.is_dir():
+        raise InputError(f"{flag} {path}: directory not found")
+    return path
+
+
+def check_adapter_dir(path, flag: str) -> Path:
+    path = check_input_dir(path, flag)
+    if not (path / "adapter_config.json").is_file():
+        raise InputError(f"{flag} {path}: not a LoRA adapter directory (no adapter_config.json)")
+    return path
+
+
+def check_device(flag: str, device) -> None:
+    """cpu, cuda, cuda:N, auto, mps... that exist on this machine (before any model is loaded)."""
+    if device is None:
+        return
+    if device == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"{flag} auto spreads the model over GPUs, but this machine has no CUDA GPU")
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"{flag}: unknown device {device!r} (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{flag} {device}: this machine has no CUDA GPU (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"{flag} {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{flag} {device}: MPS is not available on this machine")
+
+
+def looks_local(path: str) -> bool:
+    """A path rather than a hub id (hub ids are 'name' or 'org/name')."""
+    return str(path).startswith((".", "/", "~")) or str(path).count("/") > 1
+
+
+def check_safetensors_complete(path: Path) -> None:
+    """A .safetensors file holds every byte its header promises (a truncated copy or download fails here,
+    before a loader reads it)."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(header_len))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, IndexError):
+        raise InputError(f"{path}: not a valid safetensors file (corrupt or truncated header)") from None
+    if 8 + header_len + end > size:
+        raise InputError(f"{path}: truncated ({size} bytes, the header promises {8 + header_len + end}); "
+                         "copy or download it again")
+
+
+def check_model_path(path, flag: str = "--base_model") -> None:
+    """A local model directory exists, has config.json, and its weight files are complete. Hub ids pass."""
+    local = Path(str(path)).expanduser()
+    if not local.exists():
+        if looks_local(str(path)):
+            raise InputError(f"{flag} {path}: directory not found")
+        return
+    if not local.is_dir():
+        raise InputError(f"{flag} {path}: is a file, expected a model directory")
+    if not (local / "config.json").is_file():
+        raise InputError(f"{flag} {path}: not a model directory (no config.json)")
+    for weights in sorted(local.glob("*.safetensors")):
+        check_safetensors_complete(weights)
+
+
+# ---- config files: values against the dataclass fields they fill ------------------------------------------
+
+
+def _describe(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _conforms(value, tp) -> tuple[bool, object]:
+    """(ok, value) for the simple field types of our dataclasses; unknown types pass unchecked."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, out = _conforms(value, arg)
+            if ok:
+                return True, out
+        simple = all(a in (int, float, str, bool, type(None)) or typing.get_origin(a) is list for a in args)
+        return (not simple), value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (object,)
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for item in items:
+            ok, conv = _conforms(item, item_tp)
+            if not ok:
+                return False, value
+            out.append(conv)
+        return True, out
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool), \
+            str(value) if isinstance(value, (int, float)) else value
+    return True, value
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, _describe(tp))
+
+
+def check_config_values(values: dict, dataclass_types, path) -> dict:
+    """Type- and choice-checked copy of `values` (a config file's mapping) for the fields of `dataclass_types`:
+    unknown keys, wrong types (`seeds: abc`) and values outside a field's choices name the key and the file."""
+    fields = {}
+    for dc in dataclass_types:
+        hints = typing.get_type_hints(dc)
+        for f in dataclasses.fields(dc):
+            if f.init:
+                fields.setdefault(f.name, (hints.get(f.name, f.type), f.metadata.get("choices")))
+    unknown = sorted(k for k in values if k not in fields)
+    if unknown:
+        raise InputError(f"{path}: unknown setting(s) {', '.join(map(str, unknown))}")
+    out = {}
+    for key, value in values.items():
+        tp, choices = fields[key]
+        ok, conv = _conforms(value, tp)
+        if not ok:
+            raise InputError(f"{path}: {key}: expected {_type_name(tp)}, got {value!r}")
+        if choices and conv is not None and conv not in choices:
+            raise InputError(f"{path}: {key}: {conv!r} is not one of {', '.join(map(str, choices))}")
+        out[key] = conv
+    return out
+
+
+def missing_required(values: dict, dataclass_types) -> list[str]:
+    return [f.name for dc in dataclass_types for f in dataclasses.fields(dc)
+            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            and f.name not in values]
