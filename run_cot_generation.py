@@ -31,6 +31,9 @@ HELP = {
     "allow_same_user_neighbors": "the authors' behaviour: a user's own other windows may be neighbours (leaks the target)",
     "ensure_target": "insert the true next item into candidate sets that miss it instead of skipping the user",
     "kind": "movie, book or auto (from the records' instruction)",
+    "hit_match": "which users are kept: title_in_answer (the target's title appears in the Stage-3 answer, as the "
+                 "authors) or recommended (the target is one of the parsed recommended candidates)",
+    "system_prompt": "a system message sent with every request (the authors send none)",
     "dry_run": "print the first user's prompts and a token/cost estimate; call nothing, write nothing",
     "progress": "progress bar",
 }

@@ -17,8 +17,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STEP = re.compile(r"Step (\d):")
-CANDIDATE_LINE = re.compile(r"^Candidate Set \(candidate \w+\): (.*)\.$", re.M)
-WATCHED_LINE = re.compile(r"^The \w+ I have watched \(watched \w+\): (.*)\.$", re.M)
+CANDIDATE_LINE = re.compile(r"^Candidate Set \(candidate \w+\): (.*)$", re.M)
+WATCHED_LINE = re.compile(r"^The \w+ that the user has watched \(watched \w+\): (.*)$", re.M)
 QUOTED = re.compile(r'"([^"]*)"')
 
 
@@ -45,7 +45,7 @@ class StubOpenAI:
         self.timeout_sleep = timeout_sleep
         self.retry_after = retry_after
         self.faults: collections.deque[str] = collections.deque()
-        self.requests: list[dict] = []  # {time, prompt, fault, authorization, prompt_tokens, completion_tokens}
+        self.requests: list[dict] = []  # {time, prompt, messages, fault, authorization, prompt_tokens, completion_tokens}
         self.lock = threading.Lock()
         stub = self
 
@@ -64,6 +64,7 @@ class StubOpenAI:
                     entry = {
                         "time": time.monotonic(),
                         "prompt": prompt,
+                        "messages": body["messages"],
                         "fault": fault,
                         "authorization": self.headers.get("authorization"),
                         "prompt_tokens": 0,

@@ -105,6 +105,7 @@ def test_end_to_end_with_faults_and_hit_filtering(source, tmp_path, secret_key, 
     # every user asked exactly three times, plus one retry per injected fault
     assert len(server.requests) == 3 * users + len(faults)
     assert all(r["authorization"] == f"Bearer {SECRET}" for r in server.requests)  # the key reached the server
+    assert all([m["role"] for m in r["messages"]] == ["user"] for r in server.requests)  # no system message
     # Retry-After (0.3 s) wins over the 0.01 s backoff
     i = next(n for n, r in enumerate(server.requests) if r["fault"] == "429")
     retry = next(r for r in server.requests[i + 1 :] if r["prompt"] == server.requests[i]["prompt"])
@@ -117,11 +118,20 @@ def test_end_to_end_with_faults_and_hit_filtering(source, tmp_path, secret_key, 
         assert set(line["prompts"]) <= answered
         titles = [c["title"] for c in line["candidates"]]
         assert len(titles) == 19 and line["target"]["title"] in titles  # --ensure_target
-        # the stub recommends the first 10 candidates as shown: a hit iff the target is among them
-        assert line["hit"] == (line["target"]["title"] in titles[:10])
+        # the stub recommends the first 10 candidates as shown (lines 1, 4, 7, 10 in upper and 2, 5, 8 in lower
+        # case): parsed, the target is recommended iff it is among them; its exact title appears in the answer
+        # only when written as is, lines 3, 6, 9 (the authors' rule, the default)
         assert line["recommended"] == titles[:10]
+        recommended = line["target"]["title"] in titles[:10]
+        in_answer = line["target"]["title"] in titles[2:10:3]
+        assert line["hit_by_rule"] == {"title_in_answer": in_answer, "recommended": recommended}
+        assert line["hit"] == in_answer
+        # the authors' chained prompts: stage k = stage k-1's prompt + its answer + the next question
+        for k in (1, 2):
+            assert line["prompts"][k].startswith(line["prompts"][k - 1] + " " + line["answers"][k - 1] + "\nStep ")
+        assert all(prompt.endswith("\nAnswer:") for prompt in line["prompts"])
     hits = [line for line in lines if line["hit"]]
-    assert 0 < len(hits) < users
+    assert 0 < len(hits) < sum(line["hit_by_rule"]["recommended"] for line in lines) < users
 
     cot = json.loads((tmp_path / "cot_train.json").read_text())
     assert len(cot) == 3 * len(hits)
@@ -130,7 +140,8 @@ def test_end_to_end_with_faults_and_hit_filtering(source, tmp_path, secret_key, 
     for rec in cot:
         line = by_key[rec["cot_key"]]
         assert line["hit"]
-        assert rec["output"] == line["answers"][rec["stage"] - 1].strip()
+        assert rec["output"] == line["answers"][rec["stage"] - 1]
+        assert rec["input"] + "\nAnswer:" == line["prompts"][rec["stage"] - 1]  # preprocess_data.py: [:-8]
         for earlier in line["answers"][: rec["stage"] - 1]:
             assert earlier.strip() in rec["input"]
         for later in line["answers"][rec["stage"] - 1 :]:
@@ -139,7 +150,9 @@ def test_end_to_end_with_faults_and_hit_filtering(source, tmp_path, secret_key, 
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["users_completed"] == users and summary["users_hit"] == len(hits)
-    assert summary["hit_rate"] == round(len(hits) / users, 4)
+    assert summary["hit_rate"] == summary["hit_rate_title_in_answer"] == round(len(hits) / users, 4)
+    n_recommended = sum(line["hit_by_rule"]["recommended"] for line in lines)
+    assert summary["hit_rate_recommended"] == round(n_recommended / users, 4)
     assert summary["prompt_tokens"] == sum(r["prompt_tokens"] for r in server.requests)
     assert summary["completion_tokens"] == sum(r["completion_tokens"] for r in server.requests)
     expected_cost = summary["prompt_tokens"] / 1000 * 0.03 + summary["completion_tokens"] / 1000 * 0.06
@@ -263,6 +276,33 @@ def test_rerun_with_other_settings_is_refused(source, reference, secret_key):
     assert exc.value.code == 2 and server.requests == []
 
 
+def test_system_prompt_and_recommended_hit_rule_on_request(source, tmp_path, secret_key):
+    with StubOpenAI() as server:
+        summary = main(args(source, tmp_path, server, "--max_users", "12", "--system_prompt", "You recommend films.",
+                            "--hit_match", "recommended"))
+    assert all(r["messages"][0] == {"role": "system", "content": "You recommend films."} for r in server.requests)
+    lines = read_lines(tmp_path / "responses.jsonl")
+    n_recommended = sum(line["hit_by_rule"]["recommended"] for line in lines)
+    assert summary["hit_match"] == "recommended" and summary["users_hit"] == n_recommended > 0
+    assert summary["hit_rate_title_in_answer"] < summary["hit_rate_recommended"]
+    assert len(json.loads((tmp_path / "cot_train.json").read_text())) == 3 * n_recommended
+
+
+def test_rerun_after_the_wording_changed_is_refused(source, reference, tmp_path, secret_key, capsys):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(reference, old)
+    config = json.loads((old / "run_config.json").read_text())
+    config["prompt_wording_sha256"] = "0" * 64  # as if written by a version with other prompt strings
+    (old / "run_config.json").write_text(json.dumps(config))
+    with StubOpenAI() as server, pytest.raises(SystemExit) as exc:
+        main(args(source, old, server))
+    assert exc.value.code == 2 and server.requests == []
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "answers to prompts worded differently" in err and "use a new --output_dir" in err
+
+
 def test_rate_limiter_spaces_request_starts():
     from tlrec_utils.teacher import RateLimiter
 
@@ -330,4 +370,7 @@ def test_heuristic_teacher_on_netflix(data_dir, tmp_path):
     assert len(cot) == 3 * summary["users_hit"] > 0
     hit_targets = {line["key"]: line["target"]["title"] for line in lines if line["hit"]}
     for rec in cot[2::3]:
-        assert hit_targets[rec["cot_key"]].lower() in rec["output"].lower()
+        assert hit_targets[rec["cot_key"]] in rec["output"]
+    # the heuristic teacher's answers parse the same under both hit rules
+    assert all(line["hit_by_rule"]["title_in_answer"] == line["hit_by_rule"]["recommended"] for line in lines)
+    assert summary["hit_rate_title_in_answer"] == summary["hit_rate_recommended"] == summary["hit_rate"]

@@ -157,3 +157,25 @@ def test_cli_config_file_and_overrides(tmp_path):
         run_pipeline.parse_args(["--config", str(bad)])
     with pytest.raises(InputError, match="curriculum"):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), curriculum="reverse"))
+
+
+def test_published_cot_data_and_prompt_template_pass_through_every_phase(data_dir, tmp_path):
+    """teacher: published reads CoT records in the TLRec authors' stage123.json format (a made-up fixture);
+    prompt_template reaches every tuning and evaluation phase."""
+    from tlrec_utils import prompts
+
+    run_dir = tmp_path / "pub"
+    fixture = REPO / "tests" / "data" / "stage123_fixture.json"
+    cfg = small_config(run_dir, data_dir, teacher="published", cot_file=str(fixture), prompt_template="alpaca",
+                       use_rec_tuning=False, compare_without_cot=False, eval_metrics="auc", tuning_args=[])
+    run(cfg)
+    cot = json.loads((run_dir / "cot" / "cot_train.json").read_text())
+    assert [r["stage"] for r in cot] == [3, 3, 1, 1, 2, 2]
+    assert json.loads((run_dir / "cot" / PHASE_DONE).read_text())["records_per_stage"] == {"1": 2, "2": 2, "3": 2}
+    for phase in ("cot_tuning", "k16_seed3"):
+        assert prompts.load_saved_template(run_dir / "tlrec_wo_rec_tuning" / phase).name == "alpaca"
+    for setting in ("zero_shot", "k16_seed3"):
+        metrics = json.loads((run_dir / "tlrec_wo_rec_tuning" / "eval" / setting / "metrics.json").read_text())
+        assert metrics["settings"]["prompt_template"] == "alpaca"
+    with pytest.raises(InputError, match="CoT file not found"):
+        run(small_config(tmp_path / "missing", data_dir, teacher="published", cot_file=str(tmp_path / "none.json")))

@@ -7,6 +7,9 @@ The expected strings below are copied from the released files (data, not code):
   `generate_prompt_eval` (evaluation).
 """
 
+import json
+from pathlib import Path
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -99,3 +102,71 @@ def test_saved_template_round_trips_and_explicit_choice_warns(tmp_path, caplog):
     (adapter / prompts.TEMPLATE_FILE).write_text('{"name": "x"}')
     with pytest.raises(InputError, match="tlrec_prompt.json: not a saved prompt template"):
         prompts.load_saved_template(adapter)
+
+
+# ---- CoT wording: ljy2222/TLRec commit 534c6c97ea67dcde1230f102c65d4ef141cd3435 -----------------------------
+# cot_data/generate_data.py: the context (`input`) strings and instruction_1/2/3 (the questions), movie and book
+AUTHORS_CONTEXT = {
+    "movie": "Candidate Set (candidate movies): {}\nThe movies that the user has watched (watched movies): {}\n",
+    "book": "Candidate Set (candidate books): {}\nThe books that the user has watched (watched books): {}\n",
+}
+AUTHORS_QUESTIONS_MOVIE = (
+    "Step 1: What features are most important to the user when selecting movies (Summarize the user's preferences "
+    "briefly)?",
+    "Step 2: Selecting the most featured movies (at most 5 movies) from the watched movies according to the user's "
+    "preferences in descending order (Format: [no. a watched movie]).",
+    "Step 3: Can you recommend 10 movies from the Candidate Set similar to the selected movies the user has watched "
+    "(Format: [no. a watched movie - a candidate movie])?",
+)
+# cot_data/preprocess_data.py: the instruction of the stage 1, 2, 3 records (movie)
+AUTHORS_INSTRUCTIONS_MOVIE = (
+    "Given the candidate set and the user's watched movies, summarize the user's preferences briefly.",
+    "Given the candidate set, the user's watched movies and the user's preferences, select the most featured movies "
+    "(at most 5 movies) from the watched movies according to the user's preferences in descending order (Format: "
+    "[no. a watched movie]).",
+    "Given the candidate set, the user's watched movies, the user's preferences and the most featured movies, "
+    "recommend 10 movies from the candidate set similar to the selected movies the user has watched (Format: [no. a "
+    "watched movie - a candidate movie])",
+)
+FIXTURE = Path(__file__).parent / "data" / "stage123_fixture.json"  # made-up records in stage123.json's format
+
+
+def test_cot_questions_context_and_instructions_are_the_authors_bytes():
+    for kind in ("movie", "book"):
+        assert prompts.cot_context(["A (1990)"], ["B (1991)", "C (1992)"], kind) == AUTHORS_CONTEXT[kind].format(
+            '"A (1990)"', '"B (1991)", "C (1992)"')
+        book = [q.replace("movie", kind) for q in AUTHORS_QUESTIONS_MOVIE]
+        assert [prompts.cot_question(s, kind) for s in (1, 2, 3)] == book
+        assert [prompts.cot_stage_instruction(s, kind) for s in (1, 2, 3)] == [
+            i.replace("movie", kind) for i in AUTHORS_INSTRUCTIONS_MOVIE]
+    assert len(prompts.COT_INSTRUCTION_STAGES) == 6
+
+
+def test_cot_teacher_prompts_and_records_chain_as_the_authors_temp_1_2_3():
+    context = prompts.cot_context(["A (1990)", "D (1993)"], ["B (1991)"], "movie")
+    q1, q2, q3 = AUTHORS_QUESTIONS_MOVIE
+    # temp_1/2/3 of generate_data.py
+    assert prompts.cot_teacher_prompt(context, [], "movie") == context + q1 + "\nAnswer:"
+    assert prompts.cot_teacher_prompt(context, ["p1"], "movie") == context + q1 + "\nAnswer: p1\n" + q2 + "\nAnswer:"
+    third = context + q1 + "\nAnswer: p1\n" + q2 + "\nAnswer: p2\n" + q3 + "\nAnswer:"
+    assert prompts.cot_teacher_prompt(context, ["p1", "p2"], "movie") == third
+    # preprocess_data.py: input = the prompt without its last 8 characters ("\nAnswer:")
+    record = prompts.cot_record(context, ["p1", "p2", "p3"], 3, "movie")
+    assert record == {"instruction": AUTHORS_INSTRUCTIONS_MOVIE[2], "input": third[:-8], "output": "p3", "stage": 3}
+
+
+def test_published_cot_file_stages_from_instructions(tmp_path):
+    from tlrec_utils.cot import load_cot_records
+
+    records = load_cot_records(FIXTURE)
+    raw = json.loads(FIXTURE.read_text())
+    assert [r["stage"] for r in records] == [3, 3, 1, 1, 2, 2]
+    assert all(r["kind"] == "movie" for r in records)
+    assert [{k: r[k] for k in ("instruction", "input", "output")} for r in records] == raw  # text untouched
+    # each record's input is the stage's teacher prompt without "\nAnswer:" (as our own records are)
+    for r in records:
+        assert r["input"].endswith(AUTHORS_QUESTIONS_MOVIE[r["stage"] - 1])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(raw[:2] + [{**raw[2], "instruction": "Summarize the user."}]))
+    with pytest.raises(InputError, match=r"bad.json record 2: unknown CoT instruction 'Summarize the user.'"):
+        load_cot_records(bad)

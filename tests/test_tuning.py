@@ -192,6 +192,21 @@ def test_cot_records_with_stages_train_with_the_curriculum(tiny_llama, tmp_path)
     assert summary["curriculum"] == "stagewise" and summary["train_records"] == 6
 
 
+def test_authors_published_cot_file_trains_with_stages_from_its_instructions(tiny_llama, tmp_path, capsys):
+    fixture = Path(__file__).parent / "data" / "stage123_fixture.json"  # stage123.json's format, made-up text
+    out = tmp_path / "published"
+    assert run_tuning.main(_common(tiny_llama, out, "--train_files", fixture, "--max_steps", 1,
+                                   "--per_device_train_batch_size", 6)) == 0
+    summary = json.loads((out / "tuning_summary.json").read_text())
+    assert summary["curriculum"] == "ordered" and summary["train_records"] == 6
+    records = json.loads(fixture.read_text())
+    records[4]["instruction"] = "Summarize the user's preferences."
+    bad = tmp_path / "stage123.json"
+    bad.write_text(json.dumps(records))
+    error = _one_line_error(capsys, _common(tiny_llama, tmp_path / "bad", "--train_files", bad, "--max_steps", 1))
+    assert f"{bad} record 4: unknown CoT instruction" in error
+
+
 def _one_line_error(capsys, argv, entry=run_tuning):
     with pytest.raises(SystemExit) as exc:
         entry.main(argv)

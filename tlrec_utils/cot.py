@@ -6,7 +6,8 @@ the true next item). Output directory:
 
 - `progress.jsonl`: one line per answered stage (appended and flushed at once): what a resume reuses;
 - `responses.jsonl`: one line per completed user (candidates, three prompts, three answers, usage, hit);
-- `cot_train.json`: three instruction records (`stage` 1, 2, 3) per user whose Stage 3 hit the true item;
+- `cot_train.json`: three instruction records (`stage` 1, 2, 3) per user whose Stage 3 hit the true item
+  (`--hit_match`), in the TLRec authors' format (`load_cot_records` also reads their released stage123.json);
 - `summary.json`: counts, hit rate, candidate diagnostics, tokens and estimated cost;
 - `run_config.json`: the settings that fix the outputs; a rerun with different ones is refused.
 
@@ -29,9 +30,9 @@ import numpy as np
 
 from . import prompts
 from .candidates import build_interactions, user_filtering_candidates
-from .errors import InputError
+from .errors import InputError, where
 from .fileio import atomic_write_json, sha256_file
-from .records import load_records
+from .records import load_records, read_json_list
 from .teacher import Budget, BudgetExceeded, HeuristicTeacher, OpenAITeacher, TeacherError, cooccurrence_matrix
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,12 @@ CHARS_PER_TOKEN = 4  # rough size estimate for --dry_run (no tokenizer needed)
 # settings that change what is asked or kept: a resume must use the same ones
 FINGERPRINT_KEYS = (
     "neighbor_num", "candidate_num", "seed", "allow_same_user_neighbors", "ensure_target", "teacher",
-    "model", "temperature", "max_tokens", "kind",
+    "model", "temperature", "max_tokens", "kind", "system_prompt",
 )  # fmt: skip
+# which Stage-3 answers count as a hit (the user's CoT records are kept):
+# title_in_answer: the target's title appears in the answer text (the authors' generate_data.py: `GT in predictions`);
+# recommended: the target is one of the candidates parsed from the numbered list (stricter)
+HIT_RULES = ("title_in_answer", "recommended")
 
 
 @dataclass
@@ -69,6 +74,8 @@ class CotConfig:
     ensure_target: bool = False
     seed: int = 0
     kind: str = "auto"  # movie | book | auto (from the records' instruction)
+    hit_match: str = "title_in_answer"  # see HIT_RULES
+    system_prompt: str | None = None  # the authors send none
     dry_run: bool = False
     progress: bool = True
 
@@ -293,11 +300,15 @@ def lock_output_dir(output_dir: Path):
 
 def check_run_config(output_dir: Path, cfg: CotConfig, kind: str, data_sha: str) -> None:
     fingerprint = {k: getattr(cfg, k) for k in FINGERPRINT_KEYS}
-    fingerprint.update(kind=kind, train_sha256=data_sha)
+    fingerprint.update(kind=kind, train_sha256=data_sha,
+                       prompt_wording_sha256=prompts.cot_wording_fingerprint(kind, cfg.system_prompt))
     path = output_dir / "run_config.json"
     if path.exists():
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
+        if "prompt_wording_sha256" in diff:  # made by another version of the prompts
+            raise InputError(f"{path}: this output dir holds answers to prompts worded differently (another "
+                             "version of tlrec_utils/prompts.py or --system_prompt); use a new --output_dir")
         if diff:
             what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise InputError(f"{path}: this output dir was made with other settings ({what}); use a new --output_dir")
@@ -308,11 +319,16 @@ def check_run_config(output_dir: Path, cfg: CotConfig, kind: str, data_sha: str)
 # ------------------------------------------------------------------------------------------ asking
 
 
-def teacher_messages(prompt: str, kind: str) -> list[dict]:
-    return [
-        {"role": "system", "content": prompts.COT_SYSTEM.format(kind=kind)},
-        {"role": "user", "content": prompt},
-    ]
+def teacher_messages(prompt: str, system_prompt: str | None = None) -> list[dict]:
+    """The chat messages of one request: the prompt alone, as the authors send it, unless a system message
+    is asked for."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": prompt}]
+
+
+def hits(target_title: str, stage3_answer: str, recommended: list[str]) -> dict[str, bool]:
+    """Whether the user counts as a hit under each of HIT_RULES."""
+    return {"title_in_answer": target_title in stage3_answer, "recommended": target_title in recommended}
 
 
 class Generator:
@@ -325,6 +341,7 @@ class Generator:
         self.progress_file = open(output_dir / "progress.jsonl", "a", encoding="utf-8")
         self.responses_file = open(output_dir / "responses.jsonl", "a", encoding="utf-8")
         self.state = RunState(hits=sum(r["hit"] for r in responses.values()), completed=len(responses))
+        self.hit_match = cfg.hit_match
         self.bar = None
 
     @staticmethod
@@ -338,7 +355,7 @@ class Generator:
         for stage in (1, 2, 3):
             prompt = prompts.cot_teacher_prompt(user.context, answers, self.kind)
             if stage not in done:
-                reply = await self.teacher.answer(user, stage, teacher_messages(prompt, self.kind))
+                reply = await self.teacher.answer(user, stage, teacher_messages(prompt, self.cfg.system_prompt))
                 entry = {
                     "key": user.key,
                     "stage": stage,
@@ -352,7 +369,8 @@ class Generator:
                 self.progress[user.key] = done
             answers.append(done[stage]["answer"])
         recommended = parse_recommendations(answers[2], [c["title"] for c in user.candidates])
-        hit = user.target["title"] in recommended
+        hit_by_rule = hits(user.target["title"], answers[2], recommended)
+        hit = hit_by_rule[self.hit_match]
         line = {
             "key": user.key,
             "record_index": user.index,
@@ -366,6 +384,7 @@ class Generator:
             "answers": answers,
             "recommended": recommended,
             "hit": hit,
+            "hit_by_rule": hit_by_rule,
             "usage": {
                 "prompt_tokens": sum(done[s]["prompt_tokens"] for s in (1, 2, 3)),
                 "completion_tokens": sum(done[s]["completion_tokens"] for s in (1, 2, 3)),
@@ -425,11 +444,16 @@ class Generator:
 # ------------------------------------------------------------------------------------------ outputs
 
 
-def cot_records(responses: list[dict], kind: str) -> list[dict]:
-    """Three instruction records per hit user, in train-record order (identical however the run went)."""
+def line_hits(line: dict) -> dict[str, bool]:
+    return hits(line["target"]["title"], line["answers"][2], line["recommended"])
+
+
+def cot_records(responses: list[dict], kind: str, hit_match: str = "title_in_answer") -> list[dict]:
+    """Three instruction records per user who hit under `hit_match`, in train-record order (identical however
+    the run went)."""
     out = []
     for line in sorted(responses, key=lambda r: r["record_index"]):
-        if not line["hit"]:
+        if not line_hits(line)[hit_match]:
             continue
         for stage in (1, 2, 3):
             rec = prompts.cot_record(line["context"], line["answers"], stage, kind)
@@ -474,6 +498,8 @@ def check_config(cfg: CotConfig) -> None:
         raise InputError(f"--candidate_num must be at least 10 (Stage 3 asks for 10), got {cfg.candidate_num}")
     if cfg.teacher not in ("openai", "heuristic"):
         raise InputError(f"--teacher must be openai or heuristic, got {cfg.teacher!r}")
+    if cfg.hit_match not in HIT_RULES:
+        raise InputError(f"--hit_match must be one of {', '.join(HIT_RULES)}, got {cfg.hit_match!r}")
     for name in ("max_requests", "max_cost", "max_users", "requests_per_minute"):
         value = getattr(cfg, name)
         if value is not None and value <= 0:
@@ -535,18 +561,21 @@ def run(cfg: CotConfig) -> dict:
         state = asyncio.run(generator.run((users[j] for j in todo), total=len(todo)))
 
         lines = list(responses.values())
-        cot = cot_records(lines, kind)
+        cot = cot_records(lines, kind, cfg.hit_match)
         atomic_write_json(output_dir / "cot_train.json", cot, indent=1)
         stage_entries = [e for stages in progress.values() for e in stages.values()]
         prompt_tokens = sum(e["prompt_tokens"] for e in stage_entries)
         completion_tokens = sum(e["completion_tokens"] for e in stage_entries)
-        hits = sum(line["hit"] for line in lines)
+        by_rule = {rule: sum(line_hits(line)[rule] for line in lines) for rule in HIT_RULES}
+        hit_count = by_rule[cfg.hit_match]
         summary = {
             **stats,
             "users_asked": len(progress),
             "users_completed": len(lines),
-            "users_hit": hits,
-            "hit_rate": round(hits / len(lines), 4) if lines else None,
+            "hit_match": cfg.hit_match,
+            "users_hit": hit_count,
+            "hit_rate": round(hit_count / len(lines), 4) if lines else None,
+            **{f"hit_rate_{rule}": round(n / len(lines), 4) if lines else None for rule, n in by_rule.items()},
             "users_failed_this_run": state.failed,
             "first_errors": state.errors[:5],
             "users_remaining": len(users.pending(responses)),  # a rerun asks these
@@ -575,7 +604,7 @@ def run(cfg: CotConfig) -> dict:
             logger.warning("stopped early: %s (rerun with a higher cap to go on)", state.stop_reason)
         logger.info(
             "%d/%d users hit (%.1f%%), %d CoT records, estimated cost %.4f",
-            hits, len(lines), 100 * (summary["hit_rate"] or 0), len(cot), summary["estimated_cost"],
+            hit_count, len(lines), 100 * (summary["hit_rate"] or 0), len(cot), summary["estimated_cost"],
         )  # fmt: skip
         return summary
     finally:
@@ -610,3 +639,58 @@ def read_only_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass
     return out
+
+
+# ------------------------------------------------------------------------------------------ reading CoT data
+
+# where the TLRec authors' released GPT-4 CoT data (ljy2222/TLRec@534c6c97 cot_data/stage123.json) is expected,
+# relative to the data directory
+PUBLISHED_COT_PATH = "tlrec_cot/stage123.json"
+
+
+def is_cot_file(records: list[dict]) -> bool:
+    """A CoT file: its first record has a `stage` or one of the three CoT stage instructions."""
+    if not records:
+        return False
+    first = records[0]
+    return "stage" in first or first.get("instruction") in prompts.COT_INSTRUCTION_STAGES
+
+
+def cot_records_from(raw: list[dict], path) -> list[dict]:
+    """Validated CoT records with an integer `stage`: our cot_train.json (a `stage` field) or the TLRec authors'
+    released `cot_data/stage123.json` (instruction/input/output only: the stage is the one whose instruction the
+    record carries, prompts.COT_INSTRUCTION_STAGES)."""
+    out = []
+    for i, rec in enumerate(raw):
+        if not isinstance(rec.get("instruction"), str):
+            raise InputError(f"{where(path, record=i)}: missing or non-string 'instruction'")
+        rec = dict(rec)
+        rec.setdefault("input", "")
+        if not isinstance(rec["input"], str):
+            raise InputError(f"{where(path, record=i)}: non-string 'input'")
+        if not isinstance(rec.get("output"), str) or not rec["output"].strip():
+            raise InputError(f"{where(path, record=i)}: missing or empty 'output'")
+        if "stage" in rec:
+            try:
+                rec["stage"] = int(rec["stage"])
+            except (TypeError, ValueError):
+                raise InputError(f"{where(path, record=i)}: stage {rec['stage']!r} is not an integer") from None
+        else:
+            known = prompts.COT_INSTRUCTION_STAGES.get(rec["instruction"])
+            if known is None:
+                raise InputError(f"{where(path, record=i)}: unknown CoT instruction {rec['instruction'][:60]!r}... "
+                                 "(not one of the three stage instructions of the TLRec authors' preprocess_data.py)")
+            rec["stage"], rec["kind"] = known
+        out.append(rec)
+    return out
+
+
+def load_cot_records(path) -> list[dict]:
+    """CoT records of a file (see cot_records_from); an InputError when it holds none or is not CoT data."""
+    raw = read_json_list(path)
+    if not raw:
+        raise InputError(f"{path}: no records")
+    if not is_cot_file(raw):
+        raise InputError(f"{where(path, record=0)}: not a CoT record (no 'stage' and not one of the three CoT "
+                         "stage instructions)")
+    return cot_records_from(raw, path)

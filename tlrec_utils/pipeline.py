@@ -10,7 +10,8 @@ API:
 Phases, each in its own directory under `run_dir` (each LoRA phase continues the previous adapter):
 
     data/source, data/target      run_prepare_data (source: the Netflix release, target: MovieLens-100K)
-    cot/                          run_cot_generation on the source train split (teacher: heuristic or openai)
+    cot/                          run_cot_generation on the source train split (teacher: heuristic or openai),
+                                  or the CoT records of `cot_file` (teacher: published, the authors' GPT-4 data)
     model/                        the tiny LLaMA built from the data, only when no --base_model is given
     <variant>/cot_tuning/         LoRA on the CoT records, in curriculum order (Stage 1, 2, 3)
     <variant>/source_tuning/      rec-tuning on source records: the zero-shot model
@@ -77,7 +78,17 @@ class PipelineConfig:
     tiny_vocab_size: int = field(default=2000)
     tiny_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny LLaMA (2 layers, 4 heads)."})
     # CoT data (source domain)
-    teacher: str = field(default="heuristic", metadata={"help": "heuristic (offline, not an LLM) or openai."})
+    teacher: str = field(
+        default="heuristic",
+        metadata={"help": "heuristic (offline, not an LLM), openai, or published (the TLRec authors' GPT-4 CoT data "
+                          "stage123.json: cot_file, default DATA_DIR/tlrec_cot/stage123.json)."},
+    )
+    cot_file: str | None = field(
+        default=None, metadata={"help": "Use these CoT records (ours or the authors' stage123.json) instead of "
+                                        "asking a teacher."},
+    )
+    hit_match: str = field(default="title_in_answer", metadata={"help": "CoT hit rule: title_in_answer or recommended."})
+    teacher_system_prompt: str | None = field(default=None, metadata={"help": "System message to the teacher (none)."})
     teacher_model: str = field(default="gpt-4")
     teacher_base_url: str | None = field(default=None)
     cot_max_users: int | None = field(default=None, metadata={"help": "Ask the teacher about the first N users."})
@@ -179,12 +190,14 @@ def cot_phase(cfg: PipelineConfig, source_dir: Path) -> Path:
     from .cot import CotConfig, run
 
     out = Path(cfg.run_dir) / "cot"
+    if cfg.cot_file or cfg.teacher == "published":
+        return published_cot_phase(cfg, out)
 
     def go():
         summary = run(CotConfig(
             data_dir=str(source_dir), output_dir=str(out), teacher=cfg.teacher, model=cfg.teacher_model,
             base_url=cfg.teacher_base_url, max_users=cfg.cot_max_users, max_cost=cfg.cot_max_cost, kind=cfg.item_kind,
-            progress=False,
+            hit_match=cfg.hit_match, system_prompt=cfg.teacher_system_prompt, progress=False,
         ))  # fmt: skip
         if summary.get("stopped") or summary.get("users_remaining"):
             raise PhaseInterrupted(f"CoT generation stopped early ({summary.get('stopped')}, "
@@ -194,6 +207,28 @@ def cot_phase(cfg: PipelineConfig, source_dir: Path) -> Path:
         return {k: summary[k] for k in ("users_completed", "users_hit", "hit_rate", "cot_records", "estimated_cost")}
 
     _phase(out, "cot generation", go)
+    return out / "cot_train.json"
+
+
+def published_cot_phase(cfg: PipelineConfig, out: Path) -> Path:
+    """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
+    stages recovered, written as out/cot_train.json."""
+    from .cot import PUBLISHED_COT_PATH, load_cot_records
+    from .fileio import sha256_file
+
+    path = Path(cfg.cot_file) if cfg.cot_file else _raw_dir(cfg, PUBLISHED_COT_PATH)
+    if not path.is_file():
+        raise InputError(f"{path}: CoT file not found (the TLRec authors' cot_data/stage123.json goes there; "
+                         "or set cot_file)")
+
+    def go():
+        records = load_cot_records(path)
+        atomic_write_json(out / "cot_train.json", records, indent=1)
+        stages = {s: sum(r["stage"] == s for r in records) for s in sorted({r["stage"] for r in records})}
+        return {"cot_file": str(path), "sha256": sha256_file(path), "cot_records": len(records),
+                "records_per_stage": stages}
+
+    _phase(out, "CoT records from a file", go)
     return out / "cot_train.json"
 
 
@@ -295,8 +330,8 @@ def check_config(cfg: PipelineConfig) -> None:
         raise InputError(f"--curriculum must be ordered, shuffled or stagewise, got {cfg.curriculum!r}")
     if cfg.finetune not in ("lora", "full"):
         raise InputError(f"--finetune must be lora or full, got {cfg.finetune!r}")
-    if cfg.teacher not in ("heuristic", "openai"):
-        raise InputError(f"--teacher must be heuristic or openai, got {cfg.teacher!r}")
+    if cfg.teacher not in ("heuristic", "openai", "published"):
+        raise InputError(f"--teacher must be heuristic, openai or published, got {cfg.teacher!r}")
     if any(k < 1 for k in cfg.k_shots):
         raise InputError(f"--k_shots must be positive, got {cfg.k_shots}")
     if cfg.prompt_template is not None:

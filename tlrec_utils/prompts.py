@@ -10,6 +10,7 @@ Changing a string here changes the data format: published records will no longer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -214,25 +215,47 @@ def label_of(output: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# CoT data construction (run_cot_generation.py, tlrec_utils/cot.py) -- appended by helper H3.
-# Three chained questions to the teacher in the style of the paper's Table 2 (after NIR's three-step
-# prompting); each stage repeats the context and the earlier questions and answers. The same strings build
-# the CoT instruction records (`stage` 1, 2, 3) used by curriculum instruction tuning.
+# CoT data construction (run_cot_generation.py, tlrec_utils/cot.py): the TLRec authors' wording, byte for byte
+# (ljy2222/TLRec@534c6c97ea67dcde1230f102c65d4ef141cd3435 cot_data/generate_data.py for the teacher prompts,
+# cot_data/preprocess_data.py for the instruction records). Both scripts have movie and book wording.
+# Three chained questions (paper Table 2, after NIR): each stage's prompt repeats the context and the earlier
+# questions with their answers and ends in "\nAnswer:".
 # ---------------------------------------------------------------------------------------------------------
 
-COT_SYSTEM = "You are a helpful {kind} recommendation assistant."
-COT_INSTRUCTION = (
-    "Given the candidate {kind}s and the {kind}s the user has watched, answer the question step by step."
+COT_CONTEXT = (
+    "Candidate Set (candidate {kind}s): {candidates}\n"
+    "The {kind}s that the user has watched (watched {kind}s): {watched}\n"
 )
-COT_CONTEXT = "Candidate Set (candidate {kind}s): {candidates}.\nThe {kind}s I have watched (watched {kind}s): {watched}."
 COT_QUESTIONS = (
-    "Step 1: What features are most important to me when selecting {kind}s (Summarize my preferences briefly)?",
-    "Step 2: Selecting the most featured {kind}s (at most 5 {kind}s) from the watched {kind}s according to my "
-    "preferences in descending order (Format: [no. a watched {kind}.]).",
-    "Step 3: Can you recommend 10 {kind}s from the Candidate Set similar to the selected {kind}s I've watched "
-    "(Format: [no. a watched {kind} - a candidate {kind}])?",
+    "Step 1: What features are most important to the user when selecting {kind}s (Summarize the user's "
+    "preferences briefly)?",
+    "Step 2: Selecting the most featured {kind}s (at most 5 {kind}s) from the watched {kind}s according to the "
+    "user's preferences in descending order (Format: [no. a watched {kind}]).",
+    "Step 3: Can you recommend 10 {kind}s from the Candidate Set similar to the selected {kind}s the user has "
+    "watched (Format: [no. a watched {kind} - a candidate {kind}])?",
 )
-COT_ANSWER_PREFIX = "Answer: "
+COT_ANSWER_CUE = "\nAnswer:"  # ends every teacher prompt
+COT_ANSWERED = "\nAnswer: {answer}\n"  # an earlier stage's answer, before the next question
+# the instruction of the stage-k training record (preprocess_data.py); the stage-3 one has no final period
+COT_STAGE_INSTRUCTIONS = (
+    "Given the candidate set and the user's watched {kind}s, summarize the user's preferences briefly.",
+    "Given the candidate set, the user's watched {kind}s and the user's preferences, select the most featured "
+    "{kind}s (at most 5 {kind}s) from the watched {kind}s according to the user's preferences in descending "
+    "order (Format: [no. a watched {kind}]).",
+    "Given the candidate set, the user's watched {kind}s, the user's preferences and the most featured {kind}s, "
+    "recommend 10 {kind}s from the candidate set similar to the selected {kind}s the user has watched "
+    "(Format: [no. a watched {kind} - a candidate {kind}])",
+)
+
+
+def cot_stage_instruction(stage: int, kind: str) -> str:
+    return COT_STAGE_INSTRUCTIONS[stage - 1].format(kind=kind)
+
+
+# every instruction of a CoT record, for telling a record's stage (and item kind) from its instruction
+COT_INSTRUCTION_STAGES = {
+    cot_stage_instruction(stage, kind): (stage, kind) for kind in ITEM_KINDS for stage in (1, 2, 3)
+}
 
 
 def cot_context(candidates: list[str], watched: list[str], kind: str) -> str:
@@ -248,24 +271,29 @@ def cot_question(stage: int, kind: str) -> str:
     return COT_QUESTIONS[stage - 1].format(kind=kind)
 
 
-def cot_dialogue(context: str, answers: list[str], kind: str) -> str:
-    """Context, then each earlier question with its answer: what the teacher sees before the next question."""
-    parts = [context]
-    for stage, text in enumerate(answers, start=1):
-        parts.append(cot_question(stage, kind) + "\n" + COT_ANSWER_PREFIX + text.strip())
-    return "\n\n".join(parts)
-
-
 def cot_teacher_prompt(context: str, answers: list[str], kind: str) -> str:
-    """The user message for stage len(answers) + 1."""
-    return cot_dialogue(context, answers, kind) + "\n\n" + cot_question(len(answers) + 1, kind) + "\n" + COT_ANSWER_PREFIX.strip()
+    """The prompt of stage len(answers) + 1: the context, each earlier question with its answer, the question,
+    then "\nAnswer:"."""
+    text = context
+    for stage, answer_text in enumerate(answers, start=1):
+        text += cot_question(stage, kind) + COT_ANSWERED.format(answer=answer_text)
+    return text + cot_question(len(answers) + 1, kind) + COT_ANSWER_CUE
 
 
 def cot_record(context: str, answers: list[str], stage: int, kind: str) -> dict:
-    """The stage-k CoT instruction record: input = context + Q&A of stages < k, output = the stage-k answer."""
+    """The stage-k CoT instruction record: the stage's instruction; input = the stage-k teacher prompt without
+    its trailing "\nAnswer:"; output = the stage-k answer as the teacher gave it."""
+    prompt = cot_teacher_prompt(context, answers[: stage - 1], kind)
     return {
-        "instruction": COT_INSTRUCTION.format(kind=kind) + "\n" + cot_question(stage, kind),
-        "input": cot_dialogue(context, answers[: stage - 1], kind),
-        "output": answers[stage - 1].strip(),
+        "instruction": cot_stage_instruction(stage, kind),
+        "input": prompt[: -len(COT_ANSWER_CUE)],
+        "output": answers[stage - 1],
         "stage": stage,
     }
+
+
+def cot_wording_fingerprint(kind: str, system_prompt: str | None = None) -> str:
+    """SHA-256 of every string that shapes a teacher prompt or a CoT record: a resume must not mix wordings."""
+    strings = [COT_CONTEXT, *COT_QUESTIONS, COT_ANSWER_CUE, COT_ANSWERED, *COT_STAGE_INSTRUCTIONS, kind,
+               system_prompt or ""]
+    return hashlib.sha256(json.dumps(strings).encode("utf-8")).hexdigest()

@@ -35,25 +35,16 @@ FINISHED_MARKER = "tuning_summary.json"  # written last: its presence means the 
 
 
 def load_training_records(paths) -> list[dict]:
-    """Records of all training files. CoT records (with `stage`) may have free-form outputs; every other
-    record must be a Yes/No record."""
+    """Records of all training files. CoT files (records with `stage`, or the TLRec authors' stage123.json whose
+    records carry one of the three stage instructions) may have free-form outputs; every other record must be a
+    Yes/No record."""
+    from .cot import cot_records_from, is_cot_file
+
     out = []
     for path in paths:
         raw = read_json_list(path)
-        if raw and all("stage" in r for r in raw):
-            for i, rec in enumerate(raw):
-                if not isinstance(rec.get("instruction"), str):
-                    raise InputError(f"{where(path, record=i)}: missing or non-string 'instruction'")
-                rec.setdefault("input", "")
-                if not isinstance(rec["input"], str):
-                    raise InputError(f"{where(path, record=i)}: non-string 'input'")
-                if not isinstance(rec.get("output"), str) or not rec["output"].strip():
-                    raise InputError(f"{where(path, record=i)}: missing or empty 'output'")
-                try:
-                    rec["stage"] = int(rec["stage"])
-                except (TypeError, ValueError):
-                    raise InputError(f"{where(path, record=i)}: stage {rec['stage']!r} is not an integer") from None
-            out.extend(raw)
+        if is_cot_file(raw):
+            out.extend(cot_records_from(raw, path))
         else:
             if any("stage" in r for r in raw):
                 raise InputError(f"{path}: some records have a 'stage' and some do not; keep CoT and Yes/No "
