@@ -177,5 +177,8 @@ def test_published_cot_data_and_prompt_template_pass_through_every_phase(data_di
     for setting in ("zero_shot", "k16_seed3"):
         metrics = json.loads((run_dir / "tlrec_wo_rec_tuning" / "eval" / setting / "metrics.json").read_text())
         assert metrics["settings"]["prompt_template"] == "alpaca"
-    with pytest.raises(InputError, match="CoT file not found"):
+    with pytest.raises(InputError, match="none.json: CoT file not found"):
         run(small_config(tmp_path / "missing", data_dir, teacher="published", cot_file=str(tmp_path / "none.json")))
+    if not (data_dir / "tlrec-cot" / "stage123.json").is_file():  # the default place: fetched with --download
+        with pytest.raises(InputError, match="tlrec-cot/stage123.json: file not found; pass --download"):
+            run(small_config(tmp_path / "default", data_dir, teacher="published"))

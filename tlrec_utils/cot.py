@@ -643,10 +643,6 @@ def read_only_jsonl(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ reading CoT data
 
-# where the TLRec authors' released GPT-4 CoT data (ljy2222/TLRec@534c6c97 cot_data/stage123.json) is expected,
-# relative to the data directory
-PUBLISHED_COT_PATH = "tlrec_cot/stage123.json"
-
 
 def is_cot_file(records: list[dict]) -> bool:
     """A CoT file: its first record has a `stage` or one of the three CoT stage instructions."""

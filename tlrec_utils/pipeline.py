@@ -81,7 +81,7 @@ class PipelineConfig:
     teacher: str = field(
         default="heuristic",
         metadata={"help": "heuristic (offline, not an LLM), openai, or published (the TLRec authors' GPT-4 CoT data "
-                          "stage123.json: cot_file, default DATA_DIR/tlrec_cot/stage123.json)."},
+                          "stage123.json: cot_file, default DATA_DIR/tlrec-cot/stage123.json, --download fetches it)."},
     )
     cot_file: str | None = field(
         default=None, metadata={"help": "Use these CoT records (ours or the authors' stage123.json) instead of "
@@ -213,13 +213,16 @@ def cot_phase(cfg: PipelineConfig, source_dir: Path) -> Path:
 def published_cot_phase(cfg: PipelineConfig, out: Path) -> Path:
     """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
     stages recovered, written as out/cot_train.json."""
-    from .cot import PUBLISHED_COT_PATH, load_cot_records
+    from .cot import load_cot_records
+    from .download import release_file
     from .fileio import sha256_file
 
-    path = Path(cfg.cot_file) if cfg.cot_file else _raw_dir(cfg, PUBLISHED_COT_PATH)
-    if not path.is_file():
-        raise InputError(f"{path}: CoT file not found (the TLRec authors' cot_data/stage123.json goes there; "
-                         "or set cot_file)")
+    if cfg.cot_file:
+        path = Path(cfg.cot_file)
+        if not path.is_file():
+            raise InputError(f"{path}: CoT file not found (cot_file)")
+    else:  # DATA_DIR/tlrec-cot/stage123.json, fetched and verified with --download
+        path = release_file("tlrec-cot", "stage123.json", cfg.data_dir, download=cfg.download, mirror=cfg.mirror)
 
     def go():
         records = load_cot_records(path)
