@@ -1,9 +1,10 @@
-"""The whole TLRec method end to end: data, CoT data, CoT curriculum tuning, source rec-tuning (zero-shot),
-K-shot target rec-tuning, evaluation; prints AUC and NDCG@10 per setting against the same without CoT.
+"""The paper's methods end to end: data, CoT data, CoT curriculum tuning, source rec-tuning (zero-shot), K-shot
+target rec-tuning, evaluation; prints AUC and NDCG@10 per setting for every method (tlrec, tallrec, ablations).
 
     python run_pipeline.py --config configs/experiments/quickstart.yaml --run_dir runs/quickstart
-    python run_pipeline.py --run_dir runs/llama7b --base_model huggyllama/llama-7b --teacher openai \
-        --tuning_args --bf16                       # every PipelineConfig field is a flag (see tlrec_utils/pipeline.py)
+    python run_pipeline.py --run_dir runs/llama7b --base_model huggyllama/llama-7b --start_adapter alpaca-lora \
+        --teacher openai --methods tlrec tallrec --tuning bf16=true --launcher accelerate \
+        --accelerate_config configs/accelerate/multi_gpu.yaml    # every PipelineConfig field is a flag
 
 Rerunning the same command skips finished phases and resumes an interrupted one. Layout: see tlrec_utils/pipeline.py.
 """
@@ -21,7 +22,14 @@ def parse_args(argv=None):
 
 @cli_entry
 def main(argv=None):
-    from tlrec_utils.pipeline import PhaseInterrupted, format_table, run_pipeline
+    from tlrec_utils.pipeline import (
+        EXIT_INTERRUPTED,
+        PhaseFailed,
+        PhaseInterrupted,
+        format_table,
+        run_pipeline,
+        setting,
+    )
 
     cfg = parse_args(argv)
     from tlrec_utils.validation import check_output_dir
@@ -31,8 +39,11 @@ def main(argv=None):
         results = run_pipeline(cfg)
     except PhaseInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
-        return 143
-    print(format_table(results, cfg.ndcg_k))
+        return EXIT_INTERRUPTED
+    except PhaseFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(results, setting(cfg, "eval", "ndcg_k")))
     print(f"wall time {results['wall_time_s']:.0f} s; results in {cfg.run_dir}/results.json")
     return 0
 

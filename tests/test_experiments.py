@@ -145,11 +145,11 @@ def test_pipeline_cells_one_run_with_flags_run_pipeline_accepts(grid_config):
 
     path, config = grid_config
     config = {**config, "pipeline": {"data_dir": "/data", "test_limit": 20},
-              "pipeline_runs": {"main": {"compare_without_cot": True},
-                                "wo_curriculum": {"curriculum": "shuffled", "compare_without_cot": False}},
+              "pipeline_runs": {"main": {"methods": ["tlrec", "tallrec"], "tuning": {"learning_rate": 2e-4}},
+                                "wo_curriculum": {"methods": ["wo_curriculum"]}},
               "methods": config["methods"][:1] + [{"name": "TLRec", "pipeline": "main", "variant": "tlrec"},
-                                                  {"name": "TALLRec", "pipeline": "main", "variant": "wo_cot"}],
-              "ablations": [{"name": "w/o curriculum", "pipeline": "wo_curriculum", "variant": "tlrec_wo_curriculum"}],
+                                                  {"name": "TALLRec", "pipeline": "main", "variant": "tallrec"}],
+              "ablations": [{"name": "w/o curriculum", "pipeline": "wo_curriculum", "variant": "wo_curriculum"}],
               "backbones": [{"name": "tiny-gpt2", "methods": ["TLRec"], "pipeline": {"base_model": "/models/gpt2"}}],
               "backbone_settings": [64], "_path": str(path)}
     cells = X.build_cells(config)
@@ -163,15 +163,16 @@ def test_pipeline_cells_one_run_with_flags_run_pipeline_accepts(grid_config):
     # the zero-shot model does not depend on the K-shot seed: reported once
     assert {(o["method"], o["setting"], o["seed"]): o["metrics"] for o in main.outputs} == {
         (m, s, seed): f"{v}/eval/{d}/metrics.json"
-        for m, v in (("TLRec", "tlrec"), ("TALLRec", "wo_cot"))
+        for m, v in (("TLRec", "tlrec"), ("TALLRec", "tallrec"))
         for s, seed, d in (("zero-shot", 0, "zero_shot"), ("k16", 0, "k16_seed0"), ("k16", 1, "k16_seed1"),
                            ("k64", 0, "k64_seed0"), ("k64", 1, "k64_seed1"))
     }
     parsed = run_pipeline.parse_args(X.cell_argv(config, main))
     assert (parsed.run_dir, parsed.seeds, parsed.k_shots) == (str(X.cell_dir(config, main)), [0, 1], [16, 64])
-    assert parsed.compare_without_cot is True and parsed.data_dir == "/data" and parsed.test_limit == 20
+    assert parsed.methods == ["tlrec", "tallrec"] and parsed.data_dir == "/data" and parsed.test_limit == 20
+    assert parsed.tuning == {"learning_rate": 2e-4}
     ablation = run_pipeline.parse_args(X.cell_argv(config, pipeline[1]))
-    assert ablation.curriculum == "shuffled" and ablation.compare_without_cot is False
+    assert ablation.methods == ["wo_curriculum"]
     backbone = run_pipeline.parse_args(X.cell_argv(config, pipeline[2]))
     assert backbone.base_model == "/models/gpt2" and backbone.k_shots == [64]
     assert {o["method"] for o in pipeline[2].outputs} == {"TLRec"}

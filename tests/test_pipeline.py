@@ -1,6 +1,6 @@
 """run_pipeline end to end on real data (Netflix source, MovieLens-100K target) with a tiny LLaMA built by the
 pipeline and the heuristic teacher: an interrupted phase resumes from its checkpoint, every phase's output
-exists and loads, adapters chain, and a rerun skips every finished phase."""
+exists and loads, adapters chain as each method defines it, and a rerun skips every finished phase."""
 
 import json
 import logging
@@ -13,8 +13,19 @@ from pathlib import Path
 import pytest
 
 import run_pipeline
+from tlrec_utils import pipeline as pipeline_module
 from tlrec_utils.errors import InputError
-from tlrec_utils.pipeline import PHASE_DONE, PhaseInterrupted, PipelineConfig, format_table, run_pipeline as run
+from tlrec_utils.pipeline import (
+    PHASE_DONE,
+    PhaseInterrupted,
+    PipelineConfig,
+    format_table,
+    pipeline_phases,
+    run_dir_lock,
+)
+from tlrec_utils.pipeline import (
+    run_pipeline as run,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,8 +34,10 @@ def small_config(run_dir, data_dir, **overrides):
     values = dict(
         run_dir=str(run_dir), data_dir=str(data_dir), max_windows=300, cot_max_users=60, tiny_vocab_size=600,
         cot_epochs=1, source_records=128, source_epochs=1, k_shots=[16], seeds=[3], kshot_epochs=1,
-        learning_rate=1e-3, per_device_train_batch_size=8, max_length=512, test_limit=20, num_negatives=5,
-        eval_batch_size=16, tuning_args=["--save_steps", "1", "--logging_steps", "1"],
+        methods=["tlrec", "tallrec"], tuning={"learning_rate": 1e-3, "per_device_train_batch_size": 8,
+                                              "max_length": 512},
+        test_limit=20, eval={"num_negatives": 5, "batch_size": 16},
+        tuning_args=["--save_steps", "1", "--logging_steps", "1"],
     )  # fmt: skip
     values.update(overrides)
     return PipelineConfig(**values)
@@ -92,20 +105,27 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
         "tlrec/cot_tuning": None,
         "tlrec/source_tuning": "tlrec/cot_tuning",
         "tlrec/k16_seed3": "tlrec/source_tuning",
-        "wo_cot/source_tuning": None,
-        "wo_cot/k16_seed3": "wo_cot/source_tuning",
+        "tallrec/k16_seed3": None,  # TALLRec: K-shot rec-tuning of the start model, nothing else
     }
     for phase, parent in chain.items():
         s = json.loads((run_dir / phase / "tuning_summary.json").read_text())
         assert s["init_adapter"] == (str(run_dir / parent) if parent else None)
         assert (run_dir / phase / PHASE_DONE).is_file()
-    assert json.loads((run_dir / "tlrec/cot_tuning/tuning_summary.json").read_text())["curriculum"] == "ordered"
+        assert (run_dir / phase / "command.txt").read_text().split()[1].endswith("run_tuning.py")
+    cot_summary = json.loads((run_dir / "tlrec/cot_tuning/tuning_summary.json").read_text())
+    assert cot_summary["curriculum"] == "ordered"
+    # the CoT phase runs at the model's limit (2048 for the tiny LLaMA): no CoT record is cut
+    assert cot_summary["max_length"] == 2048
+    assert json.loads((run_dir / "tlrec/cot_tuning" / PHASE_DONE).read_text())["truncated_records"] == 0
     assert json.loads((run_dir / "tlrec/k16_seed3/tuning_summary.json").read_text())["k_shot"] == 16
     model = PeftModel.from_pretrained(base, str(run_dir / "tlrec" / "k16_seed3"))
     assert any("lora_A" in n for n, _ in model.named_parameters())
-    assert not (run_dir / "wo_cot" / "cot_tuning").exists()
+    assert not (run_dir / "tallrec" / "cot_tuning").exists() and not (run_dir / "tallrec" / "source_tuning").exists()
+    # TALLRec's zero-shot cell is the start model itself
+    zero = json.loads((run_dir / "tallrec/eval/zero_shot/metrics.json").read_text())
+    assert zero["settings"]["base_model"] == str(run_dir / "model") and zero["settings"]["adapter"] is None
 
-    assert set(results["variants"]) == {"tlrec", "wo_cot"}
+    assert set(results["variants"]) == {"tlrec", "tallrec"}
     for variant, settings in results["variants"].items():
         assert set(settings) == {"zero_shot", "k16_seed3"}
         for setting, metrics in settings.items():
@@ -115,7 +135,7 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
             assert len(preds) == 20
     assert json.loads((run_dir / "results.json").read_text())["variants"] == results["variants"]
     table = format_table(results)
-    assert table.count("\n") == 3 and "tlrec AUC" in table and "wo_cot NDCG@10" in table
+    assert table.count("\n") == 3 and "tlrec AUC" in table and "tallrec NDCG@10" in table
 
     # 3) a third run does nothing but read the markers
     caplog.clear()
@@ -126,37 +146,131 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     assert len(skipped) == len(after)
 
 
-def test_ablation_variants_and_layout(data_dir, tmp_path):
-    """w/o rec-tuning and w/o curriculum: the K-shot phase continues the CoT adapter directly."""
+def test_ablation_methods_share_phases_and_cut_cot(data_dir, tmp_path):
+    """w/o rec-tuning continues tlrec's CoT adapter (one shared phase) straight into K-shot; w/o curriculum
+    shuffles the CoT records; a short cot_max_length cuts CoT records and the phase summary counts them."""
     run_dir = tmp_path / "abl"
-    cfg = small_config(run_dir, data_dir, use_rec_tuning=False, curriculum="shuffled", compare_without_cot=False,
-                       eval_metrics="auc", tuning_args=[])
+    cfg = small_config(run_dir, data_dir, methods=["wo_rec_tuning", "wo_curriculum"], source_records=32,
+                       cot_max_length=400, eval={"metrics": "auc"}, tuning_args=[])
     results = run(cfg)
-    (name,) = results["variants"]
-    assert name == "tlrec_wo_rec_tuning_wo_curriculum"
-    assert not (run_dir / name / "source_tuning").exists()
-    cot = json.loads((run_dir / name / "cot_tuning" / "tuning_summary.json").read_text())
-    assert cot["curriculum"] == "shuffled"
-    few = json.loads((run_dir / name / "k16_seed3" / "tuning_summary.json").read_text())
-    assert few["init_adapter"] == str(run_dir / name / "cot_tuning")
-    zero = json.loads((run_dir / name / "eval" / "zero_shot" / "metrics.json").read_text())
-    assert zero["settings"]["adapter"] == str(run_dir / name / "cot_tuning")
+    assert list(results["variants"]) == ["wo_rec_tuning", "wo_curriculum"]
+    assert not (run_dir / "wo_rec_tuning" / "source_tuning").exists()
+    cot = json.loads((run_dir / "wo_rec_tuning" / "cot_tuning" / "tuning_summary.json").read_text())
+    assert cot["curriculum"] == "ordered" and cot["max_length"] == 400
+    done = json.loads((run_dir / "wo_rec_tuning" / "cot_tuning" / PHASE_DONE).read_text())
+    assert done["truncated_records"] == sum(cot["truncated_train_records"].values()) > 0
+    few = json.loads((run_dir / "wo_rec_tuning" / "k16_seed3" / "tuning_summary.json").read_text())
+    assert few["init_adapter"] == str(run_dir / "wo_rec_tuning" / "cot_tuning")
+    zero = json.loads((run_dir / "wo_rec_tuning" / "eval" / "zero_shot" / "metrics.json").read_text())
+    assert zero["settings"]["adapter"] == str(run_dir / "wo_rec_tuning" / "cot_tuning")
+    shuffled = json.loads((run_dir / "wo_curriculum" / "cot_tuning" / "tuning_summary.json").read_text())
+    assert shuffled["curriculum"] == "shuffled"
+    source = json.loads((run_dir / "wo_curriculum" / "source_tuning" / "tuning_summary.json").read_text())
+    assert source["init_adapter"] == str(run_dir / "wo_curriculum" / "cot_tuning")
 
 
-def test_cli_config_file_and_overrides(tmp_path):
+def _argv_value(argv, flag):
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path):
+    """pipeline_phases: each method's chain as the paper defines it, all starting from the start adapter;
+    phases two methods share appear once; validation flags follow the authors' recipe."""
+    adapter = tmp_path / "alpaca-lora"
+    adapter.mkdir()
+    cfg = PipelineConfig(run_dir=str(tmp_path / "r"), data_dir=str(tmp_path), base_model="/models/llama-7b",
+                         start_adapter=str(adapter), methods=list(pipeline_module.METHODS), k_shots=[16, 256],
+                         validate=True, tuning={"max_val_records": 100})
+    phases = {p.key: p for p in pipeline_phases(cfg)}
+    run_dir = tmp_path / "r"
+
+    def init(key):
+        return _argv_value(phases[key].argv, "--init_adapter")
+
+    assert init("tlrec/cot_tuning") == str(adapter)
+    assert init("tlrec/source_tuning") == str(run_dir / "tlrec/cot_tuning")
+    assert init("tlrec/k16_seed0") == str(run_dir / "tlrec/source_tuning")
+    assert init("tallrec/k16_seed0") == str(adapter)
+    assert _argv_value(phases["tallrec/eval/zero_shot"].argv, "--adapter") == str(adapter)
+    assert init("wo_cot/source_tuning") == str(adapter) and init("wo_cot/k16_seed0") == str(run_dir / "wo_cot/source_tuning")
+    assert _argv_value(phases["wo_curriculum/cot_tuning"].argv, "--curriculum") == "shuffled"
+    assert "wo_rec_tuning/cot_tuning" not in phases  # shared with tlrec
+    assert init("wo_rec_tuning/k16_seed0") == str(run_dir / "tlrec/cot_tuning")
+    assert phases["wo_rec_tuning/k16_seed0"].after[-1] == "tlrec/cot_tuning"
+    assert _argv_value(phases["tlrec/cot_tuning"].argv, "--max_length") == "2048"  # no model config: the cap
+    few = phases["tlrec/k256_seed0"].argv
+    assert _argv_value(few, "--val_file") == str(run_dir / "data/target/valid.json")
+    assert (_argv_value(few, "--eval_steps"), _argv_value(few, "--metric_for_best_model")) == ("10", "loss")
+    assert _argv_value(few, "--load_best_model_at_end") == "true" and _argv_value(few, "--max_val_records") == "100"
+    assert _argv_value(phases["tlrec/k16_seed0"].argv, "--eval_steps") == "10"
+    assert "cot" in phases and "model" not in phases  # a base model is given: no tiny model
+
+
+def test_cli_config_file_mappings_and_overrides(tmp_path):
     cfg = run_pipeline.parse_args([
         "--config", str(REPO / "configs/experiments/quickstart.yaml"), "--run_dir", str(tmp_path), "--k_shots", "16",
+        "--tuning", "learning_rate=1e-4", "lora_r=16", "--eval", '{"batch_size": 8}',
         "--tuning_args", "--bf16", "--logging_steps", "5",
     ])  # fmt: skip
     assert cfg.run_dir == str(tmp_path) and cfg.k_shots == [16]
-    assert cfg.teacher == "heuristic" and cfg.finetune == "full"  # from the file
+    assert cfg.teacher == "heuristic" and cfg.methods == ["tlrec", "tallrec", "wo_cot"]  # from the file
+    assert cfg.tuning == {"finetune": "full", "learning_rate": 1e-4, "per_device_train_batch_size": 16,
+                          "max_length": 384, "lora_r": 16}
+    assert cfg.eval == {"num_negatives": 50, "batch_size": 8}
     assert cfg.tuning_args == ["--bf16", "--logging_steps", "5"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("run_dir: x\nk_shot: 3\n")
     with pytest.raises(InputError, match="unknown setting"):
         run_pipeline.parse_args(["--config", str(bad)])
-    with pytest.raises(InputError, match="curriculum"):
-        run(PipelineConfig(run_dir=str(tmp_path / "r"), curriculum="reverse"))
+    with pytest.raises(InputError, match="methods"):
+        run(PipelineConfig(run_dir=str(tmp_path / "r"), methods=["tlrec", "tallrec_v2"]))
+    with pytest.raises(InputError, match="lora_rank is not a run_tuning.py setting"):
+        run(PipelineConfig(run_dir=str(tmp_path / "r"), tuning={"lora_rank": 4}))
+    with pytest.raises(InputError, match="num_train_epochs is set by the pipeline"):
+        run(PipelineConfig(run_dir=str(tmp_path / "r"), kshot_tuning={"num_train_epochs": 4}))
+    with pytest.raises(InputError, match="start_adapter needs LoRA"):
+        run(PipelineConfig(run_dir=str(tmp_path / "r"), start_adapter=str(tmp_path), tuning={"finetune": "full"}))
+
+
+def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir):
+    import socket
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "locked"
+    with run_dir_lock(run_dir):
+        proc = subprocess.run([sys.executable, "run_pipeline.py", "--run_dir", str(run_dir), "--data_dir",
+                               str(data_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in line and str(run_dir) in line
+    assert not (run_dir / "data").exists()
+
+
+def test_start_adapter_and_validation_keep_the_best_checkpoint(data_dir, tmp_path, tiny_llama, synthetic):
+    """Every method starts from the start adapter (TALLRec's zero-shot cell is that model); with `validate`
+    each tuning phase evaluates on the target valid split every eval_steps and keeps the checkpoint with the
+    lowest validation loss (the authors' rec_tuning.py)."""
+    import run_tuning
+
+    start = tmp_path / "start-lora"
+    assert run_tuning.main(["--base_model", str(tiny_llama), "--train_files", str(synthetic[2]), "--output_dir",
+                            str(start), "--max_steps", "1", "--per_device_train_batch_size", "4"]) == 0
+    run_dir = tmp_path / "val"
+    cfg = small_config(run_dir, data_dir, base_model=str(tiny_llama), start_adapter=str(start), methods=["tallrec"],
+                       kshot_epochs=3, validate=True, eval={"metrics": "auc"}, tuning_args=[],
+                       tuning={"per_device_train_batch_size": 8, "max_val_records": 24, "eval_steps": 2,
+                               "learning_rate": 1e-3})
+    results = run(cfg)
+    few = json.loads((run_dir / "tallrec/k16_seed3/tuning_summary.json").read_text())
+    assert few["init_adapter"] == str(start) and few["val_records"] == 24
+    evals = [h for h in few["log_history"] if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [2, 4, 6] and all("eval_auc" in h for h in evals)
+    best = min(evals, key=lambda h: h["eval_loss"])
+    assert few["best_metric"] == pytest.approx(best["eval_loss"])
+    assert few["best_checkpoint"].endswith(f"checkpoint-{best['step']}")
+    zero = results["variants"]["tallrec"]["zero_shot"]
+    assert zero["settings"]["adapter"] == str(start) and zero["settings"]["base_model"] == str(tiny_llama)
 
 
 def test_published_cot_data_and_prompt_template_pass_through_every_phase(data_dir, tmp_path):
@@ -167,15 +281,15 @@ def test_published_cot_data_and_prompt_template_pass_through_every_phase(data_di
     run_dir = tmp_path / "pub"
     fixture = REPO / "tests" / "data" / "stage123_fixture.json"
     cfg = small_config(run_dir, data_dir, teacher="published", cot_file=str(fixture), prompt_template="alpaca",
-                       use_rec_tuning=False, compare_without_cot=False, eval_metrics="auc", tuning_args=[])
+                       methods=["wo_rec_tuning"], eval={"metrics": "auc"}, tuning_args=[])
     run(cfg)
     cot = json.loads((run_dir / "cot" / "cot_train.json").read_text())
     assert [r["stage"] for r in cot] == [3, 3, 1, 1, 2, 2]
     assert json.loads((run_dir / "cot" / PHASE_DONE).read_text())["records_per_stage"] == {"1": 2, "2": 2, "3": 2}
     for phase in ("cot_tuning", "k16_seed3"):
-        assert prompts.load_saved_template(run_dir / "tlrec_wo_rec_tuning" / phase).name == "alpaca"
+        assert prompts.load_saved_template(run_dir / "wo_rec_tuning" / phase).name == "alpaca"
     for setting in ("zero_shot", "k16_seed3"):
-        metrics = json.loads((run_dir / "tlrec_wo_rec_tuning" / "eval" / setting / "metrics.json").read_text())
+        metrics = json.loads((run_dir / "wo_rec_tuning" / "eval" / setting / "metrics.json").read_text())
         assert metrics["settings"]["prompt_template"] == "alpaca"
     with pytest.raises(InputError, match="none.json: CoT file not found"):
         run(small_config(tmp_path / "missing", data_dir, teacher="published", cot_file=str(tmp_path / "none.json")))

@@ -13,16 +13,16 @@ Config (YAML or JSON), e.g. configs/experiments/movie_tiny.yaml (paths relative 
     ours: TLRec
     metrics: [auc, ndcg@10]
     pipeline: {data_dir: ..., base_model: ...}  # run_pipeline flags shared by every pipeline run
-    pipeline_runs:                              # one run_pipeline invocation per seed (and backbone) each
-      main: {compare_without_cot: true}
-      wo_curriculum: {curriculum: shuffled, compare_without_cot: false}
+    pipeline_runs:                              # one run_pipeline run_dir each (all seeds), per backbone
+      main: {methods: [tlrec, tallrec]}         # run_pipeline --methods (pipeline.METHODS)
+      ablations: {methods: [wo_cot, wo_curriculum, wo_rec_tuning]}
     methods:                                    # Table 1 rows, in order
       - {name: TLRec, pipeline: main, variant: tlrec}
-      - {name: TALLRec, pipeline: main, variant: wo_cot}
+      - {name: TALLRec, pipeline: main, variant: tallrec}
       - {name: SASRec, baseline: sasrec, options: {epochs: 20}}
     ablations:                                  # Figure 2 (beside `ours`)
-      - {name: w/o curriculum, pipeline: wo_curriculum, variant: tlrec_wo_curriculum}
-      - {name: w/o CoT, same_as: TALLRec}       # reuse a Table 1 method's results
+      - {name: w/o curriculum, pipeline: ablations, variant: wo_curriculum}
+      - {name: SASRec again, same_as: SASRec}   # reuse a Table 1 method's results
     backbones:                                  # Figure 3: the named methods again per backbone
       - {name: tiny-gpt2, methods: [TLRec, TALLRec], pipeline: {base_model: ...}}
     backbone_settings: [64]                     # settings of the backbone grid (default: all)
@@ -109,6 +109,9 @@ def flags(options: dict, explicit_bools: bool = False) -> list[str]:
         if value is None or (value is False and not explicit_bools):
             continue
         out.append(f"--{key}")
+        if isinstance(value, dict):  # run_pipeline's mappings (--tuning, --eval, ...) take JSON
+            out.append(json.dumps(value))
+            continue
         if isinstance(value, bool):
             if explicit_bools:
                 out.append(str(value).lower())

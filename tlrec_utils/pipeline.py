@@ -1,56 +1,107 @@
-"""The whole TLRec method as chained, resumable phases (run_pipeline.py; run_experiments.py builds on it).
+"""The whole TLRec method, and the methods it is compared with, as chained, resumable phases (run_pipeline.py;
+run_experiments.py builds on it).
 
 API:
 
-    from tlrec_utils.pipeline import PipelineConfig, run_pipeline, format_table
-    results = run_pipeline(PipelineConfig(run_dir="runs/qs", data_dir="data"))
+    from tlrec_utils.pipeline import PipelineConfig, run_pipeline, format_table, pipeline_phases
+    results = run_pipeline(PipelineConfig(run_dir="runs/qs", data_dir="data", methods=["tlrec", "tallrec"]))
     # results["variants"]["tlrec"]["k16_seed0"] == {"auc": ..., "ndcg@10": ..., "ndcg@10_user": ..., ...}
     print(format_table(results))
+    for phase in pipeline_phases(cfg):       # every phase's exact command line, nothing run
+        print(phase.key, phase.after, shlex.join(phase.command_line(cfg)))
 
-Phases, each in its own directory under `run_dir` (each LoRA phase continues the previous adapter):
+Methods (`methods`, each a named variant in results.json and the grid), paper Sections 5.1.2 and 5.3:
 
-    data/source, data/target      run_prepare_data (source: the Netflix release, target: MovieLens-100K)
-    cot/                          run_cot_generation on the source train split (teacher: heuristic or openai),
-                                  or the CoT records of `cot_file` (teacher: published, the authors' GPT-4 data)
-    model/                        the tiny LLaMA built from the data, only when no --base_model is given
-    <variant>/cot_tuning/         LoRA on the CoT records, in curriculum order (Stage 1, 2, 3)
-    <variant>/source_tuning/      rec-tuning on source records: the zero-shot model
-    <variant>/k{K}_seed{S}/       K-shot rec-tuning on target records, for every K in k_shots and S in seeds
-    <variant>/eval/<setting>/     run_eval on the target test split: metrics.json, predictions.jsonl
-    results.json                  every variant's metrics per setting (zero_shot, k16_seed0, ...)
+    tlrec           start model -> CoT curriculum tuning -> source rec-tuning (zero-shot) -> K-shot target rec-tuning
+    tallrec         start model -> K-shot target rec-tuning (TALLRec: no source data, no CoT); zero-shot = start model
+    wo_cot          start model -> source rec-tuning -> K-shot                       (Figure 2, w/o CoT)
+    wo_curriculum   start model -> CoT tuning, records shuffled -> source rec-tuning -> K-shot   (w/o curriculum)
+    wo_rec_tuning   start model -> CoT curriculum tuning -> K-shot: no source rec-tuning   (w/o rec-tuning)
 
-Variants: `tlrec` (or `tlrec_wo_cot`, `tlrec_wo_rec_tuning`, `tlrec_wo_curriculum` when the ablation switches
-`use_cot`, `use_rec_tuning`, `curriculum=shuffled` say so), plus `wo_cot` (the same without CoT, TALLRec-style)
-when `compare_without_cot`. Shared phases (data, cot, model) run once.
+The start model is `base_model` (+ `start_adapter`, e.g. an Alpaca LoRA, continued by every first phase as the
+authors' scripts do with `--resume_from_checkpoint .../alpaca/`). A tuning phase two methods have in common
+(tlrec's and wo_rec_tuning's CoT tuning) runs once, in the directory of the first method that needs it.
+
+Phases, each in its own directory under `run_dir`, each one command (`pipeline_phases`):
+
+    data/source, data/target      run_prepare_data.py (source: Netflix / Amazon-Book release, target: Movie / Book)
+    cot/                          run_cot_generation.py on the source train split, or the CoT records of
+                                  `cot_file` (teacher: published, the authors' GPT-4 data stage123.json)
+    model/                        python -m tlrec_utils.tiny_llm: the tiny LLaMA, only when no `base_model` is given
+    <method>/cot_tuning/          run_tuning.py on the CoT records, in curriculum order (Stage 1, 2, 3)
+    <method>/source_tuning/       run_tuning.py on source records: the zero-shot model
+    <method>/k{K}_seed{S}/        run_tuning.py on K target records, for every K in k_shots and S in seeds
+    <method>/eval/<setting>/      run_eval.py on the target test split: metrics.json, predictions.jsonl
+    results.json                  every method's metrics per setting (zero_shot, k16_seed0, ...)
+
+Phase arguments: the run_tuning / run_eval flags come from the `tuning` and `eval` mappings (keys = the fields of
+tlrec_utils.arguments' dataclasses, checked against them; their defaults are those of run_tuning/run_eval) plus
+what the pipeline sets itself (paths, chaining, epochs, K, seed, validation). Every phase directory gets
+`command.txt`, the exact command that runs it alone. `launcher: accelerate` runs every tuning and evaluation phase
+as `accelerate launch [--config_file F] [--num_processes N] run_tuning.py|run_eval.py ...` (output in the phase's
+`log.txt`); `inprocess` (default) calls the same scripts' `main` in this process.
 
 Resumption: a phase is complete when its directory holds `phase_done.json`, written last; complete phases are
-skipped. An interrupted tuning phase (SIGTERM, kill) resumes from its own last checkpoint (run_tuning), and the
-CoT phase never asks the teacher again for an answered user (run_cot_generation). A run stopped by SIGTERM
-raises `PhaseInterrupted`; rerunning the same command continues.
+skipped. An interrupted tuning phase resumes from its own last checkpoint (run_tuning), and the CoT phase never
+asks the teacher again for an answered user (run_cot_generation). SIGTERM (SLURM preemption) is forwarded to a
+launched child; the run raises `PhaseInterrupted` (run_pipeline.py exits 143); rerunning the same command
+continues. A failing child raises `PhaseFailed` (one line naming the phase and its log). One run at a time per
+`run_dir` (`fcntl.flock` on run_dir/.pipeline.lock).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
+import shlex
+import signal
+import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .fileio import atomic_write_json, read_config_file
+from .fileio import atomic_write_json, atomic_write_text, read_config_file
+from .paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
 PHASE_DONE = "phase_done.json"
 SETTING_ZERO_SHOT = "zero_shot"
+EXIT_INTERRUPTED = 143
+LOCK_FILE = ".pipeline.lock"
+
+# method -> its tuning chain before the K-shot phase (paper 5.1.2 and 5.3; see the module docstring)
+METHODS = {
+    "tlrec": ("cot", "source"),
+    "tallrec": (),
+    "wo_cot": ("source",),
+    "wo_curriculum": ("cot_shuffled", "source"),
+    "wo_rec_tuning": ("cot",),
+}
+
+# Validation as the authors' scripts do it (ljy2222/TLRec rec_tuning.py and ins_tuning.py, commit 561abcf):
+# evaluation and checkpoint every `eval_steps` steps (10; K-shot with K > 128: K / 128 * 5), best checkpoint
+# kept, early stopping after 10 evaluations without improvement, 3 checkpoints kept; rec_tuning.py selects by
+# validation loss (ins_tuning.py, used for the CoT and source phases, by validation AUC). Any of these can be
+# overridden through the `tuning` mapping.
+AUTHORS_VALIDATION = {"eval_strategy": "steps", "save_strategy": "steps", "load_best_model_at_end": True,
+                      "metric_for_best_model": "loss", "early_stopping_patience": 10, "save_total_limit": 3}
+COT_MAX_LENGTH_CAP = 2048
 
 
 class PhaseInterrupted(Exception):
     """A phase stopped early (SIGTERM) after saving a checkpoint; rerun to resume."""
+
+
+class PhaseFailed(Exception):
+    """A phase's command failed: one line naming the phase and its log file."""
 
 
 @dataclass
@@ -61,8 +112,14 @@ class PipelineConfig:
     )
     source_dataset: str = field(default="windows-csv", metadata={"help": "run_prepare_data --dataset of the source."})
     source_subdir: str = field(default="netflix", metadata={"help": "Source raw files: DATA_DIR/SOURCE_SUBDIR."})
+    source_prepare_args: list[str] = field(
+        default_factory=list, metadata={"help": "Extra run_prepare_data flags for the source (e.g. --target_style item)."}
+    )
     target_dataset: str = field(default="ml-100k", metadata={"help": "run_prepare_data --dataset of the target."})
     target_subdir: str = field(default="ml-100k", metadata={"help": "Target raw files: DATA_DIR/TARGET_SUBDIR."})
+    target_prepare_args: list[str] = field(
+        default_factory=list, metadata={"help": "Extra run_prepare_data flags for the target."}
+    )
     item_kind: str = field(default="movie", metadata={"help": "movie or book (prompt wording)."})
     max_windows: int = field(default=10000, metadata={"help": "Windows kept per prepared dataset (paper: 10000)."})
     download: bool = field(
@@ -74,7 +131,11 @@ class PipelineConfig:
     base_model: str | None = field(
         default=None, metadata={"help": "Causal LM path. Default: a tiny random LLaMA built from the data (demo)."}
     )
-    trust_remote_code: bool = field(default=False)
+    start_adapter: str | None = field(
+        default=None,
+        metadata={"help": "LoRA adapter every method starts from (the authors: an Alpaca LoRA on LLaMA-7B); "
+                          "its zero-shot cell is TALLRec's. Or give a merged Alpaca model as base_model."},
+    )
     tiny_vocab_size: int = field(default=2000)
     tiny_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny LLaMA (2 layers, 4 heads)."})
     # CoT data (source domain)
@@ -93,267 +154,167 @@ class PipelineConfig:
     teacher_base_url: str | None = field(default=None)
     cot_max_users: int | None = field(default=None, metadata={"help": "Ask the teacher about the first N users."})
     cot_max_cost: float | None = field(default=None, metadata={"help": "Teacher spending cap (USD)."})
-    # method and ablations (paper Section 5.3)
-    use_cot: bool = field(default=True, metadata={"help": "CoT curriculum tuning phase (off: w/o CoT)."})
-    curriculum: str = field(
-        default="ordered",
-        metadata={"help": "ordered, stagewise, or shuffled (w/o curriculum).",
-                  "choices": ["ordered", "shuffled", "stagewise"]},
+    # methods
+    methods: list[str] = field(
+        default_factory=lambda: ["tlrec", "tallrec"],
+        metadata={"help": f"Methods to run, in order: {', '.join(METHODS)}."},
     )
-    use_rec_tuning: bool = field(default=True, metadata={"help": "Source rec-tuning phase (off: w/o rec-tuning)."})
-    compare_without_cot: bool = field(default=True, metadata={"help": "Also run the same without CoT (TALLRec-style)."})
-    # tuning
+    # phases
     cot_epochs: float = field(default=1.0)
+    cot_max_length: int | None = field(
+        default=None,
+        metadata={"help": "max_length of the CoT phase (default: the model's limit, at most 2048: no CoT record "
+                          "shorter than that is cut; the authors used 512)."},
+    )
     source_records: int | None = field(default=None, metadata={"help": "Rec-tune on N sampled source records (all)."})
     source_epochs: float = field(default=1.0)
     k_shots: list[int] = field(default_factory=lambda: [16, 64, 256])
     seeds: list[int] = field(default_factory=lambda: [0])
     kshot_epochs: float = field(default=10.0)
-    learning_rate: float = field(default=1e-4)
-    per_device_train_batch_size: int = field(default=8)
-    gradient_accumulation_steps: int = field(default=1)
-    max_length: int = field(default=512)
     prompt_template: str | None = field(
         default=None, metadata={"help": "Alpaca template of every tuning and evaluation phase: tallrec (default), "
                                         "tlrec or alpaca (tlrec_utils/prompts.py)."},
     )
-    finetune: str = field(
-        default="lora",
-        metadata={"help": "lora (the paper: each phase continues the previous adapter) or full (each phase continues "
-                          "the previous phase's full model; for the tiny demo model, which LoRA alone barely moves).",
-                  "choices": ["lora", "full"]},
+    tuning: dict = field(
+        default_factory=dict,
+        metadata={"help": "run_tuning settings for every tuning phase, e.g. {learning_rate: 1e-4, finetune: lora, "
+                          "max_length: 512}; model settings (torch_dtype, load_in_8bit, ...) apply to evaluation too. "
+                          "On the command line: --tuning KEY=VALUE ... or a YAML/JSON mapping."},
     )
-    lora_r: int = field(default=8)
+    cot_tuning: dict = field(default_factory=dict, metadata={"help": "run_tuning settings of the CoT phase only."})
+    source_tuning: dict = field(default_factory=dict, metadata={"help": "... of the source rec-tuning phase only."})
+    kshot_tuning: dict = field(default_factory=dict, metadata={"help": "... of the K-shot phases only."})
     tuning_args: list[str] = field(
         default_factory=list, metadata={"help": "Extra run_tuning flags for every tuning phase, e.g. --bf16 --use_cpu."}
     )
+    validate: bool = field(
+        default=False,
+        metadata={"help": "Validate every tuning phase on the target valid split and keep the best checkpoint "
+                          "(the authors' recipe: every eval_steps, early stopping, metric_for_best_model loss)."},
+    )
     # evaluation (target test split)
+    eval: dict = field(
+        default_factory=dict, metadata={"help": "run_eval settings, e.g. {num_negatives: 50, batch_size: 32}."}
+    )
     test_limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test records (all)."})
-    eval_metrics: str = field(default="auc,ndcg")
-    num_negatives: int = field(default=50)
-    ndcg_k: int = field(default=10)
-    eval_batch_size: int = field(default=16)
-    device: str | None = field(default=None)
+    # launcher
+    launcher: str = field(
+        default="inprocess",
+        metadata={"help": "inprocess (every phase in this process) or accelerate (tuning and evaluation phases "
+                          "as `accelerate launch` subprocesses).", "choices": ["inprocess", "accelerate"]},
+    )
+    accelerate_config: str | None = field(
+        default=None, metadata={"help": "accelerate config file (configs/accelerate/*.yaml) for launched phases."}
+    )
+    num_processes: int | None = field(default=None, metadata={"help": "Processes per launched phase."})
+    launcher_args: list[str] = field(
+        default_factory=list, metadata={"help": "Extra `accelerate launch` flags, e.g. --main_process_port 29600."}
+    )
 
 
-# ---- phases ----------------------------------------------------------------------------------------------
+MAPPINGS = ("tuning", "cot_tuning", "source_tuning", "kshot_tuning", "eval")
 
 
-def _phase(directory: Path, name: str, fn, is_complete=None) -> dict:
-    """Run `fn()` unless `directory` holds the marker (or `is_complete()` says an earlier run finished it);
-    write the marker last."""
-    marker = directory / PHASE_DONE
-    if marker.is_file():
-        logger.info("[%s] complete, skipped (%s)", name, directory)
-        return json.loads(marker.read_text())
-    started = time.time()
-    if is_complete is not None and is_complete():
-        info = {"note": "finished by an earlier run"}
-    else:
-        logger.info("[%s] running -> %s", name, directory)
-        info = fn() or {}
-    done = {"phase": name, "wall_time_s": round(time.time() - started, 1), **info}
-    atomic_write_json(marker, json.loads(json.dumps(done, default=str)))
-    logger.info("[%s] done in %.1f s", name, done["wall_time_s"])
-    return done
+# ---- phase arguments from run_tuning's and run_eval's own dataclasses ---------------------------------------
 
 
-def _raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
-    from .paths import data_dir
+def _dataclass_fields(kind: str) -> dict[str, dataclasses.Field]:
+    from .arguments import (
+        DataArguments,
+        EvalArguments,
+        LoraArguments,
+        ModelArguments,
+        TuningTrainingArguments,
+    )
 
-    return data_dir(cfg.data_dir) / subdir
-
-
-def prepare_phase(cfg: PipelineConfig, which: str) -> Path:
-    from .prepare import PrepareConfig, prepare_dataset
-
-    out = Path(cfg.run_dir) / "data" / which
-    dataset = cfg.source_dataset if which == "source" else cfg.target_dataset
-    subdir = cfg.source_subdir if which == "source" else cfg.target_subdir
-    raw = _raw_dir(cfg, subdir)
-
-    def run():
-        from .download import RELEASES
-
-        meta = prepare_dataset(PrepareConfig(
-            dataset=dataset, raw_dir=str(raw), output_dir=str(out), max_windows=cfg.max_windows,
-            download=cfg.download, release=subdir if subdir in RELEASES else None, mirror=cfg.mirror,
-            item_kind=cfg.item_kind,
-        ))  # fmt: skip
-        return {"counts": meta["counts"]}
-
-    _phase(out, f"prepare {which}", run)
+    types = (ModelArguments, LoraArguments, DataArguments, TuningTrainingArguments) if kind == "tuning" else (
+        ModelArguments, EvalArguments)
+    out = {}
+    for t in types:
+        for f in dataclasses.fields(t):
+            out.setdefault(f.name, f)
     return out
 
 
-def cot_phase(cfg: PipelineConfig, source_dir: Path) -> Path:
-    from .cot import CotConfig, run
+def _model_keys() -> set[str]:
+    from .arguments import ModelArguments
 
-    out = Path(cfg.run_dir) / "cot"
-    if cfg.cot_file or cfg.teacher == "published":
-        return published_cot_phase(cfg, out)
-
-    def go():
-        summary = run(CotConfig(
-            data_dir=str(source_dir), output_dir=str(out), teacher=cfg.teacher, model=cfg.teacher_model,
-            base_url=cfg.teacher_base_url, max_users=cfg.cot_max_users, max_cost=cfg.cot_max_cost, kind=cfg.item_kind,
-            hit_match=cfg.hit_match, system_prompt=cfg.teacher_system_prompt, progress=False,
-        ))  # fmt: skip
-        if summary.get("stopped") or summary.get("users_remaining"):
-            raise PhaseInterrupted(f"CoT generation stopped early ({summary.get('stopped')}, "
-                                   f"{summary.get('users_remaining')} users left): rerun to continue")
-        if not summary["cot_records"]:
-            raise InputError(f"{out}: the teacher produced no CoT records (no user hit); ask more users")
-        return {k: summary[k] for k in ("users_completed", "users_hit", "hit_rate", "cot_records", "estimated_cost")}
-
-    _phase(out, "cot generation", go)
-    return out / "cot_train.json"
+    return {f.name for f in dataclasses.fields(ModelArguments)}
 
 
-def published_cot_phase(cfg: PipelineConfig, out: Path) -> Path:
-    """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
-    stages recovered, written as out/cot_train.json."""
-    from .cot import load_cot_records
-    from .download import release_file
-    from .fileio import sha256_file
-
-    if cfg.cot_file:
-        path = Path(cfg.cot_file)
-        if not path.is_file():
-            raise InputError(f"{path}: CoT file not found (cot_file)")
-    else:  # DATA_DIR/tlrec-cot/stage123.json, fetched and verified with --download
-        path = release_file("tlrec-cot", "stage123.json", cfg.data_dir, download=cfg.download, mirror=cfg.mirror)
-
-    def go():
-        records = load_cot_records(path)
-        atomic_write_json(out / "cot_train.json", records, indent=1)
-        stages = {s: sum(r["stage"] == s for r in records) for s in sorted({r["stage"] for r in records})}
-        return {"cot_file": str(path), "sha256": sha256_file(path), "cot_records": len(records),
-                "records_per_stage": stages}
-
-    _phase(out, "CoT records from a file", go)
-    return out / "cot_train.json"
+# keys the pipeline sets itself (chaining, data, K, seed): not settable through the mappings
+PIPELINE_TUNING_KEYS = {"base_model", "output_dir", "train_files", "init_adapter", "k_shot", "val_file", "seed",
+                        "num_train_epochs", "overwrite_output_dir", "resume_from_checkpoint"}
+PIPELINE_EVAL_KEYS = {"base_model", "output_dir", "test_file", "items_file", "adapter", "limit"}
 
 
-def model_phase(cfg: PipelineConfig, text_files: list[Path]) -> str:
-    if cfg.base_model:
-        return cfg.base_model
-    from .tiny_llm import build_tiny_llama
-
-    out = Path(cfg.run_dir) / "model"
-    _phase(out, "tiny LLaMA", lambda: {"path": str(build_tiny_llama(
-        text_files, out, vocab_size=cfg.tiny_vocab_size, hidden_size=cfg.tiny_hidden_size))})
-    return str(out)
-
-
-def tuning_phase(cfg: PipelineConfig, name: str, out: Path, base_model: str, train_files, init_adapter=None,
-                 epochs: float = 1.0, k_shot: int | None = None, seed: int = 0, curriculum: str = "ordered") -> Path:
-    from .arguments import DataArguments, LoraArguments, ModelArguments, TuningTrainingArguments, parse_args
-    from .training import FINISHED_MARKER, tune
-
-    argv = [
-        "--base_model", base_model, "--output_dir", str(out), "--train_files", *map(str, train_files),
-        "--num_train_epochs", str(epochs), "--learning_rate", str(cfg.learning_rate), "--seed", str(seed),
-        "--per_device_train_batch_size", str(cfg.per_device_train_batch_size),
-        "--gradient_accumulation_steps", str(cfg.gradient_accumulation_steps), "--max_length", str(cfg.max_length),
-        "--finetune", cfg.finetune, "--lora_r", str(cfg.lora_r), "--curriculum", curriculum,
-        "--save_strategy", "steps", "--save_steps", "50", "--save_total_limit", "1", "--dataloader_num_workers", "0",
-    ]  # fmt: skip
-    if init_adapter:
-        argv += ["--init_adapter", str(init_adapter)]
-    if k_shot:
-        argv += ["--k_shot", str(k_shot)]
-    if cfg.trust_remote_code:
-        argv += ["--trust_remote_code"]
-    if cfg.prompt_template:
-        argv += ["--prompt_template", cfg.prompt_template]
-    argv += list(cfg.tuning_args)
-
-    def run():
-        status = tune(*parse_args((ModelArguments, LoraArguments, DataArguments, TuningTrainingArguments), argv))
-        if status != 0:
-            raise PhaseInterrupted(f"{name} stopped (SIGTERM) after a checkpoint in {out}: rerun to resume")
-        summary = json.loads((out / FINISHED_MARKER).read_text())
-        return {"train_loss": summary["train_loss"], "global_step": summary["global_step"], "argv": argv}
-
-    _phase(out, name, run, is_complete=lambda: (out / FINISHED_MARKER).is_file())
-    return out
+def setting(cfg: PipelineConfig, kind: str, key: str, mapping: dict | None = None):
+    """The value a phase gets for `key`: the config's mapping, else the dataclass default (one source of truth)."""
+    mapping = getattr(cfg, kind) if mapping is None else mapping
+    if key in mapping:
+        return mapping[key]
+    f = _dataclass_fields("tuning" if kind != "eval" else "eval")[key]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
-def eval_phase(cfg: PipelineConfig, name: str, out: Path, base_model: str, adapter, test_file: Path,
-               items_file: Path) -> dict:
-    from .arguments import EvalArguments, ModelArguments
-    from .evaluation import evaluate, load_catalog, load_test_records, summary_line, write_outputs
-    from .modeling import load_for_inference
-    from .prompts import resolve_template
+def to_flags(mapping: dict) -> list[str]:
+    """{key: value} -> HfArgumentParser flags (`--key value`, booleans `--key true|false`, lists several values)."""
+    from .experiments import flags
 
-    def run():
-        model_args = ModelArguments(base_model=base_model, trust_remote_code=cfg.trust_remote_code)
-        eval_args = EvalArguments(
-            test_file=str(test_file), output_dir=str(out), adapter=str(adapter) if adapter else None,
-            items_file=str(items_file), metrics=cfg.eval_metrics, num_negatives=cfg.num_negatives, ndcg_k=cfg.ndcg_k,
-            batch_size=cfg.eval_batch_size, max_length=cfg.max_length, limit=cfg.test_limit, device=cfg.device,
-            prompt_template=cfg.prompt_template,
-        )  # fmt: skip
-        template = resolve_template(cfg.prompt_template, [eval_args.adapter, base_model])
-        records = load_test_records(eval_args.test_file, eval_args.limit)
-        catalog = load_catalog(eval_args.items_file, records) if "ndcg" in eval_args.metrics else None
-        model, tokenizer = load_for_inference(model_args, eval_args.adapter, eval_args.device)
-        metrics, predictions = evaluate(model, tokenizer, records, eval_args, catalog, source=eval_args.test_file,
-                                        template=template)
-        metrics["settings"].update(base_model=base_model, adapter=eval_args.adapter, test_file=eval_args.test_file)
-        write_outputs(out, metrics, predictions)
-        logger.info("[%s] %s", name, summary_line(metrics, cfg.ndcg_k))
-        return {}
-
-    _phase(out, name, run)
-    return json.loads((out / "metrics.json").read_text())
-
-
-# ---- the pipeline ----------------------------------------------------------------------------------------
-
-
-def variant_name(use_cot: bool, use_rec_tuning: bool, curriculum: str) -> str:
-    parts = [p for p, on in (("wo_cot", not use_cot), ("wo_rec_tuning", not use_rec_tuning),
-                             ("wo_curriculum", use_cot and curriculum == "shuffled")) if on]
-    return "_".join(["tlrec", *parts])
-
-
-def variants(cfg: PipelineConfig) -> dict[str, dict]:
-    """name -> {use_cot, use_rec_tuning, curriculum} of every variant this config runs."""
-    out = {variant_name(cfg.use_cot, cfg.use_rec_tuning, cfg.curriculum):
-           {"use_cot": cfg.use_cot, "use_rec_tuning": cfg.use_rec_tuning, "curriculum": cfg.curriculum}}
-    if cfg.compare_without_cot and cfg.use_cot:
-        out["wo_cot"] = {"use_cot": False, "use_rec_tuning": cfg.use_rec_tuning, "curriculum": cfg.curriculum}
-    return out
+    return flags({k: v for k, v in mapping.items() if v is not None}, explicit_bools=True)
 
 
 def check_config(cfg: PipelineConfig) -> None:
-    if cfg.curriculum not in ("ordered", "shuffled", "stagewise"):
-        raise InputError(f"--curriculum must be ordered, shuffled or stagewise, got {cfg.curriculum!r}")
-    if cfg.finetune not in ("lora", "full"):
-        raise InputError(f"--finetune must be lora or full, got {cfg.finetune!r}")
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown or not cfg.methods:
+        raise InputError(f"--methods: unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise InputError(f"--methods: {cfg.methods} names a method twice")
     if cfg.teacher not in ("heuristic", "openai", "published"):
         raise InputError(f"--teacher must be heuristic, openai or published, got {cfg.teacher!r}")
     if any(k < 1 for k in cfg.k_shots):
         raise InputError(f"--k_shots must be positive, got {cfg.k_shots}")
+    if cfg.launcher not in ("inprocess", "accelerate"):
+        raise InputError(f"--launcher must be inprocess or accelerate, got {cfg.launcher!r}")
+    if cfg.num_processes is not None and cfg.num_processes < 1:
+        raise InputError(f"--num_processes must be >= 1, got {cfg.num_processes}")
+    if cfg.accelerate_config and not Path(cfg.accelerate_config).is_file():
+        raise InputError(f"--accelerate_config {cfg.accelerate_config}: file not found")
+    for name in MAPPINGS:
+        mapping = getattr(cfg, name)
+        if not isinstance(mapping, dict):
+            raise InputError(f"--{name}: expected a mapping of run_{'eval' if name == 'eval' else 'tuning'} "
+                             f"settings, got {type(mapping).__name__}")
+        known = _dataclass_fields("eval" if name == "eval" else "tuning")
+        reserved = PIPELINE_EVAL_KEYS if name == "eval" else PIPELINE_TUNING_KEYS
+        bad = sorted(set(mapping) - set(known))
+        if bad:
+            script = "run_eval.py" if name == "eval" else "run_tuning.py"
+            raise InputError(f"--{name}: {', '.join(bad)} {'is not a' if len(bad) == 1 else 'are not'} {script} "
+                             "setting(s)")
+        taken = sorted(set(mapping) & reserved)
+        if taken:
+            raise InputError(f"--{name}: {', '.join(taken)} is set by the pipeline itself (see PipelineConfig: "
+                             "base_model, start_adapter, *_epochs, k_shots, seeds, test_limit, validate)")
+    if cfg.start_adapter and setting(cfg, "tuning", "finetune") != "lora":
+        raise InputError("--start_adapter needs LoRA tuning (finetune: lora); for full fine-tuning give the merged "
+                         "start model as --base_model")
+    if cfg.cot_file and not Path(cfg.cot_file).is_file():
+        raise InputError(f"{cfg.cot_file}: CoT file not found (cot_file)")
     if cfg.prompt_template is not None:
         from .prompts import get_template
 
         get_template(cfg.prompt_template)  # an unknown name fails before any phase runs
-    from .validation import check_device, check_number, comma_list
+    from .validation import check_number
 
-    for name in ("tiny_vocab_size", "tiny_hidden_size", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "lora_r", "num_negatives", "ndcg_k", "eval_batch_size", "test_limit", "source_records",
-                 "cot_max_users"):
+    for name in ("tiny_vocab_size", "tiny_hidden_size", "test_limit", "source_records", "cot_max_users",
+                 "cot_max_length", "num_processes"):
         check_number(f"--{name}", getattr(cfg, name), 1)
-    check_number("--max_length", cfg.max_length, 8)
     check_number("--max_windows", cfg.max_windows, 0)
     for name in ("cot_epochs", "source_epochs", "kshot_epochs", "cot_max_cost"):
         check_number(f"--{name}", getattr(cfg, name), 0, exclusive_min=True)
-    check_number("--learning_rate", cfg.learning_rate, 0)
-    cfg.eval_metrics = ",".join(dict.fromkeys(comma_list("--eval_metrics", cfg.eval_metrics, ("auc", "ndcg"))))
-    check_device("--device", cfg.device)
     # the raw data must be there before run_dir is made (not needed once a data phase is complete)
     for which, subdir, dataset in (("source", cfg.source_subdir, cfg.source_dataset),
                                    ("target", cfg.target_subdir, cfg.target_dataset)):
@@ -366,54 +327,421 @@ def check_config(cfg: PipelineConfig) -> None:
                              "--download fetches the public ones)")
 
 
-def run_variant(cfg: PipelineConfig, name: str, spec: dict, base_model: str, data: dict, cot_file) -> dict:
-    """Tuning chain and evaluation of one variant; returns {setting: metrics}.
+# ---- the plan: every phase and its command ------------------------------------------------------------------
 
-    The chain state is (model, adapter): with LoRA every phase trains the previous phase's adapter on the base
-    model; with full fine-tuning every phase starts from the previous phase's saved model."""
-    vdir = Path(cfg.run_dir) / name
-    state = (base_model, None)
 
-    def tune_next(label, out, train_files, **kwargs):
+@dataclass
+class Phase:
+    key: str  # unique, e.g. "data/source", "tlrec/source_tuning", "tallrec/eval/zero_shot"
+    name: str  # for logs, e.g. "tlrec: source rec-tuning"
+    kind: str  # prepare | cot | model | tuning | eval
+    dir: Path
+    script: str  # entry script (run_*.py) or module (-m tlrec_utils.tiny_llm)
+    argv: list[str]
+    after: list[str] = field(default_factory=list)  # keys of the phases whose outputs it reads
+    method: str | None = None
+    setting: str | None = None  # eval phases: zero_shot | k16_seed0 | ...
+
+    @property
+    def launched(self) -> bool:
+        return self.kind in ("tuning", "eval")
+
+    def command_line(self, cfg: PipelineConfig) -> list[str]:
+        """The exact command that runs this phase alone (what `command.txt` holds)."""
+        if self.script.startswith("-m "):
+            return [sys.executable, "-m", self.script[3:], *self.argv]
+        script = str(REPO_ROOT / self.script)
+        if self.launched and cfg.launcher == "accelerate":
+            return [*launcher_prefix(cfg), script, *self.argv]
+        return [sys.executable, script, *self.argv]
+
+
+def launcher_prefix(cfg: PipelineConfig) -> list[str]:
+    prefix = ["accelerate", "launch"]
+    if cfg.accelerate_config:
+        prefix += ["--config_file", str(Path(cfg.accelerate_config).resolve())]
+    if cfg.num_processes:
+        if cfg.num_processes > 1 and not cfg.accelerate_config:
+            prefix += ["--multi_gpu"]  # plain data parallel (torchrun); on CPU with --use_cpu it uses gloo
+        prefix += ["--num_processes", str(cfg.num_processes)]
+    return prefix + list(cfg.launcher_args)
+
+
+def _raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
+    from .paths import data_dir
+
+    return (data_dir(cfg.data_dir) / subdir).resolve()
+
+
+def _model_limit(base_model: str | None) -> int | None:
+    """max_position_embeddings of a local base model's config.json (None when unknown)."""
+    if not base_model:
+        return None
+    path = Path(base_model) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    for key in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def cot_max_length(cfg: PipelineConfig, base_model: str | None) -> int:
+    """`cot_max_length`, else the model's limit capped at 2048. Padding is dynamic, so a larger cap costs only on
+    records that need it: no CoT record up to this length is cut."""
+    if cfg.cot_max_length:
+        return cfg.cot_max_length
+    limit = _model_limit(base_model) or COT_MAX_LENGTH_CAP
+    return min(limit, COT_MAX_LENGTH_CAP)
+
+
+def kshot_eval_steps(k: int | None) -> int:
+    """The authors' rule (rec_tuning.py): every 10 steps for K <= 128, else K / 128 * 5; CoT and source
+    phases (ins_tuning.py): 10."""
+    if k is None or k <= 128:
+        return 10
+    return max(1, int(k / 128 * 5))
+
+
+def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
+    """Every phase of this config in run order, with its exact command (`Phase.command_line(cfg)`) and the
+    phases it depends on (`after`); nothing runs, nothing is written. Used by run_pipeline itself, by
+    `run_experiments.py --dry_run` and for SLURM dependency chains (one job per phase, `--dependency=afterok`
+    on the jobs of `after`). Running a phase's command alone, then `run_pipeline` again, skips nothing the
+    command finished only if its output is complete: run_pipeline marks it done after checking."""
+    check_config(cfg)
+    run_dir = Path(cfg.run_dir).resolve()
+    data = {w: run_dir / "data" / w for w in ("source", "target")}
+    phases: list[Phase] = []
+    for which in ("source", "target"):
+        dataset = cfg.source_dataset if which == "source" else cfg.target_dataset
+        raw = _raw_dir(cfg, cfg.source_subdir if which == "source" else cfg.target_subdir)
+        subdir = cfg.source_subdir if which == "source" else cfg.target_subdir
+        argv = ["--dataset", dataset, "--raw_dir", str(raw), "--output_dir", str(data[which]),
+                "--max_windows", str(cfg.max_windows), "--item_kind", cfg.item_kind]
+        if cfg.download:
+            from .download import RELEASES
+
+            argv += ["--download"] + (["--release", subdir] if subdir in RELEASES else [])
+            argv += ["--mirror", cfg.mirror] if cfg.mirror else []
+        argv += list(cfg.source_prepare_args if which == "source" else cfg.target_prepare_args)
+        phases.append(Phase(f"data/{which}", f"prepare {which}", "prepare", data[which], "run_prepare_data.py", argv))
+
+    plan = [METHODS[m] for m in cfg.methods]
+    uses_cot = any(s.startswith("cot") for chain in plan for s in chain)
+    cot_file = None
+    if uses_cot:
+        cot_file = run_dir / "cot" / "cot_train.json"
+        if cfg.cot_file or cfg.teacher == "published":
+            if cfg.cot_file:
+                source = Path(cfg.cot_file).resolve()
+            else:  # DATA_DIR/tlrec-cot/stage123.json, fetched and verified with --download
+                from .download import release_file
+
+                source = release_file("tlrec-cot", "stage123.json", cfg.data_dir, download=cfg.download,
+                                      mirror=cfg.mirror).resolve()
+            argv = ["cot_records", "--cot_file", str(source), "--output_dir", str(run_dir / "cot")]
+            phases.append(Phase("cot", "CoT records from a file", "cot", run_dir / "cot", "-m tlrec_utils.pipeline",
+                                argv))
+        else:
+            argv = ["--data_dir", str(data["source"]), "--output_dir", str(run_dir / "cot"), "--teacher", cfg.teacher,
+                    "--model", cfg.teacher_model, "--kind", cfg.item_kind, "--hit_match", cfg.hit_match,
+                    "--no-progress"]
+            for flag, value in (("--base_url", cfg.teacher_base_url), ("--max_users", cfg.cot_max_users),
+                                ("--max_cost", cfg.cot_max_cost), ("--system_prompt", cfg.teacher_system_prompt)):
+                if value is not None:
+                    argv += [flag, str(value)]
+            phases.append(Phase("cot", "cot generation", "cot", run_dir / "cot", "run_cot_generation.py", argv,
+                                after=["data/source"]))
+
+    base_model = cfg.base_model
+    model_after = []
+    if base_model:
+        if Path(base_model).exists():
+            base_model = str(Path(base_model).resolve())
+    else:
+        base_model = str(run_dir / "model")
+        text = [str(data["source"] / "train.json"), str(data["target"] / "train.json")]
+        text += [str(cot_file)] if cot_file else []
+        argv = ["--data", *text, "--output_dir", base_model, "--vocab_size", str(cfg.tiny_vocab_size),
+                "--hidden_size", str(cfg.tiny_hidden_size)]
+        after = ["data/source", "data/target"] + (["cot"] if cot_file else [])
+        phases.append(Phase("model", "tiny LLaMA", "model", Path(base_model), "-m tlrec_utils.tiny_llm", argv, after))
+        model_after = ["model"]
+    start_adapter = str(Path(cfg.start_adapter).resolve()) if cfg.start_adapter else None
+    full = setting(cfg, "tuning", "finetune") == "full"
+    model_keys = _model_keys()
+    eval_model_flags = to_flags({k: v for k, v in cfg.tuning.items() if k in model_keys})
+    rec_max_length = cfg.tuning.get("max_length")
+
+    def tuning_argv(out: Path, state, train_files, epochs, phase_kind: str, k_shot=None, seed=0, curriculum=None):
         model, adapter = state
-        tuning_phase(cfg, f"{name}: {label}", out, model, train_files, init_adapter=adapter, **kwargs)
-        return (base_model, out) if cfg.finetune == "lora" else (str(out), None)
+        base = {"base_model": model, "output_dir": str(out), "train_files": [str(f) for f in train_files],
+                "num_train_epochs": epochs, "seed": seed, "init_adapter": adapter, "k_shot": k_shot,
+                # checkpoints for resumption (SIGTERM); the mappings may change these
+                "save_strategy": "steps", "save_steps": 50, "save_total_limit": 1, "dataloader_num_workers": 0}
+        if cfg.validate:
+            steps = kshot_eval_steps(k_shot if phase_kind == "kshot" else None)
+            base.update(AUTHORS_VALIDATION, val_file=str(data["target"] / "valid.json"), eval_steps=steps,
+                        save_steps=steps)
+            if "eval_steps" in cfg.tuning and "save_steps" not in cfg.tuning:
+                base["save_steps"] = cfg.tuning["eval_steps"]
+        base["prompt_template"] = cfg.prompt_template
+        argv = to_flags(base) + to_flags(cfg.tuning) + list(cfg.tuning_args)
+        forced = {}
+        if phase_kind == "cot":
+            forced["max_length"] = cot_max_length(cfg, base_model)
+            if curriculum:
+                forced["curriculum"] = curriculum
+        return argv + to_flags(forced) + to_flags(getattr(cfg, f"{phase_kind}_tuning"))
 
-    if spec["use_cot"]:
-        state = tune_next("CoT curriculum tuning", vdir / "cot_tuning", [cot_file], epochs=cfg.cot_epochs,
-                          curriculum=spec["curriculum"])
-    if spec["use_rec_tuning"]:
-        state = tune_next("source rec-tuning", vdir / "source_tuning", [data["source"] / "train.json"],
-                          epochs=cfg.source_epochs, k_shot=cfg.source_records)
+    def eval_argv(out: Path, state) -> list[str]:
+        model, adapter = state
+        base = {"base_model": model, "adapter": adapter, "test_file": str(data["target"] / "test.json"),
+                "items_file": str(data["target"] / "items.json"), "output_dir": str(out), "limit": cfg.test_limit,
+                "max_length": rec_max_length,  # evaluate with the length the model was rec-tuned with
+                "prompt_template": cfg.prompt_template}
+        return to_flags(base) + eval_model_flags + to_flags(cfg.eval)
 
-    def evaluate_on(setting, model_and_adapter):
-        model, adapter = model_and_adapter
-        return eval_phase(cfg, f"{name}: eval {setting}", vdir / "eval" / setting, model, adapter,
-                          data["target"] / "test.json", data["target"] / "items.json")
+    owners: dict[tuple, tuple[str, Path]] = {}  # tuning chain -> (phase key, directory): shared phases run once
+    data_after = ["data/source", "data/target", *model_after]
+    for method in cfg.methods:
+        mdir = run_dir / method
+        state, state_key, chain = (base_model, start_adapter), None, ()
+        for step in METHODS[method]:
+            chain = chain + (step,)
+            label, sub = ("CoT curriculum tuning", "cot_tuning") if step.startswith("cot") else (
+                "source rec-tuning", "source_tuning")
+            if chain not in owners:
+                out = mdir / sub
+                if step.startswith("cot"):
+                    argv = tuning_argv(out, state, [cot_file], cfg.cot_epochs, "cot",
+                                       curriculum="shuffled" if step == "cot_shuffled" else None)
+                    after = data_after + ["cot"]
+                else:
+                    argv = tuning_argv(out, state, [data["source"] / "train.json"], cfg.source_epochs, "source",
+                                       k_shot=cfg.source_records)
+                    after = list(data_after)
+                after += [state_key] if state_key else []
+                key = f"{method}/{sub}"
+                phases.append(Phase(key, f"{method}: {label}", "tuning", out, "run_tuning.py", argv, after, method))
+                owners[chain] = (key, out)
+            state_key, out = owners[chain]
+            state = (str(out), None) if full else (base_model, str(out))
 
-    results = {SETTING_ZERO_SHOT: evaluate_on(SETTING_ZERO_SHOT, state)}
-    for k in cfg.k_shots:
-        for seed in cfg.seeds:
-            setting = f"k{k}_seed{seed}"
-            few = tune_next(f"{k}-shot target rec-tuning (seed {seed})", vdir / setting,
-                            [data["target"] / "train.json"], epochs=cfg.kshot_epochs, k_shot=k, seed=seed)
-            results[setting] = evaluate_on(setting, few)
-    return results
+        def add_eval(setting_name, eval_state, eval_after, method=method, mdir=mdir):
+            out = mdir / "eval" / setting_name
+            phases.append(Phase(f"{method}/eval/{setting_name}", f"{method}: eval {setting_name}", "eval", out,
+                                "run_eval.py", eval_argv(out, eval_state), eval_after, method, setting_name))
+
+        add_eval(SETTING_ZERO_SHOT, state, data_after + ([state_key] if state_key else []))
+        for k in cfg.k_shots:
+            for seed in cfg.seeds:
+                name = f"k{k}_seed{seed}"
+                out = mdir / name
+                argv = tuning_argv(out, state, [data["target"] / "train.json"], cfg.kshot_epochs, "kshot",
+                                   k_shot=k, seed=seed)
+                key = f"{method}/{name}"
+                phases.append(Phase(key, f"{method}: {k}-shot target rec-tuning (seed {seed})", "tuning", out,
+                                    "run_tuning.py", argv, data_after + ([state_key] if state_key else []), method))
+                add_eval(name, (str(out), None) if full else (base_model, str(out)), [key])
+    return phases
+
+
+# ---- running phases -------------------------------------------------------------------------------------
+
+
+class _Signals:
+    """SIGTERM/SIGINT while the pipeline runs: forwarded to a launched child's process group (the child saves a
+    checkpoint and exits); with no child running, the phase in this process stops with PhaseInterrupted."""
+
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: the embedding application handles signals
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        if self.child is not None and self.child.poll() is None:
+            logger.warning("signal %d: forwarded to the running phase (pid %d)", signum, self.child.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signal.SIGTERM)
+            return
+        raise PhaseInterrupted(f"stopped by signal {signum}: rerun the same command to resume")
+
+
+def _import_main(script: str):
+    import importlib
+
+    if script.startswith("-m "):
+        module = importlib.import_module(script[3:])
+    else:
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        module = importlib.import_module(Path(script).stem)
+    main = module.main
+    return getattr(main, "__wrapped__", main)  # errors stay exceptions (no exit) inside the pipeline
+
+
+def _last_error_line(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:") or "Error" in line.split(":")[0]:
+            return line[:300]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def execute(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None):
+    """Run one phase's command (in this process, or launched with accelerate); returns the script's result
+    (in-process) or None."""
+    command = phase.command_line(cfg)
+    phase.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(phase.dir / "command.txt", shlex.join(command) + "\n")
+    if phase.launched and cfg.launcher == "accelerate":
+        log = phase.dir / "log.txt"
+        logger.info("[%s] %s (output: %s)", phase.name, shlex.join(command[:4]) + " ...", log)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                                         os.environ.get("PYTHONPATH")]))}
+        with open(log, "ab") as f:
+            proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            if signals is not None:
+                signals.child = proc
+            try:
+                status = proc.wait()
+            finally:
+                if signals is not None:
+                    signals.child = None
+        if status == EXIT_INTERRUPTED or (signals is not None and signals.received):
+            raise PhaseInterrupted(f"{phase.name} stopped (SIGTERM); its checkpoint is in {phase.dir}: rerun to resume")
+        if status != 0:
+            raise PhaseFailed(f"phase {phase.name!r} failed (exit {status}): {_last_error_line(log)} [log: {log}]")
+        return None
+    result = _import_main(phase.script)(list(phase.argv))
+    if phase.kind == "tuning" and result == EXIT_INTERRUPTED:
+        raise PhaseInterrupted(f"{phase.name} stopped (SIGTERM) after a checkpoint in {phase.dir}: rerun to resume")
+    return result
+
+
+def _phase_info(cfg: PipelineConfig, phase: Phase) -> dict:
+    """What `phase_done.json` records beyond the wall time; also checks the phase left its output."""
+    if phase.kind == "tuning":
+        from .training import FINISHED_MARKER
+
+        summary_path = phase.dir / FINISHED_MARKER
+        if not summary_path.is_file():
+            raise PhaseFailed(f"phase {phase.name!r} ended without writing {summary_path}")
+        s = json.loads(summary_path.read_text())
+        info = {"train_loss": s.get("train_loss"), "global_step": s.get("global_step"),
+                "train_records": s.get("train_records"), "max_length": s.get("max_length"),
+                "truncated_records": sum((s.get("truncated_train_records") or {}).values()),
+                "best_metric": s.get("best_metric"), "best_checkpoint": s.get("best_checkpoint")}
+        if phase.key.endswith("cot_tuning") and info["truncated_records"]:
+            logger.warning("[%s] %d of %d CoT records were longer than max_length %s and were cut", phase.name,
+                           info["truncated_records"], info["train_records"], info["max_length"])
+        return info
+    if phase.kind == "eval":
+        if not (phase.dir / "metrics.json").is_file():
+            raise PhaseFailed(f"phase {phase.name!r} ended without writing {phase.dir / 'metrics.json'}")
+        return {}
+    if phase.kind == "cot" and phase.script == "-m tlrec_utils.pipeline":
+        return json.loads((phase.dir / "cot_records.json").read_text())
+    if phase.kind == "cot":
+        summary = json.loads((phase.dir / "summary.json").read_text())
+        if summary.get("stopped") or summary.get("users_remaining"):
+            raise PhaseInterrupted(f"CoT generation stopped early ({summary.get('stopped')}, "
+                                   f"{summary.get('users_remaining')} users left): rerun to continue")
+        if not summary["cot_records"]:
+            raise InputError(f"{phase.dir}: the teacher produced no CoT records (no user hit); ask more users")
+        return {k: summary.get(k) for k in ("users_completed", "users_hit", "hit_rate", "cot_records",
+                                            "estimated_cost")}
+    if phase.kind == "prepare":
+        meta = phase.dir / "meta.json"
+        return {"counts": json.loads(meta.read_text()).get("counts")} if meta.is_file() else {}
+    return {"path": str(phase.dir)}
+
+
+def _finished_earlier(phase: Phase) -> bool:
+    """Output of a finished run of this phase's command (e.g. run by hand or by a SLURM job) is present."""
+    from .training import FINISHED_MARKER
+
+    if phase.kind == "tuning":
+        return (phase.dir / FINISHED_MARKER).is_file()
+    if phase.kind == "eval":
+        return (phase.dir / "metrics.json").is_file() and (phase.dir / "predictions.jsonl").is_file()
+    return False
+
+
+def run_phase(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None) -> dict:
+    """Run `phase` unless its directory holds the marker; write the marker last."""
+    marker = phase.dir / PHASE_DONE
+    if marker.is_file():
+        logger.info("[%s] complete, skipped (%s)", phase.name, phase.dir)
+        return json.loads(marker.read_text())
+    started = time.time()
+    if _finished_earlier(phase):
+        note = {"note": "finished by an earlier run"}
+    else:
+        logger.info("[%s] running -> %s", phase.name, phase.dir)
+        execute(cfg, phase, signals)
+        note = {}
+    done = {"phase": phase.name, "wall_time_s": round(time.time() - started, 1), **note, **_phase_info(cfg, phase)}
+    atomic_write_json(marker, json.loads(json.dumps(done, default=str)))
+    logger.info("[%s] done in %.1f s", phase.name, done["wall_time_s"])
+    return done
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """One pipeline at a time per run_dir (a requeued job racing its predecessor, a command started twice): an
+    exclusive `fcntl.flock`, released by the OS when the holder dies."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    f = open(path, "a+")  # noqa: SIM115 (held open for the whole run: closing it releases the lock)
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise InputError(f"{run_dir} is in use by another run_pipeline ({holder}); wait for it to finish or "
+                             "stop it, then rerun") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Run (or resume) every phase; returns {"variants": {name: {setting: metrics}}, "config": ...} and writes
+    """Run (or resume) every phase; returns {"variants": {method: {setting: metrics}}, "config": ...} and writes
     it to run_dir/results.json."""
-    check_config(cfg)
+    phases = pipeline_phases(cfg)
     started = time.time()
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = {which: prepare_phase(cfg, which) for which in ("source", "target")}
-    plan = variants(cfg)
-    cot_file = cot_phase(cfg, data["source"]) if any(v["use_cot"] for v in plan.values()) else None
-    text_files = [data["source"] / "train.json", data["target"] / "train.json"] + ([cot_file] if cot_file else [])
-    base_model = model_phase(cfg, text_files)
-    results = {name: run_variant(cfg, name, spec, base_model, data, cot_file) for name, spec in plan.items()}
+    run_dir = Path(cfg.run_dir).resolve()
+    with run_dir_lock(run_dir), _Signals() as signals:
+        for phase in phases:
+            run_phase(cfg, phase, signals)
+    results: dict[str, dict] = {m: {} for m in cfg.methods}
+    for phase in phases:
+        if phase.kind == "eval":
+            results[phase.method][phase.setting] = json.loads((phase.dir / "metrics.json").read_text())
     out = {"variants": results, "config": asdict(cfg), "wall_time_s": round(time.time() - started, 1)}
     atomic_write_json(run_dir / "results.json", json.loads(json.dumps(out, default=str)))
     return out
@@ -424,14 +752,14 @@ def _fmt(value) -> str:
 
 
 def format_table(results: dict, k: int = 10) -> str:
-    """A Markdown table: one row per setting, AUC and NDCG@k (sampled and per user) per variant."""
+    """A Markdown table: one row per setting, AUC and NDCG@k (sampled and per user) per method."""
     names = list(results["variants"])
-    settings = list(next(iter(results["variants"].values())))
+    settings = list(dict.fromkeys(s for n in names for s in results["variants"][n]))
     cols = [("AUC", "auc"), (f"NDCG@{k}", f"ndcg@{k}"), (f"NDCG@{k} user", f"ndcg@{k}_user")]
     header = ["setting"] + [f"{n} {label}" for n in names for label, _ in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in settings:
-        row = [s] + [_fmt(results["variants"][n][s].get(key)) for n in names for _, key in cols]
+        row = [s] + [_fmt((results["variants"][n].get(s) or {}).get(key)) for n in names for _, key in cols]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -440,12 +768,41 @@ def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(PipelineConfig)]
 
 
+def _parse_mapping(flag: str, values: list[str]) -> dict:
+    """`--tuning KEY=VALUE ...` or `--tuning '{key: value}'` (YAML/JSON) -> dict; values read as YAML scalars."""
+    import yaml
+
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        try:
+            mapping = yaml.safe_load(values[0])
+        except yaml.YAMLError as exc:
+            raise InputError(f"{flag}: not a YAML/JSON mapping ({str(exc).splitlines()[0]})") from None
+        if not isinstance(mapping, dict):
+            raise InputError(f"{flag}: expected a mapping")
+        return mapping
+    mapping = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"{flag}: expected KEY=VALUE, got {item!r}")
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        mapping[key] = parsed
+    return mapping
+
+
 def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineConfig:
-    """PipelineConfig from flags; `--config FILE.yaml|json` supplies defaults that flags override."""
+    """PipelineConfig from flags; `--config FILE.yaml|json` supplies defaults that flags override; the mapping
+    flags (--tuning, --cot_tuning, --source_tuning, --kshot_tuning, --eval) add to the file's mappings."""
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(PipelineConfig, description=description)
+    values = {}
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
@@ -454,17 +811,77 @@ def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineCo
         del argv[i : i + 2]
         from .validation import check_config_values
 
-        values = check_config_values(read_config_file(path), (PipelineConfig,), path)
-        parser.set_defaults(**values)
-        for action in parser._actions:  # a value from the file satisfies a required flag
-            if action.dest in values:
-                action.required = False
+        raw = read_config_file(path)
+        for name in MAPPINGS:
+            if name in raw and not isinstance(raw[name] or {}, dict):
+                raise InputError(f"{path}: '{name}' must be a mapping of settings")
+        values = check_config_values({k: v for k, v in raw.items() if k not in MAPPINGS}, (PipelineConfig,), path)
+        values.update({k: raw[k] or {} for k in MAPPINGS if k in raw})
     # --tuning_args takes the rest of the line (it holds run_tuning flags)
     tuning_args = []
     if "--tuning_args" in argv:
         i = argv.index("--tuning_args")
         argv, tuning_args = argv[:i], argv[i + 1 :]
-    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    # mapping flags: everything up to the next --flag
+    mappings = {name: dict(values.get(name) or {}) for name in MAPPINGS}
+    rest = []
+    i = 0
+    while i < len(argv):
+        name = argv[i][2:] if argv[i].startswith("--") else None
+        if name in MAPPINGS:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            mappings[name].update(_parse_mapping(argv[i], argv[i + 1 : j]))
+            i = j
+        else:
+            rest.append(argv[i])
+            i += 1
+    parser = HfArgumentParser(PipelineConfig, description=description)
+    parser.set_defaults(**{k: v for k, v in values.items() if k not in MAPPINGS})
+    for action in parser._actions:  # a value from the file satisfies a required flag
+        if action.dest in values:
+            action.required = False
+    (cfg,) = parser.parse_args_into_dataclasses(args=rest)
+    for name, mapping in mappings.items():
+        setattr(cfg, name, mapping)
     if tuning_args:
         cfg.tuning_args = list(cfg.tuning_args) + tuning_args
     return cfg
+
+
+def write_cot_records(cot_file, output_dir) -> dict:
+    """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
+    stages recovered, written as OUTPUT_DIR/cot_train.json (+ cot_records.json: what was read)."""
+    from .cot import load_cot_records
+    from .fileio import sha256_file
+
+    path, out = Path(cot_file), Path(output_dir)
+    if not path.is_file():
+        raise InputError(f"{path}: CoT file not found (cot_file)")
+    records = load_cot_records(path)
+    atomic_write_json(out / "cot_train.json", records, indent=1)
+    stages = {s: sum(r["stage"] == s for r in records) for s in sorted({r["stage"] for r in records})}
+    info = {"cot_file": str(path), "sha256": sha256_file(path), "cot_records": len(records),
+            "records_per_stage": stages}
+    atomic_write_json(out / "cot_records.json", info)
+    return info
+
+
+def main(argv=None):
+    """`python -m tlrec_utils.pipeline cot_records --cot_file F --output_dir D`: the pipeline's CoT phase when
+    the CoT records come from a file (teacher: published, cot_file)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["cot_records"])
+    parser.add_argument("--cot_file", required=True)
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args(argv)
+    return write_cot_records(args.cot_file, args.output_dir)
+
+
+if __name__ == "__main__":
+    from .errors import cli_entry
+
+    cli_entry(main)()

@@ -61,12 +61,32 @@ def training_dataset(records: list[dict], encoder, source: str) -> list[dict]:
     return features
 
 
-def validation_dataset(records: list[dict], encoder, source: str) -> list[dict]:
-    """Scoring prompts with their binary label (the 'label' key survives Trainer's column filter)."""
-    features = [{"input_ids": encoder.prompt_ids(r, where(source, record=i)), "label": int(r["label"])}
-                for i, r in enumerate(records)]
+def validation_dataset(records: list[dict], encoder, source: str, loss_encoder=None) -> list[dict]:
+    """Scoring prompts with their binary label (the 'label' key survives Trainer's column filter); with
+    `loss_encoder`, also the training features (prompt + answer) whose loss is the validation loss."""
+    features = []
+    for i, r in enumerate(records):
+        f = {"input_ids": encoder.prompt_ids(r, where(source, record=i)), "label": int(r["label"])}
+        if loss_encoder is not None:
+            train = loss_encoder.training_features(r, where(source, record=i))
+            f.update(loss_input_ids=train["input_ids"], loss_labels=train["labels"])
+        features.append(f)
     encoder.report(source, len(records))
     return features
+
+
+def _right_pad(seqs, labels, pad_id: int, multiple: int | None = None):
+    width = max(len(s) for s in seqs)
+    if multiple:
+        width = math.ceil(width / multiple) * multiple
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    out_labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (s, lab) in enumerate(zip(seqs, labels)):
+        ids[row, : len(s)] = torch.tensor(s)
+        out_labels[row, : len(s)] = torch.tensor(lab)
+        mask[row, : len(s)] = 1
+    return ids, mask, out_labels
 
 
 class TuningCollator:
@@ -80,19 +100,14 @@ class TuningCollator:
     def __call__(self, features):
         if "labels" not in features[0]:
             ids, mask, pos = left_pad([f["input_ids"] for f in features], self.pad_id)
-            return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
-                    "label": torch.tensor([f["label"] for f in features])}
-        width = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(f["input_ids"])
-            labels[row, :n] = torch.tensor(f["labels"])
-            mask[row, :n] = 1
+            batch = {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                     "label": torch.tensor([f["label"] for f in features])}
+            if "loss_input_ids" in features[0]:
+                batch["loss_input_ids"], batch["loss_attention_mask"], batch["loss_labels"] = _right_pad(
+                    [f["loss_input_ids"] for f in features], [f["loss_labels"] for f in features], self.pad_id)
+            return batch
+        ids, mask, labels = _right_pad([f["input_ids"] for f in features], [f["labels"] for f in features],
+                                       self.pad_id, self.pad_to_multiple_of)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -117,6 +132,12 @@ class TLRecTrainer(Trainer):
         self.stages = stages
         self.curriculum = curriculum
 
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        for key in ("loss_input_ids", "loss_labels"):  # validation-loss features reach TuningCollator
+            if key not in self._signature_columns:
+                self._signature_columns.append(key)
+
     def _get_train_sampler(self, train_dataset=None):
         if self.stages is None:
             return super()._get_train_sampler(train_dataset)
@@ -135,10 +156,14 @@ class TLRecTrainer(Trainer):
         if "label" not in inputs:  # a training-style batch: the default (loss) step
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
+        loss = None
         with torch.no_grad():
             logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs.get("position_ids"))
             two = logits[:, [self.answer_tokens.no_id, self.answer_tokens.yes_id]].float()
-        return None, two, inputs["label"]
+            if "loss_input_ids" in inputs:  # validation loss: the training loss on the validation records
+                loss = model(input_ids=inputs["loss_input_ids"], attention_mask=inputs["loss_attention_mask"],
+                             labels=inputs["loss_labels"], use_cache=False).loss.detach()
+        return loss, two, inputs["label"]
 
 
 # ---- preemption ------------------------------------------------------------------------------------------
@@ -235,7 +260,12 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     val_features = None
     if val_records is not None:
         val_encoder = RecordEncoder(tokenizer, data_args.max_length, answer, template=template)
-        val_features = validation_dataset(val_records, val_encoder, data_args.val_file)
+        # selection by validation loss (the authors' rec_tuning.py) needs the loss of each validation record
+        loss_encoder = None
+        if training_args.metric_for_best_model in ("loss", "eval_loss"):
+            loss_encoder = RecordEncoder(tokenizer, data_args.max_length, answer,
+                                         train_on_inputs=data_args.train_on_inputs, template=template)
+        val_features = validation_dataset(val_records, val_encoder, data_args.val_file, loss_encoder)
     stages = [r["stage"] for r in train_records] if "stage" in train_records[0] else None
     if stages is not None:
         logger.info("CoT records with stages %s: curriculum %s", sorted(set(stages)), data_args.curriculum)
