@@ -173,12 +173,12 @@ def _argv_value(argv, flag):
     return argv[argv.index(flag) + 1] if flag in argv else None
 
 
-def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path):
+def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path, data_dir):
     """pipeline_phases: each method's chain as the paper defines it, all starting from the start adapter;
     phases two methods share appear once; validation flags follow the authors' recipe."""
     adapter = tmp_path / "alpaca-lora"
     adapter.mkdir()
-    cfg = PipelineConfig(run_dir=str(tmp_path / "r"), data_dir=str(tmp_path), base_model="/models/llama-7b",
+    cfg = PipelineConfig(run_dir=str(tmp_path / "r"), data_dir=str(data_dir), base_model="/models/llama-7b",
                          start_adapter=str(adapter), methods=list(pipeline_module.METHODS), k_shots=[16, 256],
                          validate=True, tuning={"max_val_records": 100})
     phases = {p.key: p for p in pipeline_phases(cfg)}
