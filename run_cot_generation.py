@@ -34,6 +34,8 @@ HELP = {
     "hit_match": "which users are kept: title_in_answer (the target's title appears in the Stage-3 answer, as the "
                  "authors) or recommended (the target is one of the parsed recommended candidates)",
     "system_prompt": "a system message sent with every request (the authors send none)",
+    "context_style": "history (watched items oldest first, item texts as they are) or authors (generate_data.py: "
+                     "the preference then unpreference items reversed; a book shows as its quoted title only)",
     "dry_run": "print the first user's prompts and a token/cost estimate; call nothing, write nothing",
     "progress": "progress bar",
 }

@@ -374,3 +374,40 @@ def test_heuristic_teacher_on_netflix(data_dir, tmp_path):
     # the heuristic teacher's answers parse the same under both hit rules
     assert all(line["hit_by_rule"]["title_in_answer"] == line["hit_by_rule"]["recommended"] for line in lines)
     assert summary["hit_rate_title_in_answer"] == summary["hit_rate_recommended"] == summary["hit_rate"]
+
+
+def test_authors_context_style_for_books_with_the_heuristic_teacher(tmp_path):
+    """--context_style authors: watched = preference then unpreference items, reversed; a book shows as its quoted
+    title only (as generate_data.py extracts items from a record's text). Hits still parse under both rules."""
+    rng = random.Random(1)
+    books = [f'"Book {chr(65 + i % 26)}{i}" written by Author {i % 7}' for i in range(30)]
+    records = []
+    for p in range(12):
+        seq = rng.sample(range(len(books)), 13)
+        liked = [rng.random() < 0.7 for _ in seq]
+        for w in range(3):
+            hist = [{"item_id": str(i), "title": books[i], "liked": liked[w + k]} for k, i in enumerate(seq[w:w + 10])]
+            t = seq[w + 10]
+            records.append(build_record(f"p{p}", hist, {"item_id": str(t), "title": books[t]}, 1, "book"))
+    data = tmp_path / "books"
+    data.mkdir()
+    save_records(data / "train.json", records)
+    for style in ("history", "authors"):
+        out = tmp_path / style
+        summary = main(["--data_dir", str(data), "--output_dir", str(out), "--teacher", "heuristic", "--no-progress",
+                        "--ensure_target", "--context_style", style])
+        lines = read_lines(out / "responses.jsonl")
+        first = lines[0]
+        record = records[first["record_index"]]
+        watched_line = first["prompts"][0].splitlines()[1]
+        assert watched_line.startswith("The books that the user has watched (watched books): ")
+        if style == "history":
+            assert watched_line.endswith(", ".join(h["title"] for h in record["history"]))
+        else:
+            order = [h for h in record["history"] if h["liked"]] + [h for h in record["history"] if not h["liked"]]
+            bare = [h["title"].split('"')[1] for h in reversed(order)]
+            assert watched_line.endswith(", ".join(f'"{t}"' for t in bare))
+            assert "written by" not in first["prompts"][2].split("\nStep 1")[0]  # context: titles only
+            assert first["target_shown"] == record["target"]["title"].split('"')[1]
+        assert all(line["hit_by_rule"]["title_in_answer"] == line["hit_by_rule"]["recommended"] for line in lines)
+        assert summary["users_hit"] > 0

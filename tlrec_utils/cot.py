@@ -41,7 +41,7 @@ CHARS_PER_TOKEN = 4  # rough size estimate for --dry_run (no tokenizer needed)
 # settings that change what is asked or kept: a resume must use the same ones
 FINGERPRINT_KEYS = (
     "neighbor_num", "candidate_num", "seed", "allow_same_user_neighbors", "ensure_target", "teacher",
-    "model", "temperature", "max_tokens", "kind", "system_prompt",
+    "model", "temperature", "max_tokens", "kind", "system_prompt", "context_style",
 )  # fmt: skip
 # which Stage-3 answers count as a hit (the user's CoT records are kept):
 # title_in_answer: the target's title appears in the answer text (the authors' generate_data.py: `GT in predictions`);
@@ -75,6 +75,7 @@ class CotConfig:
     seed: int = 0
     kind: str = "auto"  # movie | book | auto (from the records' instruction)
     hit_match: str = "title_in_answer"  # see HIT_RULES
+    context_style: str = "history"  # history | authors (see shown_items)
     system_prompt: str | None = None  # the authors send none
     dry_run: bool = False
     progress: bool = True
@@ -90,6 +91,10 @@ class CotUser:
     candidates: list[dict]  # {item_id, title, weight}, in the order shown to the teacher
     context: str
     target_inserted: bool = False
+    shown: dict = field(default_factory=dict)  # item text -> the text the teacher sees, where they differ
+
+    def show(self, text: str) -> str:
+        return self.shown.get(text, text)
 
 
 @dataclass
@@ -194,6 +199,8 @@ def build_users(records: list[dict], cfg: CotConfig, kind: str):
             cand.append({**rec["target"], "weight": 0.0})
         rng = np.random.default_rng([cfg.seed, i])
         cand = [cand[j] for j in rng.permutation(len(cand))]  # the teacher must not see the ranking
+        watched, shown = shown_items(rec["history"], [c["title"] for c in cand] + [rec["target"]["title"]],
+                                     cfg.context_style)
         return CotUser(
             key=user_key(i, rec),
             index=i,
@@ -201,8 +208,9 @@ def build_users(records: list[dict], cfg: CotConfig, kind: str):
             history=rec["history"],
             target=rec["target"],
             candidates=cand,
-            context=prompts.cot_context([c["title"] for c in cand], [h["title"] for h in rec["history"]], kind),
+            context=prompts.cot_context([shown.get(c["title"], c["title"]) for c in cand], watched, kind),
             target_inserted=not in_set[u],
+            shown=shown,
         )
 
     users = LazyUsers([int(u) for u in kept], [user_key(seen[u], records[seen[u]]) for u in kept], make_user)
@@ -217,6 +225,27 @@ def build_users(records: list[dict], cfg: CotConfig, kind: str):
         **diagnostics,
     }
     return users, stats, interactions, code
+
+
+CONTEXT_STYLES = ("history", "authors")
+FIRST_QUOTED = re.compile(r'^"(.*?)"')
+
+
+def shown_items(history: list[dict], other_titles: list[str], style: str) -> tuple[list[str], dict[str, str]]:
+    """(watched item texts in the order the teacher sees them, {item text: shown text} where they differ).
+
+    history: the window's items oldest first, as they are. authors: as the authors' generate_data.py builds them
+    from a record's text: the quoted item texts of the preference list, then of the unpreference list, reversed,
+    each cut to its first quoted span (a book `"Title" written by Author` shows as `"Title"`)."""
+    if style == "history":
+        return [h["title"] for h in history], {}
+    ordered = [h for h in history if h["liked"]] + [h for h in history if not h["liked"]]
+    shown = {}
+    for text in [h["title"] for h in history] + other_titles:
+        m = FIRST_QUOTED.match(text)
+        if m:
+            shown[text] = m.group(1)
+    return [shown.get(h["title"], h["title"]) for h in reversed(ordered)], shown
 
 
 # ------------------------------------------------------------------------------------------ hits
@@ -235,12 +264,16 @@ def normalize_title(text: str) -> str:
     return text.strip(" .,;:[]")
 
 
-def parse_recommendations(text: str, candidate_titles: list[str]) -> list[str]:
+def parse_recommendations(text: str, candidate_titles: list[str], shown: dict | None = None) -> list[str]:
     """Candidate titles recommended in Stage 3's numbered list (`no. watched item - candidate item`), in
     order, each once. The candidate is the longest tail of the line after a ' - ' that equals a candidate
     (titles may contain ' - ' themselves); failing that, the longest candidate title named (as whole words)
-    in the part after the first separator, or anywhere in a line without one."""
-    by_norm = {normalize_title(t): t for t in candidate_titles}
+    in the part after the first separator, or anywhere in a line without one. `shown`: title -> the text the
+    teacher saw, where they differ (matched on that, returned as the title)."""
+    shown = shown or {}
+    by_norm = {}
+    for t in candidate_titles:
+        by_norm.setdefault(normalize_title(shown.get(t, t)), t)
     found: list[str] = []
     for line in text.splitlines():
         m = NUMBERED_LINE.match(line)
@@ -326,9 +359,11 @@ def teacher_messages(prompt: str, system_prompt: str | None = None) -> list[dict
     return [*system, {"role": "user", "content": prompt}]
 
 
-def hits(target_title: str, stage3_answer: str, recommended: list[str]) -> dict[str, bool]:
-    """Whether the user counts as a hit under each of HIT_RULES."""
-    return {"title_in_answer": target_title in stage3_answer, "recommended": target_title in recommended}
+def hits(shown_target: str, stage3_answer: str, recommended: list[str], target: str | None = None) -> dict[str, bool]:
+    """Whether the user counts as a hit under each of HIT_RULES (`shown_target`: the target as the teacher would
+    write it; `target`: its item text, default the same)."""
+    return {"title_in_answer": shown_target in stage3_answer,
+            "recommended": (shown_target if target is None else target) in recommended}
 
 
 class Generator:
@@ -368,8 +403,8 @@ class Generator:
                 done[stage] = entry
                 self.progress[user.key] = done
             answers.append(done[stage]["answer"])
-        recommended = parse_recommendations(answers[2], [c["title"] for c in user.candidates])
-        hit_by_rule = hits(user.target["title"], answers[2], recommended)
+        recommended = parse_recommendations(answers[2], [c["title"] for c in user.candidates], user.shown)
+        hit_by_rule = hits(user.show(user.target["title"]), answers[2], recommended, user.target["title"])
         hit = hit_by_rule[self.hit_match]
         line = {
             "key": user.key,
@@ -379,6 +414,7 @@ class Generator:
             "watched": user.history,
             "candidates": user.candidates,
             "target_inserted": user.target_inserted,
+            "target_shown": user.show(user.target["title"]),
             "context": user.context,
             "prompts": [done[s]["prompt"] for s in (1, 2, 3)],
             "answers": answers,
@@ -445,7 +481,8 @@ class Generator:
 
 
 def line_hits(line: dict) -> dict[str, bool]:
-    return hits(line["target"]["title"], line["answers"][2], line["recommended"])
+    title = line["target"]["title"]
+    return hits(line.get("target_shown", title), line["answers"][2], line["recommended"], title)
 
 
 def cot_records(responses: list[dict], kind: str, hit_match: str = "title_in_answer") -> list[dict]:
@@ -498,6 +535,8 @@ def check_config(cfg: CotConfig) -> None:
         raise InputError(f"--candidate_num must be at least 10 (Stage 3 asks for 10), got {cfg.candidate_num}")
     if cfg.teacher not in ("openai", "heuristic"):
         raise InputError(f"--teacher must be openai or heuristic, got {cfg.teacher!r}")
+    if cfg.context_style not in CONTEXT_STYLES:
+        raise InputError(f"--context_style must be one of {', '.join(CONTEXT_STYLES)}, got {cfg.context_style!r}")
     if cfg.hit_match not in HIT_RULES:
         raise InputError(f"--hit_match must be one of {', '.join(HIT_RULES)}, got {cfg.hit_match!r}")
     for name in ("max_requests", "max_cost", "max_users", "requests_per_minute"):

@@ -150,6 +150,10 @@ class PipelineConfig:
     )
     hit_match: str = field(default="title_in_answer", metadata={"help": "CoT hit rule: title_in_answer or recommended."})
     teacher_system_prompt: str | None = field(default=None, metadata={"help": "System message to the teacher (none)."})
+    cot_context_style: str = field(
+        default="history", metadata={"help": "CoT context: history (oldest first) or authors (their item order and "
+                                             "book titles; run_cot_generation --context_style)."},
+    )
     teacher_model: str = field(default="gpt-4")
     teacher_base_url: str | None = field(default=None)
     cot_max_users: int | None = field(default=None, metadata={"help": "Ask the teacher about the first N users."})
@@ -447,7 +451,7 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
         else:
             argv = ["--data_dir", str(data["source"]), "--output_dir", str(run_dir / "cot"), "--teacher", cfg.teacher,
                     "--model", cfg.teacher_model, "--kind", cfg.item_kind, "--hit_match", cfg.hit_match,
-                    "--no-progress"]
+                    "--context_style", cfg.cot_context_style, "--no-progress"]
             for flag, value in (("--base_url", cfg.teacher_base_url), ("--max_users", cfg.cot_max_users),
                                 ("--max_cost", cfg.cot_max_cost), ("--system_prompt", cfg.teacher_system_prompt)):
                 if value is not None:
