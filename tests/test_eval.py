@@ -109,3 +109,42 @@ def test_bad_eval_input(tiny_llama, tmp_path, capsys):
         assert exc.value.code == 2
         assert expected in capsys.readouterr().err
         assert not (tmp_path / "out").exists()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_one_process_results(setup, tiny_llama, tmp_path):
+    """accelerate launch with 2 processes (gloo on CPU): each scores a shard, rank 0 writes the same predictions
+    (same order, float tolerance) and metrics as the one-process run of the fixture."""
+    import os
+    import subprocess
+    import sys
+
+    d, _, metrics, preds = setup
+    out = tmp_path / "ev2"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "run_eval.py", "--base_model", str(tiny_llama),
+           "--adapter", str(d / "lora"), "--test_file", str(d / "test.json"), "--items_file",
+           str(d / "items.json"), "--output_dir", str(out), "--batch_size", "7", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=run_eval.__file__.rsplit("/", 1)[0], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics2 = json.loads((out / "metrics.json").read_text())
+    preds2 = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    assert metrics2["settings"]["num_processes"] == 2 and metrics["settings"]["num_processes"] == 1
+    assert [p["index"] for p in preds2] == [p["index"] for p in preds] == list(range(len(preds)))
+    for one, two in zip(preds, preds2):
+        assert set(one) == set(two)
+        assert two["p_yes"] == pytest.approx(one["p_yes"], abs=1e-5)
+        assert two.get("ranking_item_ids") == one.get("ranking_item_ids")
+        assert two.get("ranking_p_yes", []) == pytest.approx(one.get("ranking_p_yes", []), abs=1e-5)
+    for key in ("auc", "ndcg@10", "ndcg@10_user"):
+        assert metrics2[key] == pytest.approx(metrics[key], abs=1e-9)
+    assert metrics2["counts"] == metrics["counts"]

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tlrec_utils import prompts
 from tlrec_utils.records import build_record
-from tlrec_utils.scoring import score_by_generation, score_prompts, score_shared_prefix
+from tlrec_utils.scoring import (can_pack, candidate_group_stats, p_yes_from_stats, score_by_generation, score_prompts,
+                                  score_shared_prefix)
 from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens, rerender
 
 
@@ -90,3 +91,69 @@ def test_titles_with_yes_and_no_do_not_move_the_answer_position(model_and_tok):
     ids = RecordEncoder(tok, 4096, answer).prompt_ids(rec)
     p = score_prompts(model, [ids], answer, tok.pad_token_id, progress=False)[0]
     assert p == pytest.approx(_brute_force_p_yes(model, tok, rec, answer), abs=1e-5)
+
+
+def test_packed_ranking_equals_full_prompts(model_and_tok, synthetic):
+    """Several users' candidate groups packed into rows (4D mask, LM head at the answer positions only)."""
+    model, tok = model_and_tok
+    records, catalog, _ = synthetic
+    answer = derive_answer_tokens(tok)
+    enc = RecordEncoder(tok, 4096, answer)
+    ids = list(catalog)
+    groups = []
+    for n, rec in enumerate(records[:5]):
+        rec = rerender(rec, history=rec["history"][n:])  # prefixes of different lengths
+        cands = [rec] + [rerender(rec, target={"item_id": i, "title": catalog[i] + " extra" * (int(i) % 3)})
+                         for i in ids[n * 7:n * 7 + 6 + n]]
+        groups.append([enc.prompt_ids(c) for c in cands])
+    groups.append(groups[0][:1])  # a group of one prompt
+    expected = [score_prompts(model, g, answer, tok.pad_token_id, batch_size=4, progress=False) for g in groups]
+    assert can_pack(model)
+    for max_row_tokens in (1, 100_000):  # one group per row; every group in one row
+        stats = candidate_group_stats(model, groups, answer, tok.pad_token_id, max_row_tokens=max_row_tokens,
+                                      progress=False)
+        for got, want in zip(stats, expected):
+            np.testing.assert_allclose(p_yes_from_stats(got), want, atol=1e-5)
+
+
+def test_authors_score_fn_ranks_differently_checked_by_hand(tiny_llama, synthetic, tmp_path):
+    """Two records whose order differs between the two score functions: the answer rows of the LM head are set
+    so that record A (label 0) has the larger Yes-No logit gap but almost no probability on either answer,
+    record B (label 1) a smaller gap with most of the probability on the answers. run_eval --score_fn both:
+    auc = 0 (A above B), auc_authors = 1 (B above A); each P(Yes) recomputed here from the full logits."""
+    import json
+
+    import run_eval
+
+    records = [next(r for r in synthetic[0] if r["label"] == label) for label in (0, 1)]
+    (tmp_path / "test.json").write_text(json.dumps(records))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    answer = derive_answer_tokens(tok)
+    enc = RecordEncoder(tok, 4096, answer)
+    prompts_ids = [enc.prompt_ids(r) for r in records]
+    with torch.no_grad():
+        hidden = torch.stack([model.model(torch.tensor([ids])).last_hidden_state[0, -1] for ids in prompts_ids])
+        sink = next(i for i in range(10, 100) if i not in (answer.yes_id, answer.no_id))
+        # rows (Yes, No, sink) x records (A, B): target logits
+        target = torch.tensor([[8.0, 12.0], [6.0, 11.5], [25.0, -5.0]])
+        rows = torch.linalg.lstsq(hidden, target.T).solution.T  # rows @ hidden_r = target[:, r]
+        model.lm_head.weight[[answer.yes_id, answer.no_id, sink]] = rows
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    assert run_eval.main(["--base_model", str(tmp_path / "model"), "--test_file", str(tmp_path / "test.json"),
+                          "--output_dir", str(tmp_path / "ev"), "--metrics", "auc", "--score_fn", "both"]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").open()]
+    for ids, pred in zip(prompts_ids, preds):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].double()
+        probs = torch.softmax(logits, -1)
+        two_logit = torch.softmax(logits[[answer.no_id, answer.yes_id]], -1)[1].item()
+        authors = torch.softmax(probs[[answer.yes_id, answer.no_id]], -1)[0].item()  # their [Yes, No] order
+        assert pred["p_yes"] == pytest.approx(two_logit, abs=1e-5)
+        assert pred["p_yes_authors"] == pytest.approx(authors, abs=1e-5)
+    a, b = preds
+    assert a["p_yes"] > b["p_yes"] and a["p_yes_authors"] < b["p_yes_authors"]
+    assert metrics["auc"] == 0.0 and metrics["auc_authors"] == 1.0
+    assert metrics["settings"]["score_fn"] == "both"

@@ -175,6 +175,13 @@ class EvalArguments:
                   "choices": ["score", "generate"]},
     )
     max_new_tokens: int = field(default=128, metadata={"help": "Generation length in --eval_mode generate."})
+    score_fn: str = field(
+        default="two_logit",
+        metadata={"help": "P(Yes) from the answer position: two_logit (softmax over the Yes/No logits), authors "
+                          "(their evaluate.py: full-vocabulary softmax, then a softmax over p(Yes), p(No); keys "
+                          "*_authors), or both.",
+                  "choices": ["two_logit", "authors", "both"]},
+    )
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N records."})
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, auto (spread over all GPUs), ... (default: cuda when available)."})
     prompt_template: str | None = field(

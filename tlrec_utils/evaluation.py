@@ -3,23 +3,30 @@
 - `auc` and `ndcg@K_user` come from P(Yes) of every test record (one pass).
 - `ndcg@K` (sampled): each liked target ranked among `num_negatives` catalog items (tlrec_utils.negatives),
   every candidate scored with the same prompt and the target swapped in; the 1 + N prompts share the
-  history prefix, so it runs once (scoring.score_shared_prefix).
+  history prefix, which runs once (scoring.candidate_group_stats).
+- `--score_fn`: `two_logit` (default) keys as above; `authors` (their evaluate.py) adds `auc_authors`,
+  `ndcg@K_authors`, `ndcg@K_user_authors`; `both` reports both from the same forward passes.
+- Data parallel: under `accelerate launch --num_processes N` each process scores a contiguous shard of the
+  records and of the ranking groups; rank 0 gathers them and alone returns the metrics and predictions
+  (same order and values as one process, to float tolerance).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections import Counter
 from pathlib import Path
 
-from tqdm.auto import tqdm
+import numpy as np
 
 from . import metrics as M
 from .errors import InputError, where
 from .negatives import CatalogTooSmall, sample_negatives
-from .scoring import score_by_generation, score_prompts, score_shared_prefix
-from .tokenization import RecordEncoder, derive_answer_tokens, rerender
+from .scoring import SCORE_FNS, candidate_group_stats, generation_answer_stats, p_yes_from_stats, prompt_answer_stats
+from .tokenization import RecordEncoder, derive_answer_tokens, render_settings, rerender
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +67,8 @@ def load_catalog(items_file, records: list[dict]) -> dict[str, str]:
 def ranking_candidates(records: list[dict], catalog: dict[str, str], num_negatives: int, seed: int,
                        source: str = "test file", catalog_name: str | None = None):
     """For each liked record with structure: (record index, [target record, negative records...])."""
-    usable = [i for i, r in enumerate(records) if r.get("label") and rerender(r) is not None]
+    settings = {i: render_settings(r) for i, r in enumerate(records) if r.get("label")}
+    usable = [i for i, st in settings.items() if st is not None]
     subset = [records[i] for i in usable]
     try:
         negatives = sample_negatives(subset, catalog.keys(), num_negatives=num_negatives, seed=seed)
@@ -71,14 +79,48 @@ def ranking_candidates(records: list[dict], catalog: dict[str, str], num_negativ
     out = []
     for i, negs in zip(usable, negatives):
         rec = records[i]
-        cands = [rec] + [rerender(rec, target={"item_id": n, "title": catalog[n]}) for n in negs]
+        cands = [rec] + [rerender(rec, target={"item_id": n, "title": catalog[n]}, settings=settings[i]) for n in negs]
         out.append((i, cands))
     return out
 
 
-def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: str = "test file", template=None):
-    """(metrics dict, predictions list). `args`: arguments.EvalArguments; `template`: prompts.PromptTemplate
-    (default: `args.prompt_template` or tallrec; run_eval passes the one saved with the model)."""
+def score_fns_of(spec: str) -> list[str]:
+    """--score_fn two_logit | authors | both -> the score functions to report."""
+    if spec == "both":
+        return list(SCORE_FNS)
+    if spec not in SCORE_FNS:
+        raise InputError(f"--score_fn: unknown {spec!r} (choose from {', '.join(SCORE_FNS)}, both)")
+    return [spec]
+
+
+def key_suffix(score_fn: str) -> str:
+    return "" if score_fn == "two_logit" else f"_{score_fn}"
+
+
+def distributed_state(device: str | None = None):
+    """accelerate's PartialState under a multi-process launch (`accelerate launch --multi_gpu`, torchrun), else
+    None. Without CUDA (or with --device cpu) the processes talk through gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def _shard(n: int, state) -> list[int]:
+    """This process's contiguous share of range(n) (rank order = original order)."""
+    if state is None:
+        return list(range(n))
+    return [int(i) for i in np.array_split(np.arange(n), state.num_processes)[state.process_index]]
+
+
+def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: str = "test file", template=None,
+             state=None):
+    """(metrics dict, predictions list); (None, None) on every process but rank 0 when `state` (an accelerate
+    PartialState of several processes) is given. `args`: arguments.EvalArguments; `template`:
+    prompts.PromptTemplate (default: `args.prompt_template` or tallrec; run_eval passes the one saved with the
+    model)."""
     from .prompts import get_template
 
     template = template or get_template(getattr(args, "prompt_template", None))
@@ -87,9 +129,56 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
     unknown = wanted - {"auc", "ndcg"}
     if unknown:
         raise InputError(f"--metrics: unknown {', '.join(sorted(unknown))} (choose from auc, ndcg)")
+    score_fns = score_fns_of(getattr(args, "score_fn", "two_logit"))
     answer = derive_answer_tokens(tokenizer, template)
     encoder = RecordEncoder(tokenizer, args.max_length, answer, template=template)
+    rank_encoder = RecordEncoder(tokenizer, args.max_length, answer, template=template)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    main_process = state is None or state.is_main_process
+    generated = 0
+
+    def stats_of(encodings, desc):
+        nonlocal generated
+        if args.eval_mode == "generate":
+            stats, n_gen = generation_answer_stats(model, encodings, answer, pad_id, eos_id, args.batch_size,
+                                                   args.max_new_tokens, progress=main_process)
+            generated += int(n_gen.sum())
+            return stats
+        return prompt_answer_stats(model, encodings, answer, pad_id, args.batch_size, progress=main_process,
+                                   desc=desc)
+
+    payload = {}
+    if "auc" in wanted:
+        mine = _shard(len(records), state)
+        encodings = encoder.prompt_ids_many([records[i] for i in mine], [where(source, record=i) for i in mine])
+        payload["scored"] = (mine, stats_of(encodings, "scoring") if mine else np.zeros((0, 3)))
+    cands_by_record = []
+    if "ndcg" in wanted:
+        catalog = catalog if catalog is not None else load_catalog(None, records)
+        cands_by_record = ranking_candidates(records, catalog, args.num_negatives, args.seed, source,
+                                             getattr(args, "items_file", None))  # the same on every rank
+        mine = _shard(len(cands_by_record), state)
+        groups = [rank_encoder.prompt_ids_many(cands_by_record[g][1], [where(source, record=cands_by_record[g][0])]
+                                               * len(cands_by_record[g][1])) for g in mine]
+        if args.eval_mode == "generate":
+            flat = stats_of([e for g in groups for e in g], "ranking") if groups else np.zeros((0, 3))
+            bounds = np.cumsum([0] + [len(g) for g in groups])
+            group_stats = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        else:
+            group_stats = candidate_group_stats(model, groups, answer, pad_id, batch_size=max(args.batch_size, 64),
+                                                progress=main_process)
+        payload["ranked"] = (mine, group_stats)
+    payload.update(truncated=Counter(encoder.truncations), truncated_ranking=Counter(rank_encoder.truncations),
+                   generated_tokens=generated)
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        payloads = gather_object([payload])
+        if not state.is_main_process:
+            return None, None
+    else:
+        payloads = [payload]
+
     k = args.ndcg_k
     result = {"counts": {"records": len(records), "liked": int(sum(r["label"] for r in records))}}
     predictions = [
@@ -97,51 +186,46 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
          "label": r["label"]}
         for i, r in enumerate(records)
     ]
-
-    def score(encodings, desc, progress=True):
-        if args.eval_mode == "generate":
-            p, n_gen = score_by_generation(model, encodings, answer, pad_id, eos_id, args.batch_size,
-                                           args.max_new_tokens, progress=progress)
-            result["counts"]["generated_tokens"] = result["counts"].get("generated_tokens", 0) + int(n_gen.sum())
-            return p
-        return score_prompts(model, encodings, answer, pad_id, args.batch_size, progress=progress, desc=desc)
-
     if "auc" in wanted:
-        encodings = [encoder.prompt_ids(r, where(source, record=i)) for i, r in enumerate(records)]
-        p_yes = score(encodings, "scoring")
+        stats = np.zeros((len(records), 3))
+        for part in payloads:
+            stats[part["scored"][0]] = part["scored"][1]
         labels = [r["label"] for r in records]
-        result["auc"] = M.auc(labels, p_yes)
         users = [r.get("user_id") for r in records]
         no_user = sum(u is None for u in users)
-        if not no_user:
-            result[f"ndcg@{k}_user"], result["counts"]["users_ranked"] = M.user_ndcg(users, labels, p_yes, k)
-        else:  # e.g. TALLRec's published Book records: no user ids, so no per-user ranking
-            result[f"ndcg@{k}_user"] = None
-            result.setdefault("notes", {})[f"ndcg@{k}_user"] = (
-                f"not computed: {no_user} of {len(records)} records carry no user_id")
-        for pred, p in zip(predictions, p_yes):
-            pred["p_yes"] = float(p)
-
+        for fn in score_fns:
+            sfx, p_yes = key_suffix(fn), p_yes_from_stats(stats, fn)
+            result[f"auc{sfx}"] = M.auc(labels, p_yes)
+            if not no_user:
+                result[f"ndcg@{k}_user{sfx}"], result["counts"]["users_ranked"] = M.user_ndcg(users, labels, p_yes, k)
+            else:  # e.g. TALLRec's published Book records: no user ids, so no per-user ranking
+                result[f"ndcg@{k}_user{sfx}"] = None
+                result.setdefault("notes", {})[f"ndcg@{k}_user{sfx}"] = (
+                    f"not computed: {no_user} of {len(records)} records carry no user_id")
+            for pred, p in zip(predictions, p_yes):
+                pred[f"p_yes{sfx}"] = float(p)
     if "ndcg" in wanted:
-        catalog = catalog if catalog is not None else load_catalog(None, records)
-        rankings = []
-        cands_by_record = ranking_candidates(records, catalog, args.num_negatives, args.seed, source,
-                                             getattr(args, "items_file", None))
-        rank_encoder = RecordEncoder(tokenizer, args.max_length, answer, template=template)
-        for i, cands in tqdm(cands_by_record, desc="ranking"):
-            encodings = [rank_encoder.prompt_ids(c, where(source, record=i)) for c in cands]
-            if args.eval_mode == "generate":
-                scores = score(encodings, "ranking", progress=False)
-            else:
-                scores = score_shared_prefix(model, encodings, answer, pad_id, batch_size=max(args.batch_size, 64))
-            rankings.append((scores[0], scores[1:]))
+        group_stats = [None] * len(cands_by_record)
+        for part in payloads:
+            for g, st in zip(*part["ranked"]):
+                group_stats[g] = st
+        for (i, cands), st in zip(cands_by_record, group_stats):
             predictions[i]["ranking_item_ids"] = [c["target"]["item_id"] for c in cands]
-            predictions[i]["ranking_p_yes"] = [float(s) for s in scores]
-        result[f"ndcg@{k}"] = M.mean_sampled_ndcg(rankings, k)
-        result["counts"]["ranked"] = len(rankings)
-        result["counts"]["liked_without_structure"] = result["counts"]["liked"] - len(rankings)
+        for fn in score_fns:
+            sfx, rankings = key_suffix(fn), []
+            for (i, _), st in zip(cands_by_record, group_stats):
+                scores = p_yes_from_stats(st, fn)
+                rankings.append((scores[0], scores[1:]))
+                predictions[i][f"ranking_p_yes{sfx}"] = [float(s) for s in scores]
+            result[f"ndcg@{k}{sfx}"] = M.mean_sampled_ndcg(rankings, k)
+        result["counts"]["ranked"] = len(cands_by_record)
+        result["counts"]["liked_without_structure"] = result["counts"]["liked"] - len(cands_by_record)
+    if args.eval_mode == "generate":
+        result["counts"]["generated_tokens"] = sum(part["generated_tokens"] for part in payloads)
 
-    # prompts cut to --max_length (by dropping the oldest history items, or in the middle)
+    # prompts cut to --max_length (by dropping the oldest history items, or in the middle), all processes
+    encoder.truncations = sum((part["truncated"] for part in payloads), Counter())
+    rank_encoder.truncations = sum((part["truncated_ranking"] for part in payloads), Counter())
     result["counts"]["truncated"] = dict(encoder.truncations)
     encoder.report(source, len(records))
     if "ndcg" in wanted:
@@ -150,6 +234,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
     result["settings"] = {
         "eval_mode": args.eval_mode, "metrics": sorted(wanted), "num_negatives": args.num_negatives,
         "ndcg_k": k, "seed": args.seed, "max_length": args.max_length, "batch_size": args.batch_size,
+        "score_fn": getattr(args, "score_fn", "two_logit"), "num_processes": 1 if state is None else state.num_processes,
         "answer_token_ids": {"yes": answer.yes_id, "no": answer.no_id}, "prompt_template": template.name,
     }
     result["wall_time_s"] = round(time.time() - started, 3)
@@ -170,8 +255,13 @@ def summary_line(metrics: dict, k: int = 10) -> str:
         v = metrics.get(key)
         return "n/a" if v is None else f"{v:.4f}"
 
-    return (f"AUC {fmt('auc')}  NDCG@{k} {fmt(f'ndcg@{k}')}  NDCG@{k}_user {fmt(f'ndcg@{k}_user')}  "
-            f"({metrics['counts']['records']} records, {metrics['wall_time_s']:.1f} s)")
+    line = ""
+    for fn in SCORE_FNS:
+        sfx = key_suffix(fn)
+        if any(f"{m}{sfx}" in metrics for m in ("auc", f"ndcg@{k}", f"ndcg@{k}_user")):
+            line += (f"{'' if not sfx else '[' + fn + '] '}AUC {fmt(f'auc{sfx}')}  NDCG@{k} {fmt(f'ndcg@{k}{sfx}')}  "
+                     f"NDCG@{k}_user {fmt(f'ndcg@{k}_user{sfx}')}  ")
+    return line + f"({metrics['counts']['records']} records, {metrics['wall_time_s']:.1f} s)"
 
 
 def write_outputs(output_dir, metrics: dict, predictions: list[dict]) -> None:

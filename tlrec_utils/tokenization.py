@@ -65,7 +65,7 @@ def derive_answer_tokens(tokenizer, template: prompts.PromptTemplate | None = No
 # ---- re-rendering a record with another history or target --------------------------------------------
 
 
-def _render_settings(record: dict):
+def render_settings(record: dict):
     """(kind, target_style) under which `build_record` reproduces this record's text, else None."""
     if not isinstance(record.get("history"), list) or not isinstance(record.get("target"), dict):
         return None
@@ -85,10 +85,11 @@ def _render_settings(record: dict):
     return found
 
 
-def rerender(record: dict, history=None, target=None) -> dict | None:
+def rerender(record: dict, history=None, target=None, settings=None) -> dict | None:
     """The record with its history and/or target replaced, text rendered by `prompts`; None when the record
-    has no structure that reproduces its text (then it cannot be re-rendered)."""
-    settings = _render_settings(record)
+    has no structure that reproduces its text (then it cannot be re-rendered). `settings`: the record's
+    `render_settings`, when the caller re-renders one record many times."""
+    settings = settings or render_settings(record)
     if settings is None:
         return None
     kind, style = settings
@@ -130,6 +131,22 @@ class RecordEncoder:
         ):
             raise InputError(f"{source}: the answer does not start with the template's answer tokens after this prompt")
         return yes_ids[:i]
+
+    def prompt_ids_many(self, records: list[dict], sources: list[str]) -> list[list[int]]:
+        """`prompt_ids` of many records, tokenized in one batch call (the tokenizer's threads); a prompt that
+        is too long or fails the answer check goes through `prompt_ids` (cut, or its one-line error)."""
+        texts = [prompts.record_prompt(r, self.template) + answer for r in records for answer in (prompts.YES, prompts.NO)]
+        ids = self.tokenizer(texts).input_ids if texts else []
+        out = []
+        for n, (record, source) in enumerate(zip(records, sources)):
+            yes_ids, no_ids = ids[2 * n], ids[2 * n + 1]
+            i = first_difference(yes_ids, no_ids)
+            if (i is not None and i < min(len(yes_ids), len(no_ids)) and i <= self.max_length
+                    and (yes_ids[i], no_ids[i]) == (self.answer.yes_id, self.answer.no_id)):
+                out.append(yes_ids[:i])
+            else:
+                out.append(self.prompt_ids(record, source))
+        return out
 
     def prompt_ids(self, record: dict, source: str = "record") -> list[int]:
         """Token ids whose last position predicts the answer token, at most `max_length` long."""
