@@ -14,8 +14,15 @@ from tlrec_utils.errors import cli_entry
 def main(argv=None):
     from tlrec_utils.arguments import EvalArguments, ModelArguments, parse_args
     from tlrec_utils.errors import InputError
-    from tlrec_utils.evaluation import (distributed_state, evaluate, load_catalog, load_test_records, score_fns_of,
-                                        summary_line, write_outputs)
+    from tlrec_utils.evaluation import (
+        distributed_state,
+        evaluate,
+        load_catalog,
+        load_test_records,
+        score_fns_of,
+        summary_line,
+        write_outputs,
+    )
     from tlrec_utils.modeling import load_for_inference
     from tlrec_utils.prompts import resolve_template
 

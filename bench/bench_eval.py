@@ -47,15 +47,22 @@ def main():
     ap.add_argument("--work_dir")
     args = ap.parse_args()
 
+    from transformers import AutoModelForCausalLM
+
     import run_tuning
     from tlrec_utils.arguments import EvalArguments
     from tlrec_utils.evaluation import evaluate, load_catalog, ranking_candidates
     from tlrec_utils.modeling import load_tokenizer
     from tlrec_utils.records import load_records
-    from tlrec_utils.scoring import candidate_group_stats, left_pad, length_sorted_batches, score_by_generation, \
-        score_prompts, score_shared_prefix
+    from tlrec_utils.scoring import (
+        candidate_group_stats,
+        left_pad,
+        length_sorted_batches,
+        score_by_generation,
+        score_prompts,
+        score_shared_prefix,
+    )
     from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens
-    from transformers import AutoModelForCausalLM
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_eval_"))
     prepared, model_dir = movie_split_and_model(work, args.prepared, args.base_model)

@@ -133,7 +133,7 @@ def test_two_processes_give_the_one_process_results(setup, tiny_llama, tmp_path)
            "--main_process_port", str(_free_port()), "run_eval.py", "--base_model", str(tiny_llama),
            "--adapter", str(d / "lora"), "--test_file", str(d / "test.json"), "--items_file",
            str(d / "items.json"), "--output_dir", str(out), "--batch_size", "7", "--device", "cpu"]
-    proc = subprocess.run(cmd, cwd=run_eval.__file__.rsplit("/", 1)[0], capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=run_eval.__file__.rsplit("/", 1)[0], capture_output=True, text=True, check=False,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics2 = json.loads((out / "metrics.json").read_text())

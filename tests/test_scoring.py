@@ -8,8 +8,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tlrec_utils import prompts
 from tlrec_utils.records import build_record
-from tlrec_utils.scoring import (can_pack, candidate_group_stats, p_yes_from_stats, score_by_generation, score_prompts,
-                                  score_shared_prefix)
+from tlrec_utils.scoring import (
+    can_pack,
+    candidate_group_stats,
+    p_yes_from_stats,
+    score_by_generation,
+    score_prompts,
+    score_shared_prefix,
+)
 from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens, rerender
 
 

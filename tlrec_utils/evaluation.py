@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,13 @@ import numpy as np
 from . import metrics as M
 from .errors import InputError, where
 from .negatives import CatalogTooSmall, sample_negatives
-from .scoring import SCORE_FNS, candidate_group_stats, generation_answer_stats, p_yes_from_stats, prompt_answer_stats
+from .scoring import (
+    SCORE_FNS,
+    candidate_group_stats,
+    generation_answer_stats,
+    p_yes_from_stats,
+    prompt_answer_stats,
+)
 from .tokenization import RecordEncoder, derive_answer_tokens, render_settings, rerender
 
 logger = logging.getLogger(__name__)
@@ -163,7 +170,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
         if args.eval_mode == "generate":
             flat = stats_of([e for g in groups for e in g], "ranking") if groups else np.zeros((0, 3))
             bounds = np.cumsum([0] + [len(g) for g in groups])
-            group_stats = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            group_stats = [flat[a:b] for a, b in pairwise(bounds)]
         else:
             group_stats = candidate_group_stats(model, groups, answer, pad_id, batch_size=max(args.batch_size, 64),
                                                 progress=main_process)

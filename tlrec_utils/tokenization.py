@@ -33,20 +33,25 @@ class AnswerTokens:
     no_id: int
 
 
-def first_difference(a, b) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def common_prefix_length(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    """Length of the common prefix of two id lists (binary search over slice comparisons, which run in C: the
+    ranking evaluation compares ~100 prompts of ~500 tokens per target)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def first_difference(a, b) -> int | None:
+    i = common_prefix_length(a, b)
+    return None if i == len(a) == len(b) else i
 
 
 def derive_answer_tokens(tokenizer, template: prompts.PromptTemplate | None = None) -> AnswerTokens:
