@@ -21,7 +21,8 @@ from .errors import InputError
 logger = logging.getLogger(__name__)
 
 RESPONSE_SPLIT = "### Response:"
-_HEADER = "Below is an instruction that describes a task{paired}. Write a response that appropriately completes the request."
+_HEADER = ("Below is an instruction that describes a task{paired}. "
+           "Write a response that appropriately completes the request.")
 _PAIRED = ", paired with an input that provides further context"
 _NOQA = "  # noqa: E501"  # inside the released f-strings, so inside every released prompt
 _BODY_INPUT = "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -128,7 +129,7 @@ def resolve_template(requested: str | None, saved_in=()) -> PromptTemplate:
             return saved
         return get_template(None)
     template = get_template(requested)
-    if saved is not None and saved != template:
+    if saved is not None and saved.texts() != template.texts():  # the bytes matter, not the description
         logger.warning("--prompt_template %s differs from the template %r the model was trained with (%s): "
                        "using %s", template.name, saved.name, where_saved, template.name)
     return template
