@@ -1,13 +1,26 @@
 """Verified downloads (tlrec_utils.download) against a loopback HTTP mirror serving copies of the local data,
 the default data directory, and the registry's hashes checked against the local copies."""
 
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
 import subprocess
+import sys
+import urllib.parse
+import zipfile
 from pathlib import Path
 
 import pytest
 
+import run_prepare_data
 from tlrec_utils import download, paths
 from tlrec_utils.errors import InputError
+
+from mirror_server import MirrorServer  # tests/ is on sys.path (conftest)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,3 +77,229 @@ def test_mirror_url_layout(monkeypatch):
         "http://m.example/data/files.grouplens.org/datasets/movielens/ml-100k.zip")
     monkeypatch.setenv(download.MIRROR_ENV, "http://env.example")
     assert download.mirrored(download.ML100K_URL).startswith("http://env.example/files.grouplens.org/")
+
+
+# ---------------------------------------------------------------- downloads from a loopback mirror
+def mirror_path(url: str) -> str:
+    """The URL path under which the mirror serves `url` (MIRROR/HOST/PATH)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"/{parts.netloc}{parts.path}"
+
+
+@pytest.fixture(scope="module")
+def mirror_root(data_dir, tmp_path_factory):
+    """The local copies in the mirror layout (only files that exist here), plus an ml-100k zip built from the
+    local ml-100k files as GroupLens lays it out (its SHA-256 is not the official one: see `mirror`)."""
+    root = tmp_path_factory.mktemp("mirror")
+    for name, rel in download.RELEASES.items():
+        for fname in [] if rel.archive_url else rel.files:
+            if (data_dir / name / fname).is_file():
+                dst = root / mirror_path(rel.url(fname)).lstrip("/")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(data_dir / name / fname, dst)
+    archive = root / mirror_path(download.ML100K_URL).lstrip("/")
+    archive.parent.mkdir(parents=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ml-100k/", "")
+        for f in sorted((data_dir / "ml-100k").iterdir()):
+            zf.write(f, f"ml-100k/{f.name}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def mirror_server(mirror_root):
+    with MirrorServer(mirror_root) as server:
+        yield server
+
+
+@pytest.fixture()
+def mirror(mirror_server, mirror_root, monkeypatch):
+    """The running mirror, faults and request log cleared. The test-built ml-100k zip differs from the official
+    one, so its SHA-256 replaces the official one in the registry for this test only."""
+    mirror_server.faults.clear()
+    mirror_server.requests.clear()
+    zip_sha = hashlib.sha256((mirror_root / mirror_path(download.ML100K_URL).lstrip("/")).read_bytes()).hexdigest()
+    monkeypatch.setitem(download.RELEASES, "ml-100k",
+                        dataclasses.replace(download.RELEASES["ml-100k"], files={"ml-100k.zip": zip_sha}))
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+    return mirror_server
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: the machine without network."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part") or p.name.startswith(".download-"))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "run_prepare_data.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, check=False)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert not any(line.startswith("error") for line in lines[:-1])
+    for needle in needles:
+        assert needle in lines[-1], (needle, lines[-1])
+
+
+def test_release_download_is_verified_recorded_and_not_repeated(mirror, data_dir, tmp_path):
+    data = tmp_path / "data"
+    meta = run_prepare_data.main(["--dataset", "windows-csv", "--release", "netflix", "--data_dir", str(data),
+                                  "--output_dir", str(tmp_path / "prepared"), "--download", "--mirror", mirror.url])
+    folder = data / "netflix"
+    rel = download.RELEASES["netflix"]
+    for fname in rel.files:
+        assert (folder / fname).read_bytes() == (data_dir / "netflix" / fname).read_bytes()
+    assert sorted(mirror.requests) == sorted(mirror_path(rel.url(f)) for f in rel.files)
+    assert leftovers(folder) == []
+    train = next(s for s in meta["sources"] if s["file"].endswith("train.csv"))
+    assert train["downloaded"] == {"url": rel.url("train.csv"), "repo": "ljy2222/TLRec", "commit": rel.commit,
+                                   "git_blob": rel.files["train.csv"]}
+    assert meta["counts"] == {"train": 8000, "valid": 1000, "test": 1000}
+    # complete: a rerun asks nothing, even with the network gone
+    mirror.requests.clear()
+    assert download.fetch_missing("netflix", folder, closed_port_url()) == []
+    assert mirror.requests == []
+
+
+def test_corrupt_dropped_and_missing_files_keep_nothing_and_a_rerun_completes(mirror, data_dir, tmp_path):
+    rel = download.RELEASES["netflix"]
+    folder = tmp_path / "netflix"
+    url = {f: mirror_path(rel.url(f)) for f in rel.files}
+    mirror.faults[url["test.csv"]] = "corrupt"
+    with pytest.raises(InputError) as err:
+        download.fetch_missing("netflix", folder, mirror.url)
+    message = str(err.value)
+    assert re.fullmatch(rf"{re.escape(str(folder / 'test.csv'))}: git blob id mismatch \(expected "
+                        rf"{rel.files['test.csv']}, got [0-9a-f]{{40}}\) from .*; nothing was kept", message), message
+    assert not (folder / "test.csv").exists() and leftovers(folder) == []
+    assert (folder / "train.csv").is_file()  # verified files before the bad one stay: a rerun skips them
+
+    mirror.faults = {url["item_mapping.csv"]: "drop"}
+    size = (data_dir / "netflix" / "item_mapping.csv").stat().st_size
+    with pytest.raises(InputError, match=rf"connection dropped after {size // 2} of {size} bytes"):
+        download.fetch_missing("netflix", folder, mirror.url)
+    assert not (folder / "item_mapping.csv").exists() and leftovers(folder) == []
+
+    mirror.faults = {url["valid.json"]: "404"}
+    with pytest.raises(InputError, match=rf"HTTP 404 .*download it by hand to {re.escape(str(folder / 'valid.json'))}"):
+        download.fetch_missing("netflix", folder, mirror.url)
+    assert not (folder / "valid.json").exists() and (folder / "item_mapping.csv").is_file()
+
+    mirror.faults = {}
+    mirror.requests.clear()
+    assert download.fetch_missing("netflix", folder, mirror.url) == ["valid.json", "test.json"]
+    assert mirror.requests == [url[f] for f in ("valid.json", "test.json")]
+    for fname in rel.files:
+        assert download.git_blob_id(folder / fname) == rel.files[fname]
+    assert set(download.read_provenance(folder)) == set(rel.files)
+
+
+def test_mirror_from_the_environment_fetches_only_what_is_missing(mirror, data_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "amazon-book"
+    folder.mkdir()
+    for fname in ("train.csv", "valid.csv", "valid.json"):
+        shutil.copyfile(data_dir / "amazon-book" / fname, folder / fname)
+    monkeypatch.setenv(download.MIRROR_ENV, mirror.url)
+    missing = download.missing_files("amazon-book", folder)
+    assert missing == ["test.csv", "item_mapping.csv", "test.json"]
+    if (data_dir / "amazon-book" / "item_mapping.csv").is_file():
+        assert download.fetch_missing("amazon-book", folder) == missing
+        assert len(mirror.requests) == 3
+    else:  # the local data has no amazon-book item_mapping.csv: the mirror answers 404 for it
+        with pytest.raises(InputError, match="item_mapping.csv: HTTP 404"):
+            download.fetch_missing("amazon-book", folder)
+        assert (folder / "test.csv").read_bytes() == (data_dir / "amazon-book" / "test.csv").read_bytes()
+        assert len(mirror.requests) == 2
+    assert all(p.startswith("/raw.githubusercontent.com/ljy2222/TLRec/") for p in mirror.requests)
+
+
+def test_cli_download_errors_are_one_line_exit_2(mirror, tmp_path):
+    data = tmp_path / "data"
+    offline = closed_port_url()
+    proc = run_cli("--dataset", "windows-csv", "--data_dir", data, "--output_dir", tmp_path / "out", "--download",
+                   "--mirror", offline)
+    rel = download.RELEASES["netflix"]
+    assert_one_line_error(proc, f"{offline}{mirror_path(rel.url('train.csv'))}: cannot download",
+                          f"download it by hand to {data / 'netflix' / 'train.csv'}")
+    mirror.faults[mirror_path(rel.url("train.csv"))] = "corrupt"
+    proc = run_cli("--dataset", "windows-csv", "--data_dir", data, "--output_dir", tmp_path / "out", "--download",
+                   "--mirror", mirror.url)
+    assert_one_line_error(proc, f"{data / 'netflix' / 'train.csv'}: git blob id mismatch",
+                          f"expected {rel.files['train.csv']}, got ")
+    env = {**os.environ, "TLREC_DATA_DIR": str(tmp_path / "typo")}
+    proc = subprocess.run([sys.executable, str(REPO / "run_prepare_data.py"), "--dataset", "ml-100k",
+                           "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO,
+                          env=env, check=False)
+    assert_one_line_error(proc, f"$TLREC_DATA_DIR={tmp_path / 'typo'}: directory not found")
+    assert not (tmp_path / "out").exists() and not (data / "netflix" / "train.csv").exists()
+
+
+def test_ml100k_zip_verified_extracted_and_a_hand_copy_works_offline(mirror, mirror_root, data_dir, tmp_path,
+                                                                      monkeypatch):
+    official = download.RELEASES["ml-100k"]
+    data = tmp_path / "data"
+    meta = run_prepare_data.main(["--dataset", "ml-100k", "--data_dir", str(data), "--output_dir",
+                                  str(tmp_path / "movie"), "--download", "--mirror", mirror.url])
+    folder = data / "ml-100k"
+    for name in download.ML100K_FILES:
+        if (data_dir / "ml-100k" / name).is_file():
+            assert (folder / name).read_bytes() == (data_dir / "ml-100k" / name).read_bytes()
+    assert meta["counts"] == {"train": 8000, "valid": 1000, "test": 1000}
+    assert meta["sources"][0]["downloaded"] == {"url": download.ML100K_URL,
+                                                "archive_sha256": official.files["ml-100k.zip"]}
+    assert mirror.requests == [mirror_path(download.ML100K_URL)] and leftovers(folder) == []
+    # a hand-downloaded zip at the path the error names is verified and used, no network needed
+    hand = tmp_path / "hand" / "ml-100k"
+    hand.mkdir(parents=True)
+    shutil.copyfile(mirror_root / mirror_path(download.ML100K_URL).lstrip("/"), hand / "ml-100k.zip")
+    assert download.fetch_missing("ml-100k", hand, closed_port_url()) == ["ml-100k.zip"]
+    assert (hand / "u.data").read_bytes() == (data_dir / "ml-100k" / "u.data").read_bytes()
+    # with the official checksum the test-built zip is rejected: verification is on, nothing is extracted
+    monkeypatch.setitem(download.RELEASES, "ml-100k", download.Release(
+        official.what, {"ml-100k.zip": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"},
+        archive_url=official.archive_url, members=official.members, required=official.required))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InputError, match=r"ml-100k.zip: SHA-256 mismatch \(expected 50d2a982c669.*, got "):
+        download.fetch_missing("ml-100k", fresh, mirror.url)
+    assert sorted(p.name for p in fresh.iterdir()) == []
+
+
+def test_quickstart_on_a_fresh_machine_downloads_what_is_missing_then_runs(mirror, data_dir, tmp_path, monkeypatch):
+    """The README's quickstart command with no data anywhere: the default data directory (the user cache) is
+    filled from the mirror, verified, and the pipeline runs to the end. Overrides keep it to a small slice of the
+    quickstart (this checks the download wiring; the README's figures come from the full run)."""
+    import run_pipeline
+
+    monkeypatch.delenv("TLREC_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(download.MIRROR_ENV, mirror.url)
+    argv = ["--config", str(REPO / "configs/experiments/quickstart.yaml"), "--run_dir", str(tmp_path / "run"),
+            "--max_windows", "300", "--cot_max_users", "20", "--cot_epochs", "1", "--source_records", "64",
+            "--k_shots", "16", "--kshot_epochs", "1", "--compare_without_cot", "false", "--tiny_hidden_size", "32",
+            "--tiny_vocab_size", "600", "--max_length", "256", "--test_limit", "20", "--num_negatives", "5"]
+    assert run_pipeline.main(argv) == 0
+    data = tmp_path / "cache" / "tlrec"
+    netflix = download.RELEASES["netflix"]
+    assert sorted(mirror.requests) == sorted([mirror_path(download.ML100K_URL)]
+                                             + [mirror_path(netflix.url(f)) for f in netflix.files])
+    for fname in netflix.files:
+        assert (data / "netflix" / fname).read_bytes() == (data_dir / "netflix" / fname).read_bytes()
+    assert (data / "ml-100k" / "u.data").read_bytes() == (data_dir / "ml-100k" / "u.data").read_bytes()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["variants"]["tlrec"]) == {"zero_shot", "k16_seed0"}
+    assert 0 <= results["variants"]["tlrec"]["k16_seed0"]["auc"] <= 1
+    source_meta = json.loads((tmp_path / "run" / "data" / "source" / "meta.json").read_text())
+    assert all(s["downloaded"]["commit"] == netflix.commit for s in source_meta["sources"])
+    # the same command again: nothing downloaded, every phase skipped
+    mirror.requests.clear()
+    assert run_pipeline.main(argv) == 0 and mirror.requests == []

@@ -148,3 +148,20 @@ def test_two_processes_give_the_one_process_results(setup, tiny_llama, tmp_path)
     for key in ("auc", "ndcg@10", "ndcg@10_user"):
         assert metrics2[key] == pytest.approx(metrics[key], abs=1e-9)
     assert metrics2["counts"] == metrics["counts"]
+
+
+def test_records_without_user_ids_get_a_null_user_ndcg_with_the_reason(data_dir, tiny_llama, tmp_path):
+    """TALLRec's Book records (no user ids) prepared as the `records` dataset: per-user NDCG is null, not an error."""
+    from tlrec_utils.prepare import PrepareConfig, prepare_dataset
+
+    raw = tmp_path / "book"
+    raw.mkdir()
+    for split, name in (("train", "valid"), ("valid", "valid"), ("test", "test")):
+        (raw / f"{split}.json").write_bytes((data_dir / "book" / f"{name}.json").read_bytes())
+    prepare_dataset(PrepareConfig("records", str(raw), str(tmp_path / "prepared")))
+    assert run_eval.main(["--base_model", str(tiny_llama), "--test_file", str(tmp_path / "prepared" / "test.json"),
+                          "--items_file", str(tmp_path / "prepared" / "items.json"), "--output_dir",
+                          str(tmp_path / "eval"), "--limit", "16", "--num_negatives", "5"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["ndcg@10_user"] is None and 0 <= metrics["auc"] <= 1 and metrics["counts"]["ranked"] > 0
+    assert metrics["notes"]["ndcg@10_user"] == "not computed: 16 of 16 records carry no user_id"

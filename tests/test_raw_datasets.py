@@ -1,9 +1,11 @@
 """Raw dataset loaders and windowing: real MovieLens-100K, the real windowed Netflix release, and small
 fixtures written here in each raw format (malformed lines included)."""
 
+import ast
 import csv
 import json
 import re
+import shutil
 from collections import OrderedDict
 
 import numpy as np
@@ -12,6 +14,8 @@ import pytest
 from tlrec_utils import raw_datasets
 from tlrec_utils.errors import InputError
 from tlrec_utils.prepare import PrepareConfig, prepare_dataset
+from tlrec_utils.record_parsing import parse_rec_input
+from tlrec_utils.tokenization import rerender
 from tlrec_utils.windows import parse_split_ratio, sliding_windows, split_sizes
 
 MOVIE_INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like the "
@@ -89,9 +93,68 @@ def test_windows_csv_reproduces_published_netflix_records(data_dir, tmp_path):
 
 
 def test_windows_csv_without_titles_fails_clearly(data_dir, tmp_path):
-    with pytest.raises(InputError, match="item_mapping.csv: file not found"):
-        prepare_dataset(PrepareConfig("windows-csv", str(data_dir / "amazon-book"), str(tmp_path / "ab")))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "valid", "test"):
+        shutil.copyfile(data_dir / "amazon-book" / f"{split}.csv", raw / f"{split}.csv")
+    with pytest.raises(InputError, match="item_mapping.csv: file not found.*--download fetches it"):
+        prepare_dataset(PrepareConfig("windows-csv", str(raw), str(tmp_path / "ab")))
     assert not (tmp_path / "ab").exists()
+
+
+def test_windows_csv_amazon_book_item_mapping_reproduces_published_records(data_dir, tmp_path):
+    """An item_mapping.csv in the Amazon-Book release's format (rows 'id,title,authors list' under the header
+    'movie_id,movie_name', as instrument_data/preprocess_data_book.py at ljy2222/TLRec@38fca0f writes it),
+    holding the texts of the items of the published valid/test records, renders those records exactly."""
+    src, raw = data_dir / "amazon-book", tmp_path / "raw"
+    raw.mkdir()
+    texts = {}
+    for split in ("valid", "test"):
+        rows = list(csv.DictReader(open(src / f"{split}.csv", newline="")))
+        published = json.loads((src / f"{split}.json").read_text())
+        assert len(rows) == len(published)
+        for row, rec in zip(rows, published):
+            parsed = parse_rec_input(rec["input"])
+            ids, liked = ast.literal_eval(row["history_movie_id"]), ast.literal_eval(row["history_rating"])
+            in_text_order = [i for i, v in zip(ids, liked) if v] + [i for i, v in zip(ids, liked) if not v]
+            for item_id, item in zip(in_text_order, parsed["history"]):
+                texts[item_id] = item["title"]
+            texts[row["movie_id"]] = parsed["target"]["title"]
+        shutil.copyfile(src / f"{split}.csv", raw / f"{split}.csv")
+    shutil.copyfile(src / "valid.csv", raw / "train.csv")
+    with open(raw / "item_mapping.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["movie_id", "movie_name"])
+        for item_id, text in texts.items():
+            title, authors = text[1:].split('" written by ', 1)
+            writer.writerow([item_id, title, f"['{authors}']"])
+    prepare_dataset(PrepareConfig("windows-csv", str(raw), str(tmp_path / "out"), item_kind="book",
+                                  target_style="item"))
+    for split in ("valid", "test"):
+        got = json.loads((tmp_path / "out" / f"{split}.json").read_text())
+        want = json.loads((src / f"{split}.json").read_text())
+        assert [{k: r[k] for k in ("instruction", "input", "output")} for r in got] == want
+    assert re.fullmatch(r"A[0-9A-Z]+", got[0]["user_id"]) and got[0]["target"]["item_id"] in texts
+
+
+def test_records_dataset_keeps_the_published_text(data_dir, tmp_path):
+    """TALLRec's Book records as a target: text untouched, structure recovered, no user ids."""
+    raw = tmp_path / "book"
+    raw.mkdir()
+    for split, name in (("train", "valid"), ("valid", "valid"), ("test", "test")):
+        shutil.copyfile(data_dir / "book" / f"{name}.json", raw / f"{split}.json")
+    meta = prepare_dataset(PrepareConfig("records", str(raw), str(tmp_path / "out")))
+    assert meta["kind"] == "book" and meta["counts"] == {"train": 2427, "valid": 2427, "test": 2427}
+    assert meta["skipped"] == {"records_without_structure": 0}
+    items = json.loads((tmp_path / "out" / "items.json").read_text())
+    for split in ("train", "test"):
+        got = json.loads((tmp_path / "out" / f"{split}.json").read_text())
+        want = json.loads((raw / f"{split}.json").read_text())
+        assert [{k: r[k] for k in ("instruction", "input", "output")} for r in got] == want
+        for r in got:
+            assert r["user_id"] is None and r["label"] == (r["output"] == "Yes.")
+            assert rerender(r)["input"] == r["input"]
+            assert all(items[i["item_id"]] == i["title"] for i in r["history"] + [r["target"]])
 
 
 def test_windows_csv_bad_rows_use_literal_eval(tmp_path):
