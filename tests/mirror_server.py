@@ -20,7 +20,7 @@ class MirrorServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
+            def do_GET(self):  # noqa: N802 (the name http.server calls)
                 server.requests.append(self.path)
                 fault = server.faults.get(self.path)
                 path = (server.root / self.path.lstrip("/")).resolve()

@@ -303,3 +303,23 @@ def test_quickstart_on_a_fresh_machine_downloads_what_is_missing_then_runs(mirro
     # the same command again: nothing downloaded, every phase skipped
     mirror.requests.clear()
     assert run_pipeline.main(argv) == 0 and mirror.requests == []
+
+
+def test_published_cot_file_is_found_or_fetched_in_the_data_directory(mirror, mirror_root, tmp_path, monkeypatch):
+    """The authors' stage123.json (release tlrec-cot): a clear error without --download, fetched with it. A CoT
+    fixture in its format stands in (its blob id replaces the real one for this test)."""
+    fixture = REPO / "tests" / "data" / "stage123_fixture.json"
+    rel = download.RELEASES["tlrec-cot"]
+    served = mirror_root / mirror_path(rel.url("stage123.json")).lstrip("/")
+    served.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fixture, served)
+    with pytest.raises(InputError, match=rf"tlrec-cot/stage123.json: file not found; pass --download to fetch it "
+                                         rf"\(verified\) from {re.escape(rel.url('stage123.json'))}"):
+        download.release_file("tlrec-cot", "stage123.json", tmp_path)
+    with pytest.raises(InputError, match=f"expected {rel.files['stage123.json']}"):
+        download.release_file("tlrec-cot", "stage123.json", tmp_path, download=True, mirror=mirror.url)
+    monkeypatch.setitem(download.RELEASES, "tlrec-cot",
+                        dataclasses.replace(rel, files={"stage123.json": download.git_blob_id(fixture)}))
+    path = download.release_file("tlrec-cot", "stage123.json", tmp_path, download=True, mirror=mirror.url)
+    assert path == tmp_path / "tlrec-cot" / "stage123.json" and path.read_bytes() == fixture.read_bytes()
+    assert download.provenance_of(path)["commit"] == "534c6c97ea67dcde1230f102c65d4ef141cd3435"

@@ -110,7 +110,8 @@ def test_windows_csv_amazon_book_item_mapping_reproduces_published_records(data_
     raw.mkdir()
     texts = {}
     for split in ("valid", "test"):
-        rows = list(csv.DictReader(open(src / f"{split}.csv", newline="")))
+        with open(src / f"{split}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
         published = json.loads((src / f"{split}.json").read_text())
         assert len(rows) == len(published)
         for row, rec in zip(rows, published):
