@@ -285,8 +285,9 @@ def test_quickstart_on_a_fresh_machine_downloads_what_is_missing_then_runs(mirro
     monkeypatch.setenv(download.MIRROR_ENV, mirror.url)
     argv = ["--config", str(REPO / "configs/experiments/quickstart.yaml"), "--run_dir", str(tmp_path / "run"),
             "--max_windows", "300", "--cot_max_users", "20", "--cot_epochs", "1", "--source_records", "64",
-            "--k_shots", "16", "--kshot_epochs", "1", "--compare_without_cot", "false", "--tiny_hidden_size", "32",
-            "--tiny_vocab_size", "600", "--max_length", "256", "--test_limit", "20", "--num_negatives", "5"]
+            "--k_shots", "16", "--kshot_epochs", "1", "--methods", "tlrec", "--tiny_hidden_size", "32",
+            "--tiny_vocab_size", "600", "--tuning", "max_length=256", "--test_limit", "20",
+            "--eval", "num_negatives=5"]
     assert run_pipeline.main(argv) == 0
     data = tmp_path / "cache" / "tlrec"
     netflix = download.RELEASES["netflix"]
