@@ -13,6 +13,9 @@ from tlrec_utils.errors import cli_entry
 @cli_entry
 def main(argv=None):
     from tlrec_utils.arguments import EvalArguments, ModelArguments, parse_args
+
+    model_args, eval_args = parse_args((ModelArguments, EvalArguments), argv)  # every flag checked here
+    from tlrec_utils import evaluation as E
     from tlrec_utils.errors import InputError
     from tlrec_utils.evaluation import (
         distributed_state,
@@ -26,11 +29,13 @@ def main(argv=None):
     from tlrec_utils.modeling import load_for_inference
     from tlrec_utils.prompts import resolve_template
 
-    model_args, eval_args = parse_args((ModelArguments, EvalArguments), argv)
     score_fns_of(eval_args.score_fn)
     records = load_test_records(eval_args.test_file, eval_args.limit)
     wanted = eval_args.metrics.split(",")  # validated and stripped by EvalArguments
     catalog = load_catalog(eval_args.items_file, records) if "ndcg" in wanted else None
+    if catalog is not None:  # a catalog too small for --num_negatives fails before the model loads
+        E.ranking_candidates(records, catalog, eval_args.num_negatives, eval_args.seed, eval_args.test_file,
+                             eval_args.items_file)
     template = resolve_template(eval_args.prompt_template, [eval_args.adapter, model_args.base_model])
     state = distributed_state(eval_args.device)  # several processes: each scores a shard, rank 0 writes
     device = eval_args.device

@@ -12,12 +12,11 @@ from tlrec_utils.errors import cli_entry
 
 @cli_entry
 def main(argv=None):
-    from tlrec_utils.arguments import DataArguments, LoraArguments, ModelArguments, TuningTrainingArguments, parse_args
+    from tlrec_utils.arguments import parse_tuning_args
+
+    model_args, lora_args, data_args, training_args = parse_tuning_args(argv)
     from tlrec_utils.training import tune
 
-    model_args, lora_args, data_args, training_args = parse_args(
-        (ModelArguments, LoraArguments, DataArguments, TuningTrainingArguments), argv
-    )
     return tune(model_args, lora_args, data_args, training_args)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser
 
 from .errors import InputError
 from .validation import check_config_values, check_device, check_number, comma_list, missing_required
@@ -115,38 +115,58 @@ class DataArguments:
         check_number("--max_val_records", self.max_val_records, 1)
 
 
-@dataclass
-class TuningTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's defaults (AdamW, lr 1e-4, linear warmup) and length grouping."""
+def _tuning_training_arguments():
+    """Defined on first use: importing TrainingArguments takes seconds (torch, peft), and run_eval and the
+    checks of run_tuning's other flags do not need it."""
+    from transformers import TrainingArguments
 
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (paper: 1e-4)."})
-    warmup_steps: float = field(
-        default=0.05, metadata={"help": "Linear warmup: steps (>= 1) or a fraction of all steps (< 1)."}
-    )
-    train_sampling_strategy: str = field(
-        default="group_by_length",
-        metadata={"help": "group_by_length (default: little padding), random, sequential or batch_rebalance.",
-                  "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
-    )
-    logging_steps: float = field(default=10)
-    report_to: None | str | list[str] = field(default="none")
-    early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train again even when output_dir already holds a finished model."}
-    )
+    @dataclass
+    class TuningTrainingArguments(TrainingArguments):
+        """`TrainingArguments` with the paper's defaults (AdamW, lr 1e-4, linear warmup) and length grouping."""
 
-    def __post_init__(self):
-        check_number("--learning_rate", self.learning_rate, 0)
-        if self.max_steps is None or self.max_steps <= 0:  # --max_steps overrides the epochs
-            check_number("--num_train_epochs", self.num_train_epochs, 0, exclusive_min=True)
-        check_number("--per_device_train_batch_size", self.per_device_train_batch_size, 1)
-        check_number("--per_device_eval_batch_size", self.per_device_eval_batch_size, 1)
-        check_number("--gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
-        check_number("--warmup_steps", self.warmup_steps, 0)
-        check_number("--early_stopping_patience", self.early_stopping_patience, 1)
-        super().__post_init__()
+        learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (paper: 1e-4)."})
+        warmup_steps: float = field(
+            default=0.05, metadata={"help": "Linear warmup: steps (>= 1) or a fraction of all steps (< 1)."}
+        )
+        train_sampling_strategy: str = field(
+            default="group_by_length",
+            metadata={"help": "group_by_length (default: little padding), random, sequential or batch_rebalance.",
+                      "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
+        )
+        logging_steps: float = field(default=10)
+        report_to: None | str | list[str] = field(default="none")
+        early_stopping_patience: int | None = field(
+            default=None, metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."}
+        )
+        overwrite_output_dir: bool = field(
+            default=False, metadata={"help": "Train again even when output_dir already holds a finished model."}
+        )
+
+        def __post_init__(self):
+            check_number("--learning_rate", self.learning_rate, 0)
+            if self.max_steps is None or self.max_steps <= 0:  # --max_steps overrides the epochs
+                check_number("--num_train_epochs", self.num_train_epochs, 0, exclusive_min=True)
+            check_number("--per_device_train_batch_size", self.per_device_train_batch_size, 1)
+            check_number("--per_device_eval_batch_size", self.per_device_eval_batch_size, 1)
+            check_number("--gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+            check_number("--warmup_steps", self.warmup_steps, 0)
+            check_number("--early_stopping_patience", self.early_stopping_patience, 1)
+            super().__post_init__()
+
+    TuningTrainingArguments.__module__ = __name__
+    TuningTrainingArguments.__qualname__ = "TuningTrainingArguments"  # pickled by name (training_args.bin)
+    return TuningTrainingArguments
+
+
+_lazy: dict = {}
+
+
+def __getattr__(name):  # `from tlrec_utils.arguments import TuningTrainingArguments` builds it once
+    if name == "TuningTrainingArguments":
+        if name not in _lazy:
+            _lazy[name] = _tuning_training_arguments()
+        return _lazy[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -230,3 +250,22 @@ def parse_args(dataclass_types, argv=None):
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as exc:  # TrainingArguments' own checks
         raise InputError(" ".join(str(exc).split())) from None
+
+
+def parse_tuning_args(argv=None):
+    """run_tuning's (ModelArguments, LoraArguments, DataArguments, TuningTrainingArguments). The model, LoRA
+    and data flags and --output_dir are checked first, before the slow TrainingArguments import."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    light = (ModelArguments, LoraArguments, DataArguments)
+    config_file = len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))
+    if not config_file and not {"-h", "--help"} & set(argv):
+        parser = HfArgumentParser(light, allow_abbrev=False)
+        parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if "--output_dir" in argv:
+            from .validation import check_output_dir
+
+            i = argv.index("--output_dir")
+            check_output_dir(argv[i + 1] if i + 1 < len(argv) else "", "--output_dir")
+    from . import arguments
+
+    return parse_args((*light, arguments.TuningTrainingArguments), argv)

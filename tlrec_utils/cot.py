@@ -564,9 +564,9 @@ def run(cfg: CotConfig) -> dict:
 
     existed = output_dir.exists()
     lock = lock_output_dir(output_dir)
+    progress: dict[str, dict] = {}
     try:
         check_run_config(output_dir, cfg, kind, sha256_file(train_path))
-        progress: dict[str, dict] = {}
         for entry in read_jsonl(output_dir / "progress.jsonl"):
             progress.setdefault(entry["key"], {})[entry["stage"]] = entry
         responses = {}
@@ -634,10 +634,6 @@ def run(cfg: CotConfig) -> dict:
         atomic_write_json(output_dir / "summary.json", summary)
         failure = teacher_failure(state, cfg, todo, len(responses) - answered_before)
         if failure:
-            if not existed and not progress:  # nothing obtained: leave no output directory behind
-                import shutil
-
-                shutil.rmtree(output_dir, ignore_errors=True)
             raise InputError(failure)
         if state.stop_reason:
             logger.warning("stopped early: %s (rerun with a higher cap to go on)", state.stop_reason)
@@ -646,6 +642,12 @@ def run(cfg: CotConfig) -> dict:
             hit_count, len(lines), 100 * (summary["hit_rate"] or 0), len(cot), summary["estimated_cost"],
         )  # fmt: skip
         return summary
+    except BaseException:  # a failure or Ctrl-C that obtained nothing leaves no new output directory behind
+        if not existed and not progress:
+            import shutil
+
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     finally:
         lock.close()
 

@@ -86,19 +86,78 @@ def setting_key(setting) -> str:
     return f"k{int(s)}"
 
 
+CONFIG_KEYS = ("name", "title", "output_dir", "target", "source", "settings", "seeds", "test_limit", "ours",
+               "metrics", "pipeline", "pipeline_runs", "methods", "ablations", "backbones", "backbone_settings",
+               "setup", "slurm")  # fmt: skip
+METHOD_KEYS = ("name", "baseline", "options", "pipeline", "variant", "same_as")
+
+
 def load_config(path) -> dict:
+    """The grid config, checked up front: unknown keys (a typo such as `seedz`), seeds, settings, baseline
+    names and pipeline options fail here with the key and the file, before any cell runs."""
     path = Path(path)
     config = read_config_file(path)
+    unknown = [k for k in config if k not in CONFIG_KEYS]
+    if unknown:
+        raise InputError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(CONFIG_KEYS)})")
     for key in ("output_dir", "target", "methods"):
         if key not in config:
             raise InputError(f"{path}: missing '{key}'")
     config["_path"] = str(path)
+    check_config(config)
     return config
 
 
+def check_config(config) -> None:
+    from .baselines import BASELINES
+    from .pipeline import PipelineConfig
+    from .validation import check_config_values
+
+    path = config["_path"]
+    seeds_of(config)
+    from .validation import check_output_dir
+
+    check_output_dir(config["output_dir"], f"{path}: output_dir")
+    for key in ("target", "source", "pipeline", "pipeline_runs", "slurm"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise InputError(f"{path}: {key} must be a mapping, got {type(config[key]).__name__}")
+    for key in ("methods", "ablations", "backbones", "setup", "settings", "backbone_settings"):
+        if config.get(key) is not None and not isinstance(config[key], list):
+            raise InputError(f"{path}: {key} must be a list, got {type(config[key]).__name__}")
+    test_limit = config.get("test_limit")
+    if test_limit is not None and (not isinstance(test_limit, int) or isinstance(test_limit, bool) or test_limit < 1):
+        raise InputError(f"{path}: test_limit must be a positive integer, got {test_limit!r}")
+    for group in ("methods", "ablations"):
+        for method in config.get(group) or []:
+            if not isinstance(method, dict):
+                raise InputError(f"{path}: {group}: every entry must be a mapping, got {method!r}")
+            extra = [k for k in method if k not in METHOD_KEYS]
+            if extra:
+                raise InputError(f"{path}: {group}: {method.get('name')!r} has unknown key {extra[0]!r}")
+            if "baseline" in method and method["baseline"] not in BASELINES:
+                raise InputError(f"{path}: method {method.get('name')!r}: unknown baseline {method['baseline']!r} "
+                                 f"(one of {', '.join(BASELINES)})")
+    runs = config.get("pipeline_runs") or {}
+    sources = [("pipeline", config.get("pipeline"))] + [(f"pipeline_runs.{k}", v) for k, v in runs.items()]
+    sources += [(f"backbones.{b.get('name')}.pipeline", b.get("pipeline")) for b in config.get("backbones") or []
+                if isinstance(b, dict)]
+    for where_, options in sources:
+        if options is not None:
+            if not isinstance(options, dict):
+                raise InputError(f"{path}: {where_} must be a mapping of run_pipeline settings")
+            settings = {k: v for k, v in options.items() if k != "config"}  # `config`: run_pipeline's file
+            check_config_values(settings, (PipelineConfig,), f"{path}: {where_}")
+
+
 def seeds_of(config) -> list[int]:
+    """`seeds: N` (0..N-1) or an explicit list of integers."""
     seeds = config.get("seeds", 5)
-    return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        return list(range(seeds))
+    if isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        return list(seeds)
+    raise InputError(f"{config.get('_path', 'config')}: seeds must be a positive integer or a list of integers, "
+                     f"got {seeds!r}")
 
 
 def flags(options: dict, explicit_bools: bool = False) -> list[str]:

@@ -79,6 +79,8 @@ def sha256_file(path, chunk_size: int = 1 << 20) -> str:
 
 def read_config_file(path) -> dict:
     """A JSON or YAML (.yaml/.yml) config file as a dict ({} when empty); InputError naming the file otherwise."""
+    if not str(path).strip():
+        raise InputError("config file: empty path")
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a config file")

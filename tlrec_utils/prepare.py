@@ -283,8 +283,20 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
             save_records(stage / f"{split}.json", splits[split])
         atomic_write_json(stage / "items.json", catalog, indent=1)
         atomic_write_json(stage / "meta.json", meta)
+        remove_stale_k_shots(Path(cfg.output_dir), stage / "train.json")
     logger.info("wrote %s: %s", cfg.output_dir, meta["counts"])
     return meta
+
+
+def remove_stale_k_shots(prepared_dir: Path, new_train: Path) -> None:
+    """K-shot files drawn from a train.json that this preparation replaces with different records."""
+    old_train = prepared_dir / "train.json"
+    stale = sorted(prepared_dir.glob(k_shot_filename("*", "*")))
+    if stale and (not old_train.is_file() or sha256_file(old_train) != sha256_file(new_train)):
+        for path in stale:
+            path.unlink()
+        logger.info("%s: removed %d K-shot file(s) drawn from the previous train.json (%s)", prepared_dir,
+                    len(stale), ", ".join(p.name for p in stale))
 
 
 def write_k_shot(prepared_dir, k: int, seed: int) -> Path:

@@ -61,6 +61,36 @@ class RowProblems:
         return self.count
 
 
+
+class CheckedCsv:
+    """A csv reader whose malformed input (a field over the csv module's size limit, e.g. an unclosed quote
+    swallowing the file; bytes that are not the file's encoding) is an InputError naming the file and line."""
+
+    def __init__(self, reader, path):
+        self._reader, self._path = reader, path
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._checked(lambda: next(self._reader))
+
+    @property
+    def fieldnames(self):
+        return self._checked(lambda: self._reader.fieldnames)
+
+    def _checked(self, read):
+        try:
+            return read()
+        except csv.Error as exc:
+            raise InputError(f"{self._path} line {self._reader.line_num}: malformed CSV ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{self._path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+    def __getattr__(self, name):  # line_num
+        return getattr(self._reader, name)
+
+
 def _find(raw_dir, names: list[str], dataset: str) -> list[Path]:
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -128,7 +158,7 @@ def load_bookcrossing(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE, kee
 
     items, problems, n = {}, RowProblems(books_path, tolerance), 0
     with open(books_path, encoding="latin-1", newline="") as f:
-        reader = csv.reader(f, delimiter=";")
+        reader = CheckedCsv(csv.reader(f, delimiter=";"), books_path)
         next(reader, None)  # header
         for n, row in enumerate(reader, 2):
             if len(row) != 8 or not row[0] or not row[1]:
@@ -140,7 +170,7 @@ def load_bookcrossing(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE, kee
     users, isbns, scores = [], [], []
     problems, n, implicit = RowProblems(ratings_path, tolerance), 0, 0
     with open(ratings_path, encoding="latin-1", newline="") as f:
-        reader = csv.reader(f, delimiter=";")
+        reader = CheckedCsv(csv.reader(f, delimiter=";"), ratings_path)
         next(reader, None)
         for n, row in enumerate(reader, 2):
             if len(row) != 3 or not row[0].isdigit() or not row[2].isdigit() or int(row[2]) > 10:
@@ -343,7 +373,7 @@ def read_item_mapping(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE) -> 
         )
     items, problems, n = {}, RowProblems(path, tolerance), 0
     with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
+        reader = CheckedCsv(csv.reader(f), path)
         next(reader, None)
         for n, row in enumerate(reader, 1):
             if len(row) == 2:
@@ -364,7 +394,7 @@ def read_windows_csv(path, items: dict[str, str], tolerance: float = DEFAULT_BAD
         raise missing_files_error("windows-csv", path.parent, [path.name])
     rows, problems, n = [], RowProblems(path, tolerance), 0
     with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+        reader = CheckedCsv(csv.DictReader(f), path)
         missing = [c for c in WINDOW_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise InputError(f"{path} line 1: missing column(s) {', '.join(missing)}")

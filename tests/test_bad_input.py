@@ -1,0 +1,482 @@
+"""Bad input across the seven entry scripts, one table row each (issue 12 and the README's promises).
+
+Every row runs the real script in a subprocess and asserts: the exit status (2 for a user's mistake),
+exactly one line on stderr naming the flag/file/record and the problem, no traceback, and no new file or
+folder under any directory the run could write to. One tiny model and one prepared ml-100k directory serve
+the whole module; errors are found before any model loads (the rows run in about two seconds each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ")
+SECRET = "sk-test-bad-input-0123456789abcdef"
+
+
+# ---- shared inputs -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, tiny_llama, synthetic, data_dir):
+    """Prepared ml-100k (300 windows), the tiny LLaMA, a LoRA adapter made for it, and a second tiny LLaMA of
+    another size (the wrong base for that adapter)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tlrec_utils.prepare import PrepareConfig, prepare_dataset
+    from tlrec_utils.tiny_llm import build_tiny_llama
+
+    base = tmp_path_factory.mktemp("bad_input")
+    prepared = base / "ml100k"
+    prepare_dataset(PrepareConfig(dataset="ml-100k", raw_dir=str(data_dir / "ml-100k"), output_dir=str(prepared),
+                                  max_windows=300))
+    adapter = base / "adapter"
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    lora.save_pretrained(str(adapter))
+    other = build_tiny_llama([synthetic[2]], base / "other_model", hidden_size=32, vocab_size=1000)
+    return SimpleNamespace(base=base, prepared=prepared, model=Path(tiny_llama), adapter=adapter,
+                           other_model=Path(other), data=data_dir)
+
+
+def tree(*roots) -> set[str]:
+    out = set()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            out.update(os.path.join(dirpath, n) for n in dirnames + filenames)
+    return out
+
+
+def env(ctx, **extra):
+    e = dict(os.environ, PYTHONWARNINGS="ignore", TLREC_LOG_LEVEL="WARNING", XDG_CACHE_HOME=str(ctx.base / "cache"),
+             TLREC_DATA_DIR=str(ctx.data), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    e.pop("TLREC_DEBUG", None)
+    e.update(extra)
+    return e
+
+
+def write(path: Path, content) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    return path
+
+
+def records_with(ctx, n=3, **changes):
+    """The first n prepared test records, record 1 changed."""
+    records = json.loads((ctx.prepared / "test.json").read_text())[:n]
+    records[1].update(changes)
+    return records
+
+
+def one_class_val(ctx, t):
+    records = [r for r in json.loads((ctx.prepared / "valid.json").read_text()) if r["label"] == 1][:5]
+    return write(t / "val.json", records)
+
+
+def eval_args(ctx, t, *extra):
+    return ["--base_model", str(ctx.model), "--test_file", str(ctx.prepared / "test.json"),
+            "--output_dir", str(t / "out"), *extra]
+
+
+def tune_args(ctx, t, *extra, train=None):
+    return ["--base_model", str(ctx.model), "--train_files", str(train or ctx.prepared / "train.json"),
+            "--output_dir", str(t / "out"), "--max_steps", "1", *extra]
+
+
+def baseline_args(ctx, t, *extra):
+    return ["--model", "item-popularity", "--train_file", str(ctx.prepared / "train.json"),
+            "--test_file", str(ctx.prepared / "test.json"), "--output_dir", str(t / "out"), *extra]
+
+
+def grid(ctx, t, **changes):
+    config = {"output_dir": str(t / "grid"), "target": {"train": str(ctx.prepared / "train.json"),
+                                                        "test": str(ctx.prepared / "test.json")},
+              "settings": [16], "seeds": 1, "methods": [{"name": "Pop", "baseline": "item-popularity"}]}
+    config.update(changes)
+    return ["--config", str(write(t / "grid.yaml", yaml.safe_dump(config)))]
+
+
+def mismatched_checkpoint(ctx, t):
+    """A rerun into an output dir whose checkpoint was trained on another base model."""
+    shutil.copytree(ctx.adapter, t / "out" / "checkpoint-1")
+    return ["--base_model", str(ctx.other_model), *tune_args(ctx, t)[2:]]
+
+
+def truncated_model(ctx, t):
+    copy = t / "model"
+    shutil.copytree(ctx.model, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return copy
+
+
+def windows_csv(ctx, t):
+    raw = t / "raw"
+    write(raw / "item_mapping.csv", "movie_id,movie_name\n1,A (1990)\n2,B (1991)\n")
+    header = "user_id,history_movie_id,history_rating,movie_id,rating,timestamp\n"
+    write(raw / "train.csv", header + '1,"[1]","[1]",2,1,5\n2,"' + "x" * 200_000 + '","[1]",2,1,5\n')
+    write(raw / "valid.csv", header)
+    write(raw / "test.csv", header)
+    return raw
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---- the table ---------------------------------------------------------------------------------------------
+# (id, script, argv builder (ctx, row dir) -> argv, substrings of the one stderr line). Exit status 2.
+
+ROWS = [
+    # 1. comma lists: stripped; an unknown entry is named
+    ("eval-metrics-unknown", "run_eval", lambda c, t: eval_args(c, t, "--metrics", "auc, recall"),
+     ["--metrics", "unknown recall"]),
+    # 2. numeric ranges
+    ("eval-limit-negative", "run_eval", lambda c, t: eval_args(c, t, "--limit", "-5"), ["--limit must be >= 1, got -5"]),
+    ("eval-num-negatives-0", "run_eval", lambda c, t: eval_args(c, t, "--num_negatives", "0"), ["--num_negatives"]),
+    ("eval-batch-size-0", "run_eval", lambda c, t: eval_args(c, t, "--batch_size", "0"), ["--batch_size"]),
+    ("eval-ndcg-k-0", "run_eval", lambda c, t: eval_args(c, t, "--ndcg_k", "0"), ["--ndcg_k"]),
+    ("eval-max-new-tokens-0", "run_eval", lambda c, t: eval_args(c, t, "--max_new_tokens", "0"),
+     ["--max_new_tokens"]),
+    ("eval-limit-not-int", "run_eval", lambda c, t: eval_args(c, t, "--limit", "x"), ["--limit", "invalid int"]),
+    ("baselines-num-negatives-0", "run_baselines", lambda c, t: baseline_args(c, t, "--num_negatives", "0"),
+     ["--num_negatives must be >= 1"]),
+    ("baselines-dim-0", "run_baselines", lambda c, t: baseline_args(c, t, "--dim", "0"), ["--dim must be >= 1"]),
+    ("baselines-unknown-model", "run_baselines",
+     lambda c, t: ["--model", "nope", *baseline_args(c, t)[2:]], ["--model", "unknown baseline 'nope'"]),
+    ("prepare-history-len-0", "run_prepare_data",
+     lambda c, t: ["--dataset", "ml-100k", "--raw_dir", str(c.data / "ml-100k"), "--output_dir", str(t / "out"),
+                   "--history_len", "0"], ["--history_len"]),
+    ("tuning-lora-r-0", "run_tuning", lambda c, t: tune_args(c, t, "--lora_r", "0"), ["--lora_r must be >= 1"]),
+    ("cot-concurrency-0", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--teacher", "heuristic",
+                   "--concurrency", "0"], ["--concurrency"]),
+    ("pipeline-num-negatives-0", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--num_negatives", "0"], ["--num_negatives must be >= 1"]),
+    ("eval-device-cuda", "run_eval", lambda c, t: eval_args(c, t, "--device", "cuda"), ["--device cuda", "no CUDA"]),
+    # 3. run_experiments config: unknown keys, types, baselines, all up front
+    ("grid-unknown-key", "run_experiments", lambda c, t: grid(c, t, seedz=1), ["grid.yaml", "unknown key 'seedz'"]),
+    ("grid-seeds-abc", "run_experiments", lambda c, t: grid(c, t, seeds="abc"), ["grid.yaml", "seeds", "'abc'"]),
+    ("grid-unknown-baseline", "run_experiments",
+     lambda c, t: grid(c, t, methods=[{"name": "X", "baseline": "sasrecc"}]), ["grid.yaml", "unknown baseline"]),
+    ("grid-pipeline-typo", "run_experiments",
+     lambda c, t: grid(c, t, pipeline={"kshot_epoch": 2}), ["grid.yaml", "pipeline", "kshot_epoch"]),
+    ("grid-non-utf8", "run_experiments",
+     lambda c, t: ["--config", str(write(t / "grid.yaml", b"output_dir: \xff\xfe\n"))], ["grid.yaml", "not UTF-8"]),
+    ("grid-output-dir-is-file", "run_experiments",
+     lambda c, t: grid(c, t, output_dir=str(write(t / "taken", "x"))), ["output_dir", "not a directory"]),
+    # 4. CoT generation that obtains nothing, or is refused (the 401 row runs against a live stub: see below)
+    ("cot-connection-refused", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--model", "m",
+                   "--base_url", f"http://127.0.0.1:{closed_port()}/v1", "--max_users", "2", "--max_retries", "0",
+                   "--ensure_target", "--no-progress"], ["--base_url", "cannot connect", "server is running"]),
+    ("cot-no-key", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--no-progress"],
+     ["OPENAI_API_KEY is not set"]),
+    # 6. an output path that is a file, under a file, or empty
+    ("prepare-output-is-file", "run_prepare_data",
+     lambda c, t: ["--dataset", "ml-100k", "--raw_dir", str(c.data / "ml-100k"), "--output_dir",
+                   str(write(t / "out", "x"))], ["--output_dir", "not a directory"]),
+    ("eval-output-is-file", "run_eval",
+     lambda c, t: eval_args(c, t)[:-1] + [str(write(t / "out", "x"))], ["--output_dir", "not a directory"]),
+    ("tuning-output-is-file", "run_tuning",
+     lambda c, t: (write(t / "out", "x"), tune_args(c, t))[1], ["--output_dir", "not a directory"]),
+    ("cot-output-is-file", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(write(t / "out", "x")), "--teacher",
+                   "heuristic"], ["--output_dir", "not a directory"]),
+    ("pipeline-run-dir-is-file", "run_pipeline",
+     lambda c, t: ["--run_dir", str(write(t / "run", "x"))], ["--run_dir", "not a directory"]),
+    ("baselines-output-is-file", "run_baselines",
+     lambda c, t: baseline_args(c, t)[:-1] + [str(write(t / "out", "x"))], ["--output_dir", "not a directory"]),
+    ("eval-output-under-a-file", "run_eval",
+     lambda c, t: eval_args(c, t)[:-1] + [str(write(t / "f", "x") / "sub" / "out")], ["--output_dir", "is a file"]),
+    ("prepare-output-empty", "run_prepare_data",
+     lambda c, t: ["--dataset", "ml-100k", "--raw_dir", str(c.data / "ml-100k"), "--output_dir", ""],
+     ["--output_dir: empty path"]),
+    ("eval-output-empty", "run_eval", lambda c, t: eval_args(c, t)[:-1] + [""], ["--output_dir: empty path"]),
+    ("tuning-output-empty", "run_tuning", lambda c, t: tune_args(c, t)[:5] + ["--output_dir", ""],
+     ["--output_dir: empty path"]),
+    ("pipeline-run-dir-empty", "run_pipeline", lambda c, t: ["--run_dir", ""], ["--run_dir: empty path"]),
+    # 7. an adapter / --init_adapter / checkpoint made for another base model
+    ("eval-adapter-other-base", "run_eval",
+     lambda c, t: ["--base_model", str(c.other_model), "--adapter", str(c.adapter), *eval_args(c, t)[2:]],
+     ["--adapter", "made for base model", "not for --base_model", "other_model"]),
+    ("tuning-init-adapter-other-base", "run_tuning",
+     lambda c, t: ["--base_model", str(c.other_model), *tune_args(c, t, "--init_adapter", str(c.adapter))[2:]],
+     ["--init_adapter", "made for base model", "other_model"]),
+    ("tuning-checkpoint-other-base", "run_tuning", mismatched_checkpoint,
+     ["checkpoint", "checkpoint-1", "made for base model", "other_model"]),
+    ("eval-adapter-not-adapter", "run_eval",
+     lambda c, t: eval_args(c, t, "--adapter", str(c.prepared)), ["--adapter", "no adapter_config.json"]),
+    # 8. config files of run_tuning / run_eval / run_pipeline
+    ("eval-config-yaml-list", "run_eval", lambda c, t: [str(write(t / "c.yaml", "- a\n- b\n"))],
+     ["c.yaml", "expected a mapping"]),
+    ("eval-config-empty", "run_eval", lambda c, t: [str(write(t / "c.yaml", ""))],
+     ["c.yaml", "missing required setting(s) base_model"]),
+    ("tuning-config-syntax-error", "run_tuning", lambda c, t: [str(write(t / "c.yaml", "a: [1\n"))],
+     ["c.yaml", "not valid YAML"]),
+    ("tuning-config-unknown-key", "run_tuning",
+     lambda c, t: [str(write(t / "c.json", {"base_model": str(c.model), "train_files": ["x"], "lora_rr": 2}))],
+     ["c.json", "unknown setting(s) lora_rr"]),
+    ("eval-config-wrong-type", "run_eval",
+     lambda c, t: [str(write(t / "c.json", {"base_model": str(c.model), "test_file": "t", "output_dir": "o",
+                                            "num_negatives": "many"}))], ["c.json", "num_negatives", "'many'"]),
+    ("pipeline-config-non-utf8", "run_pipeline",
+     lambda c, t: ["--config", str(write(t / "p.yaml", b"teacher: \xff\n")), "--run_dir", str(t / "run")],
+     ["p.yaml", "not UTF-8"]),
+    ("pipeline-config-seeds-abc", "run_pipeline",
+     lambda c, t: ["--config", str(write(t / "p.yaml", "seeds: abc\n")), "--run_dir", str(t / "run")],
+     ["p.yaml", "seeds", "'abc'"]),
+    ("pipeline-config-missing", "run_pipeline",
+     lambda c, t: ["--config", str(t / "none.yaml"), "--run_dir", str(t / "run")], ["none.yaml", "not found"]),
+    # 9. record fields of the wrong type
+    ("eval-label-abc", "run_eval",
+     lambda c, t: eval_args(c, t)[:3] + [str(write(t / "t.json", records_with(c, label="abc")))] + eval_args(c, t)[4:],
+     ["t.json record 1", "label 'abc'"]),
+    ("eval-label-nan", "run_eval",
+     lambda c, t: eval_args(c, t)[:3] + [str(write(t / "t.json", json.dumps(records_with(c, label=float("nan")))))]
+     + eval_args(c, t)[4:], ["t.json record 1", "label nan"]),
+    ("eval-history-string", "run_eval",
+     lambda c, t: eval_args(c, t)[:3] + [str(write(t / "t.json", records_with(c, history="x")))] + eval_args(c, t)[4:],
+     ["t.json record 1", "history must be a list"]),
+    ("tuning-history-item-without-title", "run_tuning",
+     lambda c, t: tune_args(c, t, train=write(t / "tr.json", records_with(c, history=[{"item_id": "1", "liked": True}]))),
+     ["tr.json record 1", "history item 0", "title"]),
+    ("eval-output-not-yes-no", "run_eval",
+     lambda c, t: eval_args(c, t)[:3] + [str(write(t / "t.json", records_with(c, output="Maybe.")))]
+     + eval_args(c, t)[4:], ["t.json record 1", "'Maybe.'"]),
+    ("eval-test-file-missing", "run_eval",
+     lambda c, t: eval_args(c, t)[:3] + [str(t / "missing.json")] + eval_args(c, t)[4:],
+     ["--test_file", "missing.json", "file not found"]),
+    ("eval-test-file-not-json", "run_eval",
+     lambda c, t: eval_args(c, t)[:3] + [str(write(t / "t.json", "[{"))] + eval_args(c, t)[4:],
+     ["t.json line 1", "not valid JSON"]),
+    # 11. files that cannot be read, a missing GPU, csv fields over the limit
+    ("eval-items-file-not-utf8", "run_eval",
+     lambda c, t: eval_args(c, t, "--items_file", str(write(t / "items.json", b'{"1": "\xff"}'))),
+     ["items.json", "not UTF-8"]),
+    ("eval-truncated-safetensors", "run_eval",
+     lambda c, t: ["--base_model", str(truncated_model(c, t)), *eval_args(c, t)[2:]],
+     ["model.safetensors", "truncated"]),
+    ("prepare-windows-csv-huge-field", "run_prepare_data",
+     lambda c, t: ["--dataset", "windows-csv", "--raw_dir", str(windows_csv(c, t)), "--output_dir", str(t / "out")],
+     ["train.csv line", "field larger than field limit"]),
+    # 13. messages that used to mislead
+    ("eval-catalog-too-small-no-items-file", "run_eval",
+     lambda c, t: eval_args(c, t, "--num_negatives", "100000"),
+     ["test.json record", "items seen in the test file (no --items_file)", "--num_negatives 100000"]),
+    ("eval-items-file-too-small", "run_eval",
+     lambda c, t: eval_args(c, t, "--items_file", str(write(t / "items.json", {"1": "A", "2": "B"}))),
+     ["test.json record", "--items_file", "items.json has 2 items", "--num_negatives 50"]),
+    ("tuning-max-length-too-small", "run_tuning", lambda c, t: tune_args(c, t, "--max_length", "8"),
+     ["raise --max_length to at least"]),
+    ("pipeline-data-dir-missing", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--data_dir", str(t / "nodata")], ["--data_dir", "nodata", "not found"]),
+    ("tuning-one-class-val-auc", "run_tuning",
+     lambda c, t: tune_args(c, t, "--val_file", str(one_class_val(c, t)), "--metric_for_best_model", "auc"),
+     ["--val_file", "val.json", "all 5 validation records are Yes", "AUC needs both classes"]),
+    # promised by the README before issue 12
+    ("prepare-unknown-dataset", "run_prepare_data",
+     lambda c, t: ["--dataset", "nope", "--raw_dir", str(t), "--output_dir", str(t / "out")], ["--dataset", "nope"]),
+    ("prepare-k-larger-than-pool", "run_prepare_data",
+     lambda c, t: ["--output_dir", str(c.prepared), "--k_shot", "100000"], ["train.json", "K=100000", "larger"]),
+    ("tuning-train-file-missing", "run_tuning", lambda c, t: tune_args(c, t, train=t / "nope.json"),
+     ["--train_files", "nope.json", "file not found"]),
+    ("tuning-unknown-flag", "run_tuning", lambda c, t: tune_args(c, t, "--lora_rank", "4"),
+     ["unrecognized arguments", "--lora_rank"]),
+    ("eval-base-model-missing", "run_eval", lambda c, t: ["--base_model", str(t / "nomodel"), *eval_args(c, t)[2:]],
+     ["--base_model", "nomodel", "directory not found"]),
+]
+
+
+# rows whose run reached the teacher: each failed user is logged (ERROR) before the one-line verdict
+LOGS_BEFORE_THE_ERROR = {"cot-connection-refused"}
+
+
+def run(script, argv, ctx, **env_extra):
+    return subprocess.run([sys.executable, f"{script}.py", *map(str, argv)], cwd=REPO, capture_output=True,
+                          text=True, env=env(ctx, **env_extra), timeout=300)
+
+
+def check_one_line(proc, expected, status=2, logs_ok=False):
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not (logs_ok and LOG_LINE.match(ln))]
+    assert len(lines) == 1, proc.stderr
+    assert proc.returncode == status, proc.stderr
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("name,script,build,expected", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input(ctx, tmp_path, name, script, build, expected):
+    if name == "eval-device-cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    argv = build(ctx, tmp_path)
+    watched = (tmp_path, ctx.prepared, ctx.model, ctx.other_model, ctx.adapter)
+    before = tree(*watched)
+    proc = run(script, argv, ctx, OPENAI_API_KEY="") if script == "run_cot_generation" else run(script, argv, ctx)
+    line = check_one_line(proc, expected, logs_ok=name in LOGS_BEFORE_THE_ERROR)
+    assert line.startswith("error: ")
+    assert tree(*watched) == before, sorted(tree(*watched) - before)
+
+
+# ---- rows that need a live peer or a signal ----------------------------------------------------------------
+
+
+def test_cot_401_is_a_failure_with_the_key_masked(ctx, tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from openai_stub_server import StubOpenAI
+
+    before = tree(tmp_path)
+    with StubOpenAI() as server:
+        server.faults.append("401_echo")
+        proc = run("run_cot_generation", ["--data_dir", ctx.prepared, "--output_dir", tmp_path / "out", "--model", "m",
+                                          "--base_url", server.base_url, "--max_users", "2", "--concurrency", "1",
+                                          "--ensure_target", "--no-progress"], ctx, OPENAI_API_KEY=SECRET)
+    line = check_one_line(proc, ["refused the API key", "HTTP 401", "check OPENAI_API_KEY"], logs_ok=True)
+    assert SECRET not in proc.stderr and "***" in line
+    assert tree(tmp_path) == before  # nothing obtained: no output directory left behind
+
+
+def test_ctrl_c_is_one_line_exit_130(ctx, tmp_path):
+    """A teacher that never answers; Ctrl-C while the request hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    before = tree(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "run_cot_generation.py", "--data_dir", str(ctx.prepared), "--output_dir",
+         str(tmp_path / "out"), "--model", "m", "--base_url", f"http://127.0.0.1:{listener.getsockname()[1]}/v1",
+         "--max_users", "1", "--ensure_target", "--no-progress"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True, env=env(ctx, OPENAI_API_KEY=SECRET))
+    try:
+        ready, _, _ = select.select([listener], [], [], 120)  # the request is in flight
+        assert ready, "run_cot_generation never connected"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        listener.close()
+    check_one_line(SimpleNamespace(stderr=err, returncode=proc.returncode), ["interrupted (Ctrl-C)"], status=130)
+    assert tree(tmp_path) == before
+
+
+# ---- the guard itself, the teacher's masking, and the silent wrong results that are now right -------------
+
+
+def test_internal_error_is_one_line_with_a_crash_log(tmp_path, monkeypatch, capsys):
+    from tlrec_utils import errors
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("TLREC_DEBUG", raising=False)
+    monkeypatch.setattr(errors, "_crash_dir", None)
+
+    @errors.cli_entry
+    def broken(argv=None):
+        return {}["missing"]
+
+    with pytest.raises(SystemExit) as exc:
+        broken([])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("internal error") and "KeyError" in err
+    log = Path(err.split("traceback and command line in ")[1])
+    assert log.parent == tmp_path / "tlrec" / "crashes"
+    text = log.read_text()
+    assert "command:" in text and "Traceback" in text and "broken" in text
+    monkeypatch.setenv("TLREC_DEBUG", "1")  # developers get the exception itself
+    with pytest.raises(KeyError):
+        broken([])
+
+
+def test_crash_log_goes_to_the_known_output_dir(tmp_path, monkeypatch, capsys):
+    from tlrec_utils import errors
+    from tlrec_utils.validation import check_output_dir
+
+    monkeypatch.delenv("TLREC_DEBUG", raising=False)
+    monkeypatch.setattr(errors, "_crash_dir", None)
+
+    @errors.cli_entry
+    def broken(argv=None):
+        check_output_dir(tmp_path, "--output_dir")
+        raise RuntimeError("boom")
+
+    with pytest.raises(SystemExit):
+        broken([])
+    assert str(tmp_path) in capsys.readouterr().err and list(tmp_path.glob("tlrec-crash-*.log"))
+
+
+def test_metrics_list_with_spaces_keeps_ndcg_and_items_file(ctx, tmp_path):
+    from tlrec_utils.arguments import EvalArguments, ModelArguments, parse_args
+
+    _, args = parse_args((ModelArguments, EvalArguments),
+                         ["--base_model", str(ctx.model), "--test_file", str(ctx.prepared / "test.json"),
+                          "--output_dir", str(tmp_path / "o"), "--metrics", " auc , ndcg,", "--items_file",
+                          str(ctx.prepared / "items.json")])
+    assert args.metrics == "auc,ndcg"
+    assert not (tmp_path / "o").exists()
+
+
+def test_reprepare_removes_k_shot_files_of_the_old_train_split(ctx, tmp_path):
+    import run_prepare_data
+
+    out = tmp_path / "d"
+    common = ["--dataset", "ml-100k", "--raw_dir", str(ctx.data / "ml-100k"), "--output_dir", str(out)]
+    run_prepare_data.main(common + ["--max_windows", "200"])
+    kshot = run_prepare_data.main(["--output_dir", str(out), "--k_shot", "5"])
+    run_prepare_data.main(common + ["--max_windows", "200"])  # the same split: its K-shot file stays valid
+    assert kshot.is_file()
+    run_prepare_data.main(common + ["--max_windows", "150"])  # another split: the old sample is removed
+    assert not kshot.exists() and (out / "train.json").is_file()
+
+
+def test_teacher_reply_repeating_the_key_is_stored_masked(ctx, tmp_path, monkeypatch):
+    """A server that echoes the key inside a 200 reply: what is stored has it masked."""
+    import asyncio
+
+    from tlrec_utils.teacher import OpenAITeacher
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from openai_stub_server import StubOpenAI
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with StubOpenAI() as server:
+        teacher = OpenAITeacher(model="m", base_url=server.base_url, max_retries=0)
+        prompt = f'Step 1:\nThe movie I have watched (watched movies): "{SECRET}", "B".'
+
+        async def ask():
+            try:
+                return await teacher.answer(None, 1, [{"role": "user", "content": prompt}])
+            finally:
+                await teacher.close()
+
+        reply = asyncio.run(ask())
+    assert SECRET not in reply.text and "***" in reply.text
