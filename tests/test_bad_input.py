@@ -155,7 +155,8 @@ ROWS = [
     ("eval-metrics-unknown", "run_eval", lambda c, t: eval_args(c, t, "--metrics", "auc, recall"),
      ["--metrics", "unknown recall"]),
     # 2. numeric ranges
-    ("eval-limit-negative", "run_eval", lambda c, t: eval_args(c, t, "--limit", "-5"), ["--limit must be >= 1, got -5"]),
+    ("eval-limit-negative", "run_eval", lambda c, t: eval_args(c, t, "--limit", "-5"),
+     ["--limit must be >= 1, got -5"]),
     ("eval-num-negatives-0", "run_eval", lambda c, t: eval_args(c, t, "--num_negatives", "0"), ["--num_negatives"]),
     ("eval-batch-size-0", "run_eval", lambda c, t: eval_args(c, t, "--batch_size", "0"), ["--batch_size"]),
     ("eval-ndcg-k-0", "run_eval", lambda c, t: eval_args(c, t, "--ndcg_k", "0"), ["--ndcg_k"]),
@@ -174,8 +175,8 @@ ROWS = [
     ("cot-concurrency-0", "run_cot_generation",
      lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--teacher", "heuristic",
                    "--concurrency", "0"], ["--concurrency"]),
-    ("pipeline-num-negatives-0", "run_pipeline",
-     lambda c, t: ["--run_dir", str(t / "run"), "--num_negatives", "0"], ["--num_negatives must be >= 1"]),
+    ("pipeline-max-windows-negative", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--max_windows", "-1"], ["--max_windows must be >= 0"]),
     ("eval-device-cuda", "run_eval", lambda c, t: eval_args(c, t, "--device", "cuda"), ["--device cuda", "no CUDA"]),
     # 3. run_experiments config: unknown keys, types, baselines, all up front
     ("grid-unknown-key", "run_experiments", lambda c, t: grid(c, t, seedz=1), ["grid.yaml", "unknown key 'seedz'"]),
@@ -217,12 +218,13 @@ ROWS = [
      lambda c, t: ["--dataset", "ml-100k", "--raw_dir", str(c.data / "ml-100k"), "--output_dir", ""],
      ["--output_dir: empty path"]),
     ("eval-output-empty", "run_eval", lambda c, t: eval_args(c, t)[:-1] + [""], ["--output_dir: empty path"]),
-    ("tuning-output-empty", "run_tuning", lambda c, t: tune_args(c, t)[:5] + ["--output_dir", ""],
+    ("tuning-output-empty", "run_tuning", lambda c, t: tune_args(c, t)[:4] + ["--output_dir", ""],
      ["--output_dir: empty path"]),
     ("pipeline-run-dir-empty", "run_pipeline", lambda c, t: ["--run_dir", ""], ["--run_dir: empty path"]),
     # 7. an adapter / --init_adapter / checkpoint made for another base model
     ("eval-adapter-other-base", "run_eval",
-     lambda c, t: ["--base_model", str(c.other_model), "--adapter", str(c.adapter), *eval_args(c, t)[2:]],
+     lambda c, t: ["--base_model", str(c.other_model), "--adapter", str(c.adapter),
+                   *eval_args(c, t, "--metrics", "auc")[2:]],
      ["--adapter", "made for base model", "not for --base_model", "other_model"]),
     ("tuning-init-adapter-other-base", "run_tuning",
      lambda c, t: ["--base_model", str(c.other_model), *tune_args(c, t, "--init_adapter", str(c.adapter))[2:]],
@@ -263,7 +265,8 @@ ROWS = [
      lambda c, t: eval_args(c, t)[:3] + [str(write(t / "t.json", records_with(c, history="x")))] + eval_args(c, t)[4:],
      ["t.json record 1", "history must be a list"]),
     ("tuning-history-item-without-title", "run_tuning",
-     lambda c, t: tune_args(c, t, train=write(t / "tr.json", records_with(c, history=[{"item_id": "1", "liked": True}]))),
+     lambda c, t: tune_args(c, t, train=write(t / "tr.json",
+                                              records_with(c, history=[{"item_id": "1", "liked": True}]))),
      ["tr.json record 1", "history item 0", "title"]),
     ("eval-output-not-yes-no", "run_eval",
      lambda c, t: eval_args(c, t)[:3] + [str(write(t / "t.json", records_with(c, output="Maybe.")))]
@@ -294,7 +297,8 @@ ROWS = [
     ("tuning-max-length-too-small", "run_tuning", lambda c, t: tune_args(c, t, "--max_length", "8"),
      ["raise --max_length to at least"]),
     ("pipeline-data-dir-missing", "run_pipeline",
-     lambda c, t: ["--run_dir", str(t / "run"), "--data_dir", str(t / "nodata")], ["--data_dir", "nodata", "not found"]),
+     lambda c, t: ["--run_dir", str(t / "run"), "--data_dir", str(t / "nodata")],
+     ["--data_dir", "nodata", "not found"]),
     ("tuning-one-class-val-auc", "run_tuning",
      lambda c, t: tune_args(c, t, "--val_file", str(one_class_val(c, t)), "--metric_for_best_model", "auc"),
      ["--val_file", "val.json", "all 5 validation records are Yes", "AUC needs both classes"]),
@@ -306,7 +310,7 @@ ROWS = [
     ("tuning-train-file-missing", "run_tuning", lambda c, t: tune_args(c, t, train=t / "nope.json"),
      ["--train_files", "nope.json", "file not found"]),
     ("tuning-unknown-flag", "run_tuning", lambda c, t: tune_args(c, t, "--lora_rank", "4"),
-     ["unrecognized arguments", "--lora_rank"]),
+     ["unrecognized arguments: --lora_rank 4"]),
     ("eval-base-model-missing", "run_eval", lambda c, t: ["--base_model", str(t / "nomodel"), *eval_args(c, t)[2:]],
      ["--base_model", "nomodel", "directory not found"]),
 ]
@@ -470,7 +474,7 @@ def test_teacher_reply_repeating_the_key_is_stored_masked(ctx, tmp_path, monkeyp
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with StubOpenAI() as server:
         teacher = OpenAITeacher(model="m", base_url=server.base_url, max_retries=0)
-        prompt = f'Step 1:\nThe movie I have watched (watched movies): "{SECRET}", "B".'
+        prompt = f'Step 1:\nThe movies that the user has watched (watched movies): "{SECRET}", "B"'  # stub format
 
         async def ask():
             try:

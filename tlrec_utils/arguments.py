@@ -136,7 +136,8 @@ def _tuning_training_arguments():
         logging_steps: float = field(default=10)
         report_to: None | str | list[str] = field(default="none")
         early_stopping_patience: int | None = field(
-            default=None, metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."}
+            default=None,
+            metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."},
         )
         overwrite_output_dir: bool = field(
             default=False, metadata={"help": "Train again even when output_dir already holds a finished model."}
@@ -247,9 +248,12 @@ def parse_args(dataclass_types, argv=None):
         except (ValueError, TypeError) as exc:  # TrainingArguments' own checks (e.g. --bf16 without support)
             raise InputError(f"{path}: {' '.join(str(exc).split())}") from None
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        *instances, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as exc:  # TrainingArguments' own checks
         raise InputError(" ".join(str(exc).split())) from None
+    if rest:
+        raise InputError(f"unrecognized arguments: {' '.join(rest)}")
+    return tuple(instances)
 
 
 def parse_tuning_args(argv=None):
