@@ -324,3 +324,19 @@ def test_published_cot_file_is_found_or_fetched_in_the_data_directory(mirror, mi
     path = download.release_file("tlrec-cot", "stage123.json", tmp_path, download=True, mirror=mirror.url)
     assert path == tmp_path / "tlrec-cot" / "stage123.json" and path.read_bytes() == fixture.read_bytes()
     assert download.provenance_of(path)["commit"] == "534c6c97ea67dcde1230f102c65d4ef141cd3435"
+
+
+def test_grid_setup_steps_download_what_they_lack(mirror, data_dir, tmp_path, monkeypatch):
+    """run_experiments --download --mirror: the run_prepare_data setup steps fetch their releases first."""
+    from tlrec_utils import experiments
+
+    monkeypatch.setenv("TLREC_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "prepared" / "netflix"
+    config = {"_path": "grid.yaml", "setup": [{"script": "run_prepare_data.py", "creates": str(out / "test.json"),
+                                              "args": {"dataset": "windows-csv", "release": "netflix",
+                                                       "output_dir": str(out)}}]}
+    experiments.run_setup(config, download=True, mirror=mirror.url)
+    assert (out / "test.json").is_file() and len(mirror.requests) == len(download.RELEASES["netflix"].files)
+    meta = json.loads((out / "meta.json").read_text())
+    assert all(s["downloaded"]["url"].startswith("https://raw.githubusercontent.com/") for s in meta["sources"])
