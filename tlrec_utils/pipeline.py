@@ -115,10 +115,18 @@ class PipelineConfig:
     source_prepare_args: list[str] = field(
         default_factory=list, metadata={"help": "Extra run_prepare_data flags for the source (e.g. --target_style item)."}
     )
+    source_files: dict = field(
+        default_factory=dict,
+        metadata={"help": "Published records as the source splits, {train: F, valid: F, test: F} (paths under "
+                          "data_dir unless absolute): prepared with --dataset records from links to these files."},
+    )
     target_dataset: str = field(default="ml-100k", metadata={"help": "run_prepare_data --dataset of the target."})
     target_subdir: str = field(default="ml-100k", metadata={"help": "Target raw files: DATA_DIR/TARGET_SUBDIR."})
     target_prepare_args: list[str] = field(
         default_factory=list, metadata={"help": "Extra run_prepare_data flags for the target."}
+    )
+    target_files: dict = field(
+        default_factory=dict, metadata={"help": "Published records as the target splits (as source_files)."}
     )
     item_kind: str = field(default="movie", metadata={"help": "movie or book (prompt wording)."})
     max_windows: int = field(default=10000, metadata={"help": "Windows kept per prepared dataset (paper: 10000)."})
@@ -217,6 +225,7 @@ class PipelineConfig:
 
 
 MAPPINGS = ("tuning", "cot_tuning", "source_tuning", "kshot_tuning", "eval")
+SPLIT_FILES = ("source_files", "target_files")  # {train, valid, test} -> a published records file
 
 
 # ---- phase arguments from run_tuning's and run_eval's own dataclasses ---------------------------------------
@@ -324,6 +333,9 @@ def check_config(cfg: PipelineConfig) -> None:
                                    ("target", cfg.target_subdir, cfg.target_dataset)):
         if (Path(cfg.run_dir) / "data" / which / PHASE_DONE).is_file():
             continue
+        if getattr(cfg, f"{which}_files"):
+            split_links(cfg, which)  # checks the mapping and that every file exists
+            continue
         raw = _raw_dir(cfg, subdir)
         if not raw.is_dir() and not cfg.download:
             flag = "--data_dir" if cfg.data_dir else "data directory"
@@ -345,6 +357,7 @@ class Phase:
     after: list[str] = field(default_factory=list)  # keys of the phases whose outputs it reads
     method: str | None = None
     setting: str | None = None  # eval phases: zero_shot | k16_seed0 | ...
+    links: dict = field(default_factory=dict)  # symlink -> file, made before the command runs (split files)
 
     @property
     def launched(self) -> bool:
@@ -375,6 +388,23 @@ def _raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
     from .paths import data_dir
 
     return (data_dir(cfg.data_dir) / subdir).resolve()
+
+
+def split_links(cfg: PipelineConfig, which: str) -> dict[str, Path]:
+    """{train.json: FILE, valid.json: FILE, test.json: FILE} of `source_files` / `target_files`."""
+    files = getattr(cfg, f"{which}_files")
+    flag = f"--{which}_files"
+    if not isinstance(files, dict) or sorted(files) != ["test", "train", "valid"]:
+        raise InputError(f"{flag}: expected a mapping with exactly train, valid and test, got {files!r}")
+    from .paths import data_dir
+
+    links = {}
+    for split, name in files.items():
+        path = Path(name) if Path(name).is_absolute() else data_dir(cfg.data_dir) / name
+        if not path.is_file():
+            raise InputError(f"{flag}: {split}: {path} not found")
+        links[f"{split}.json"] = path.resolve()
+    return links
 
 
 def _model_limit(base_model: str | None) -> int | None:
@@ -422,15 +452,19 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
         dataset = cfg.source_dataset if which == "source" else cfg.target_dataset
         raw = _raw_dir(cfg, cfg.source_subdir if which == "source" else cfg.target_subdir)
         subdir = cfg.source_subdir if which == "source" else cfg.target_subdir
+        links = split_links(cfg, which) if getattr(cfg, f"{which}_files") else {}
+        if links:  # published records picked file by file: run_prepare_data reads links to them
+            dataset, raw = "records", run_dir / "raw" / which
         argv = ["--dataset", dataset, "--raw_dir", str(raw), "--output_dir", str(data[which]),
                 "--max_windows", str(cfg.max_windows), "--item_kind", cfg.item_kind]
-        if cfg.download:
+        if cfg.download and not links:
             from .download import RELEASES
 
             argv += ["--download"] + (["--release", subdir] if subdir in RELEASES else [])
             argv += ["--mirror", cfg.mirror] if cfg.mirror else []
         argv += list(cfg.source_prepare_args if which == "source" else cfg.target_prepare_args)
-        phases.append(Phase(f"data/{which}", f"prepare {which}", "prepare", data[which], "run_prepare_data.py", argv))
+        phases.append(Phase(f"data/{which}", f"prepare {which}", "prepare", data[which], "run_prepare_data.py", argv,
+                            links={raw / name: target for name, target in links.items()}))
 
     plan = [METHODS[m] for m in cfg.methods]
     uses_cot = any(s.startswith("cot") for chain in plan for s in chain)
@@ -492,7 +526,8 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
             if "eval_steps" in cfg.tuning and "save_steps" not in cfg.tuning:
                 base["save_steps"] = cfg.tuning["eval_steps"]
         base["prompt_template"] = cfg.prompt_template
-        argv = to_flags(base) + to_flags(cfg.tuning) + list(cfg.tuning_args)
+        shared = {k: v for k, v in cfg.tuning.items() if not (phase_kind == "cot" and k == "max_length")}
+        argv = to_flags(base) + to_flags(shared) + list(cfg.tuning_args)
         forced = {}
         if phase_kind == "cot":
             forced["max_length"] = cot_max_length(cfg, base_model)
@@ -613,7 +648,14 @@ def execute(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None):
     (in-process) or None."""
     command = phase.command_line(cfg)
     phase.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(phase.dir / "command.txt", shlex.join(command) + "\n")
+    lines = []
+    for link, target in phase.links.items():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+        lines.append(shlex.join(["ln", "-sfn", str(target), str(link)]))
+    atomic_write_text(phase.dir / "command.txt", "\n".join(lines + [shlex.join(command)]) + "\n")
     if phase.launched and cfg.launcher == "accelerate":
         log = phase.dir / "log.txt"
         logger.info("[%s] %s (output: %s)", phase.name, shlex.join(command[:4]) + " ...", log)
@@ -816,23 +858,24 @@ def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineCo
         from .validation import check_config_values
 
         raw = read_config_file(path)
-        for name in MAPPINGS:
+        for name in MAPPINGS + SPLIT_FILES:
             if name in raw and not isinstance(raw[name] or {}, dict):
-                raise InputError(f"{path}: '{name}' must be a mapping of settings")
-        values = check_config_values({k: v for k, v in raw.items() if k not in MAPPINGS}, (PipelineConfig,), path)
-        values.update({k: raw[k] or {} for k in MAPPINGS if k in raw})
+                raise InputError(f"{path}: '{name}' must be a mapping")
+        values = check_config_values({k: v for k, v in raw.items() if k not in MAPPINGS + SPLIT_FILES},
+                                     (PipelineConfig,), path)
+        values.update({k: raw[k] or {} for k in MAPPINGS + SPLIT_FILES if k in raw})
     # --tuning_args takes the rest of the line (it holds run_tuning flags)
     tuning_args = []
     if "--tuning_args" in argv:
         i = argv.index("--tuning_args")
         argv, tuning_args = argv[:i], argv[i + 1 :]
     # mapping flags: everything up to the next --flag
-    mappings = {name: dict(values.get(name) or {}) for name in MAPPINGS}
+    mappings = {name: dict(values.get(name) or {}) for name in MAPPINGS + SPLIT_FILES}
     rest = []
     i = 0
     while i < len(argv):
         name = argv[i][2:] if argv[i].startswith("--") else None
-        if name in MAPPINGS:
+        if name in MAPPINGS + SPLIT_FILES:
             j = i + 1
             while j < len(argv) and not argv[j].startswith("--"):
                 j += 1
@@ -842,7 +885,7 @@ def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineCo
             rest.append(argv[i])
             i += 1
     parser = HfArgumentParser(PipelineConfig, description=description)
-    parser.set_defaults(**{k: v for k, v in values.items() if k not in MAPPINGS})
+    parser.set_defaults(**{k: v for k, v in values.items() if k not in MAPPINGS + SPLIT_FILES})
     for action in parser._actions:  # a value from the file satisfies a required flag
         if action.dest in values:
             action.required = False
