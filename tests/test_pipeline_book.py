@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--max_windows", "0", "--cot_max_users", "200", "--k_shots", "16", "--tiny_vocab_size", "600",
          "--tiny_hidden_size", "64", "--cot_epochs", "1", "--source_epochs", "1", "--kshot_epochs", "1",
          "--test_limit", "12", "--tuning", "per_device_train_batch_size=8", "max_length=320",
-         "--eval", '{"num_negatives": 5, "batch_size": 16}', "--cot_max_length", "512"]  # fmt: skip
+         "--eval", '{"num_negatives": 5, "batch_size": 16}']  # fmt: skip
 
 
 @pytest.fixture()
