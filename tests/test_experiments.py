@@ -106,7 +106,9 @@ def test_slurm_array_over_unfinished_cells(grid_config, fake_sbatch):
     X.run_cell(cfg, cells[0])  # one cell already done: not part of the array
     assert run_experiments.main(["--config", str(path), "--launcher", "slurm"]) == 0
     script = X.runs_dir(config).parent.resolve() / "slurm" / "grid.sbatch"
-    assert fake_sbatch.read_text().split() == [str(script)]
+    array_call, report_call = fake_sbatch.read_text().splitlines()  # the baseline array, then the report
+    assert array_call.split() == ["--parsable", str(script)]
+    assert report_call.split()[:2] == ["--parsable", "--dependency=afterany:4242"]
     text = script.read_text()
     assert f"#SBATCH --array=0-{len(cells) - 2}%4" in text
     assert "#SBATCH --partition=gpu" in text and "#SBATCH --time=02:00:00" in text and "module load cuda" in text

@@ -39,6 +39,7 @@ cell is, where each metrics.json lands) written before the cell runs; OUTPUT/res
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -247,7 +248,15 @@ def build_cells(config) -> list[Cell]:
                     f"{config['_path']}: method {method['name']!r} needs 'baseline', or 'pipeline' and 'variant'"
                 )
         for run, run_methods in pipelines.items():
-            cells.append(pipeline_cell(config, run, run_methods, group_settings, seeds, group, backbone))
+            cell = pipeline_cell(config, run, run_methods, group_settings, seeds, group, backbone)
+            # ablations of a pipeline run Table 1 also uses: the same run directory (data, CoT, shared phases
+            # once), its outputs marked with their group
+            same = next((c for c in cells if c.script == "run_pipeline.py" and c.name == cell.name
+                         and c.backbone == cell.backbone and c.group != group), None)
+            if same is not None and same.args == cell.args:
+                same.outputs += [{**o, "group": group} for o in cell.outputs]
+            else:
+                cells.append(cell)
 
     add(config["methods"], "main", settings)
     # an ablation that is a Table 1 method (w/o CoT = TALLRec here) reuses its cells: `same_as: TALLRec`
@@ -434,23 +443,6 @@ def write_sbatch(config, cells: list[Cell], config_path) -> tuple[Path, Path] | 
     return script_path, cells_file
 
 
-def submit_slurm(config, cells: list[Cell], config_path) -> str | None:
-    """Write the array script and submit it with sbatch; returns sbatch's answer (the job id line)."""
-    written = write_sbatch(config, cells, config_path)
-    if written is None:
-        logger.info("every cell is finished: nothing to submit")
-        return None
-    script_path, _ = written
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
-        raise InputError(f"sbatch not found on PATH: wrote {script_path}; submit it on the cluster with `sbatch {script_path}`")
-    proc = subprocess.run([sbatch, str(script_path)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InputError(f"sbatch {script_path} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    logger.info("%s (%s)", proc.stdout.strip(), script_path)
-    return proc.stdout.strip()
-
-
 def cell_from_index(config, cells: list[Cell], cells_file, index: int) -> Cell:
     paths = json.loads(Path(cells_file).read_text(encoding="utf-8"))
     if not 0 <= index < len(paths):
@@ -477,3 +469,371 @@ def report(config) -> dict:
         ablation_order=[config.get("ours", "TLRec")] + [a["name"] for a in config.get("ablations") or []],
         backbone_order=[b["name"] for b in config.get("backbones") or []] or None,
     )
+
+
+# ---- overrides, the plan (--dry_run) and its GPU-hours estimate ----------------------------------------------
+
+GRID_KEYS = {"name", "title", "output_dir", "setup", "target", "source", "settings", "seeds", "test_limit", "ours",
+             "metrics", "pipeline", "pipeline_runs", "methods", "ablations", "backbones", "backbone_settings",
+             "slurm", "estimate"}
+
+
+def _yaml_value(text: str):
+    import yaml
+
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """`--override KEY=VALUE` (values read as YAML): a grid key (`seeds=[0]`, `settings=[zero-shot,16]`,
+    `slurm.partition=gpu`, `pipeline_runs.main.methods=[tlrec]`: dots walk into mappings), else a run_pipeline
+    setting of every pipeline run and backbone (`base_model=models/tiny`, `start_adapter=null`,
+    `teacher=published`, `kshot_tuning={load_in_8bit: false}`: a mapping adds to the recipe's mapping)."""
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--override: expected KEY=VALUE, got {item!r}")
+        value = _yaml_value(text)
+        parts = key.split(".")
+        if parts[0] in GRID_KEYS:
+            node = config
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[parts[-1]] = value
+            continue
+        pipeline = config.setdefault("pipeline", {})
+        if "config" in pipeline:  # inline the pipeline config file, so an override can also unset its values
+            inlined = read_config_file(Path(pipeline.pop("config")))
+            for name, val in pipeline.items():
+                inlined[name] = {**inlined[name], **val} if isinstance(val, dict) and isinstance(
+                    inlined.get(name), dict) else val
+            pipeline.clear()
+            pipeline.update(inlined)
+        targets = [pipeline]
+        targets += [b["pipeline"] for b in config.get("backbones") or [] if key in (b.get("pipeline") or {})]
+        for target in targets:
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                target[key] = {**target[key], **value}
+            else:
+                target[key] = value
+    return config
+
+
+ESTIMATE_DEFAULTS = {
+    # stated throughputs per GPU (assumptions, not measurements: bench/gpu_check.sh measures yours); a config's
+    # `estimate:` mapping overrides any of these
+    "train_tokens_per_s": 2500.0,  # LoRA on a 7B model in 8 bit/fp16, one A100-80GB
+    "eval_tokens_per_s": 15000.0,  # forward passes only, same GPU
+    "tokens_per_record": {"rec": 300, "cot": 700},
+    "liked_share": 0.55,  # test records ranked among the negatives (sampled NDCG)
+    # record counts used while a phase's input does not exist yet (the authors' releases; CoT: users hit x 3)
+    "records": {"cot": 3000, "source": 8000, "valid": 1000, "test": 1000},
+}
+
+
+def _last_flag(argv: list[str], name: str):
+    value = None
+    for i, arg in enumerate(argv[:-1]):
+        if arg == name:
+            value = argv[i + 1]
+    return value
+
+
+def _count_records(path, role: str, est: dict, cache: dict) -> int:
+    if path and path not in cache:
+        p = Path(path)
+        cache[path] = len(json.loads(p.read_text(encoding="utf-8"))) if p.is_file() else None
+    return cache.get(path) or est["records"][role]
+
+
+def phase_tokens(phase, est: dict, cache: dict) -> tuple[float, float]:
+    """(training tokens, forward-only tokens) of one pipeline phase: records x epochs x tokens per record,
+    validation passes, and test prompts (with the ranking candidates); an upper bound (early stopping may stop
+    sooner)."""
+    import math
+
+    argv = phase.argv
+    tpr = est["tokens_per_record"]
+    if phase.kind == "tuning":
+        train = _last_flag(argv, "--train_files")
+        role = "cot" if "cot" in phase.key else ("source" if "source" in phase.key else "test")
+        n = _count_records(train, role, est, cache)
+        if _last_flag(argv, "--k_shot"):
+            n = min(n, int(_last_flag(argv, "--k_shot")))
+        epochs = float(_last_flag(argv, "--num_train_epochs") or 1)
+        train_tokens = n * epochs * tpr["cot" if role == "cot" else "rec"]
+        forward = 0.0
+        if _last_flag(argv, "--val_file"):
+            batch = int(_last_flag(argv, "--per_device_train_batch_size") or 8) * int(
+                _last_flag(argv, "--gradient_accumulation_steps") or 1)
+            steps = math.ceil(n * epochs / batch)
+            evals = steps // max(1, int(float(_last_flag(argv, "--eval_steps") or 10)))
+            n_val = _count_records(_last_flag(argv, "--val_file"), "valid", est, cache)
+            max_val = _last_flag(argv, "--max_val_records")
+            forward = evals * min(n_val, int(max_val) if max_val else n_val) * tpr["rec"] * 2  # loss + answer
+        return train_tokens, forward
+    if phase.kind == "eval":
+        n = _count_records(_last_flag(argv, "--test_file"), "test", est, cache)
+        if _last_flag(argv, "--limit"):
+            n = min(n, int(_last_flag(argv, "--limit")))
+        negatives = int(_last_flag(argv, "--num_negatives") or 50)
+        return 0.0, n * (1 + est["liked_share"] * (negatives + 1)) * tpr["rec"]
+    return 0.0, 0.0
+
+
+def cell_phases(config, cell: Cell):
+    """The pipeline phases of a pipeline cell (tlrec_utils.pipeline.pipeline_phases), nothing run or written."""
+    from .pipeline import pipeline_phases
+
+    return pipeline_phases(cell_pipeline_config(config, cell))
+
+
+def dry_run(config, cells: list[Cell], out=None) -> float:
+    """Print every cell's commands (each pipeline phase's exact command line: `accelerate launch ...` when the
+    pipeline's launcher is accelerate) and a GPU-hours estimate; writes nothing. Returns the GPU-hours."""
+    from .pipeline import PHASE_DONE
+
+    out = out or sys.stdout
+    est = {**ESTIMATE_DEFAULTS, **(config.get("estimate") or {})}
+    est["tokens_per_record"] = {**ESTIMATE_DEFAULTS["tokens_per_record"], **est["tokens_per_record"]}
+    est["records"] = {**ESTIMATE_DEFAULTS["records"], **est["records"]}
+    cache: dict = {}
+    total_train = total_forward = 0.0
+    rows = []
+    for cell in cells:
+        state = "done" if is_finished(config, cell) else "todo"
+        if cell.script != "run_pipeline.py":
+            print(f"{state}  {cell.path}\n      {shlex.join([sys.executable, cell.script, *cell_argv(config, cell)])}",
+                  file=out)
+            continue
+        pipeline_config = cell_pipeline_config(config, cell)
+        phases = cell_phases(config, cell)
+        print(f"{state}  {cell.path}  ({len(phases)} phases)", file=out)
+        train = forward = 0.0
+        for phase in phases:
+            done = "done" if (phase.dir / PHASE_DONE).is_file() else "todo"
+            print(f"  {done}  [{phase.key}]  {shlex.join(phase.command_line(pipeline_config))}",
+                  file=out)
+            t, f = phase_tokens(phase, est, cache)
+            train, forward = train + t, forward + f
+        hours = train / est["train_tokens_per_s"] / 3600 + forward / est["eval_tokens_per_s"] / 3600
+        rows.append((cell.path, train, forward, hours))
+        total_train, total_forward = total_train + train, total_forward + forward
+    total = sum(r[3] for r in rows)
+    print(f"\nGPU-hours estimate (stated throughput per GPU: training {est['train_tokens_per_s']:,.0f} tokens/s, "
+          f"forward {est['eval_tokens_per_s']:,.0f} tokens/s; tokens per record {est['tokens_per_record']}; "
+          "an upper bound: early stopping ends phases sooner; baselines run on CPU):", file=out)
+    for path, train, forward, hours in rows:
+        print(f"  {path}: {train / 1e6:,.1f} M training + {forward / 1e6:,.1f} M forward tokens -> {hours:,.1f} "
+              "GPU-hours", file=out)
+    print(f"  total: {total_train / 1e6:,.1f} M training + {total_forward / 1e6:,.1f} M forward tokens -> "
+          f"{total:,.1f} GPU-hours", file=out)
+    return total
+
+
+def cell_pipeline_config(config, cell: Cell):
+    from .pipeline import parse_pipeline_args
+
+    return parse_pipeline_args(cell_argv(config, cell))
+
+
+# ---- SLURM: the grid as chains of dependent jobs ----------------------------------------------------------------
+
+PHASE_JOB_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name={job_name}
+#SBATCH --output={log}
+#SBATCH --time={time}
+#SBATCH --cpus-per-task={cpus}
+#SBATCH --mem={mem}
+#SBATCH --requeue
+#SBATCH --signal=B:TERM@120
+{optional}#
+# {what}
+# A rerun (requeue after preemption, or resubmission) resumes the phase: finished phases are skipped, a tuning
+# phase continues from its last checkpoint, the CoT phase never asks the teacher twice. SIGTERM is forwarded by
+# slurm/preemptible.sh; the job is requeued after the checkpoint.
+set -euo pipefail
+cd {repo}
+source slurm/preemptible.sh
+{setup}run_preemptible {command}
+"""
+
+
+@dataclass
+class SlurmJob:
+    key: str  # "<cell path>:<phase key>", "<cell path>" (baseline array) or "report"
+    what: str
+    command: list[str]
+    after: list[str]
+    gpus: bool = True
+    dependency: str = "afterok"  # the report job: afterany (it reports whatever finished)
+
+
+def _job_base_command(config, config_path, overrides) -> list[str]:
+    python = (config.get("slurm") or {}).get("python", "python")
+    out = [python, "run_experiments.py", "--config", str(Path(config_path).resolve())]
+    for item in overrides or []:
+        out += ["--override", item]
+    return out
+
+
+def slurm_plan(config, cells: list[Cell], config_path, overrides=None) -> list[SlurmJob]:
+    """The jobs left to run, in submission order: one job per unfinished pipeline phase (its `--dependency`: the
+    unfinished phases it reads, so shared phases such as data, CoT and source rec-tuning run once per run
+    directory and every K-shot chain waits for them), one array job over the unfinished baseline cells, and a
+    report job after all of them."""
+    from .pipeline import PHASE_DONE, _finished_earlier
+
+    base = _job_base_command(config, config_path, overrides)
+    jobs: list[SlurmJob] = []
+    for cell in cells:
+        if cell.script != "run_pipeline.py" or is_finished(config, cell):
+            continue
+        for phase in cell_phases(config, cell):
+            if (phase.dir / PHASE_DONE).is_file() or _finished_earlier(phase):
+                continue
+            left = {j.key for j in jobs}
+            after = [f"{cell.path}:{a}" for a in phase.after if f"{cell.path}:{a}" in left]
+            jobs.append(SlurmJob(f"{cell.path}:{phase.key}", f"{cell.path}: {phase.name}",
+                                 base + ["--run_phase", cell.path, phase.key], after, phase.kind in ("tuning", "eval")))
+    baselines = [c for c in cells if c.script != "run_pipeline.py" and not is_finished(config, c)]
+    if baselines:
+        jobs.append(SlurmJob("baselines", f"{len(baselines)} baseline cells (array)", [], [], gpus=False))
+    if jobs:
+        jobs.append(SlurmJob("report", "Table 1 and the figures from every finished cell",
+                             base + ["--report_only"], [j.key for j in jobs], gpus=False, dependency="afterany"))
+    return jobs
+
+
+def _render_job(config, job: SlurmJob, slurm_dir: Path) -> str:
+    slurm = config.get("slurm") or {}
+    optional = ""
+    for key in ("partition", "account", "qos", "constraint"):
+        if slurm.get(key):
+            optional += f"#SBATCH --{key}={slurm[key]}\n"
+    if job.gpus and slurm.get("gpus"):
+        optional += f"#SBATCH --gpus={slurm['gpus']}\n"
+    for line in slurm.get("extra_directives") or []:
+        optional += f"#SBATCH {line}\n"
+    return PHASE_JOB_TEMPLATE.format(
+        job_name=f"tlrec-{slug(config.get('name', 'grid'))}-{slug(job.key)}"[:120],
+        log=slurm_dir / "logs" / f"{slug(job.key)}-%j.out", time=slurm.get("time", "24:00:00"),
+        cpus=slurm.get("cpus", 8), mem=slurm.get("mem", "64G"), optional=optional, what=job.what,
+        repo=shlex.quote(str(REPO_ROOT)), setup="".join(f"{line}\n" for line in slurm.get("setup") or []),
+        command=shlex.join(job.command),
+    )
+
+
+def _alive(job_ids: list[str]) -> set[str]:
+    """Job ids still pending or running (squeue), so a resubmission waits on them instead of doubling them."""
+    squeue = shutil.which("squeue")
+    if squeue is None or not job_ids:
+        return set()
+    proc = subprocess.run([squeue, "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True,
+                          check=False)
+    return {line.strip().split("_")[0] for line in proc.stdout.splitlines() if line.strip()}
+
+
+def submit_slurm_chains(config, cells: list[Cell], config_path, overrides=None, dry_run: bool = False,
+                        out=None) -> dict:
+    """Write one sbatch script per job of `slurm_plan` under OUTPUT/slurm/jobs/ and submit them in order with
+    `--dependency=afterok:` on their predecessors' job ids (dry_run: print the plan, submit nothing). Jobs of an
+    earlier submission that are still queued are reused, not submitted again. Returns {job key: job id}."""
+    out = out or sys.stdout
+    slurm_dir = Path(config["output_dir"]).resolve() / "slurm"
+    jobs = slurm_plan(config, cells, config_path, overrides)
+    if not jobs:
+        print("every cell is finished: nothing to submit", file=out)
+        return {}
+    (slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (slurm_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    scripts = []
+    for n, job in enumerate(jobs):
+        if job.key == "baselines":
+            scripts.append(write_sbatch(config, [c for c in cells if c.script != "run_pipeline.py"], config_path)[0])
+        else:
+            scripts.append(slurm_dir / "jobs" / f"{n:04d}-{slug(job.key)}.sbatch")
+            atomic_write_text(scripts[-1], _render_job(config, job, slurm_dir))
+    if dry_run:
+        for n, (job, script) in enumerate(zip(jobs, scripts)):
+            deps = [f"<{i}>" for i, j in enumerate(jobs[:n]) if j.key in job.after]
+            print(f"job <{n}>  {job.key}  after {' '.join(deps) or '-'}  {script}", file=out)
+        print(f"{len(jobs)} jobs written under {slurm_dir} (nothing submitted)", file=out)
+        return {}
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise InputError(f"sbatch not found on PATH: wrote {len(jobs)} job scripts under {slurm_dir}; run this on "
+                         "the cluster's login node")
+    record_path = slurm_dir / "submitted.json"
+    earlier = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    alive = _alive(sorted(set(earlier.values())))
+    ids: dict[str, str] = {}
+    for job, script in zip(jobs, scripts):
+        if earlier.get(job.key) in alive:
+            ids[job.key] = earlier[job.key]
+            logger.info("%s: job %s from an earlier submission is still queued", job.key, ids[job.key])
+            continue
+        deps = [ids[a] for a in job.after if a in ids]
+        dep_flag = [f"--dependency={job.dependency}:{':'.join(deps)}"] if deps else []
+        proc = subprocess.run([sbatch, "--parsable", *dep_flag, str(script)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise InputError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        ids[job.key] = proc.stdout.strip().split(";")[0].split()[-1]  # --parsable: "ID" or "ID;cluster"
+        earlier[job.key] = ids[job.key]
+        atomic_write_json(record_path, earlier)  # after every submission: a failure later loses nothing
+    print(f"submitted {len(ids)} jobs for what is left to run; ids in {record_path}", file=out)
+    return ids
+
+
+@contextlib.contextmanager
+def _phase_lock(phase_dir: Path):
+    """One job per phase at a time (a requeued job racing its predecessor): fcntl.flock beside the phase dir."""
+    import fcntl
+
+    phase_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(phase_dir.parent / f".{phase_dir.name}.lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{phase_dir}: another job is running this phase") from None
+        yield
+
+
+def run_one_phase(config, cells: list[Cell], cell_path: str, phase_key: str) -> int:
+    """A SLURM phase job: run (or resume, or skip when finished) one phase of a pipeline cell. Returns the
+    exit status (143 after SIGTERM: the checkpoint is saved and the job is requeued)."""
+    from .pipeline import (
+        EXIT_INTERRUPTED,
+        PhaseInterrupted,
+        _Signals,
+        pipeline_phases,
+        run_phase,
+    )
+
+    cell = next((c for c in cells if c.path == cell_path and c.script == "run_pipeline.py"), None)
+    if cell is None:
+        raise InputError(f"--run_phase: no pipeline cell {cell_path!r} in the config's grid")
+    write_cell_json(config, cell)
+    cfg = cell_pipeline_config(config, cell)
+    phase = next((p for p in pipeline_phases(cfg) if p.key == phase_key), None)
+    if phase is None:
+        raise InputError(f"--run_phase: cell {cell_path} has no phase {phase_key!r}")
+    with _phase_lock(phase.dir), _Signals() as signals:
+        try:
+            run_phase(cfg, phase, signals)
+        except PhaseInterrupted as exc:
+            logger.warning("%s", exc)
+            return EXIT_INTERRUPTED
+    return 0

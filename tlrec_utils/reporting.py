@@ -224,7 +224,7 @@ def collect_rows(root) -> list[dict]:
             if not metrics_path.is_file():
                 pending += 1
                 continue
-            row = {"group": cell.get("group") or "main", "backbone": cell.get("backbone"),
+            row = {"group": out.get("group") or cell.get("group") or "main", "backbone": cell.get("backbone"),
                    "seed": out.get("seed", cell.get("seed")),
                    "method": out["method"], "setting": out["setting"]}
             row["metrics"] = json.loads(metrics_path.read_text(encoding="utf-8"))

@@ -1,0 +1,20 @@
+"""bench/gpu_check.sh in its CPU mode (CPU_CHECK=1): the GPU proof script's wiring on a tiny model."""
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_check_cpu_mode(tmp_path):
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=900, check=False, env={**os.environ, "CPU_CHECK": "1"})
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-2000:]
+    assert "PASS gpu_check table" in out
+    for row in ("LoRA r=8 q,v, batch 4", "scoring, 64 prompts", "--eval_mode generate", "packed shared prefix",
+                "KV-cache shared prefix"):
+        assert row in out
+    assert "FAIL" not in out
+    assert "PASS ZeRO-2" in out or "SKIP ZeRO-2/ZeRO-3 checks: deepspeed is not installed" in out
