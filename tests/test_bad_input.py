@@ -484,3 +484,13 @@ def test_teacher_reply_repeating_the_key_is_stored_masked(ctx, tmp_path, monkeyp
 
         reply = asyncio.run(ask())
     assert SECRET not in reply.text and "***" in reply.text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: the 'under a file' rows cover this check as root")
+def test_output_dir_without_write_permission(ctx, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    proc = run("run_prepare_data", ["--dataset", "ml-100k", "--raw_dir", ctx.data / "ml-100k", "--output_dir",
+                                    locked / "out"], ctx)
+    check_one_line(proc, ["--output_dir", "no permission to write in", "locked"])
+    assert not (locked / "out").exists()
