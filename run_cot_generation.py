@@ -4,7 +4,7 @@
     python run_cot_generation.py --data_dir data/netflix --output_dir cot/netflix --model gpt-4 --max_cost 50
     python run_cot_generation.py --data_dir data/netflix --output_dir cot/local \\
         --base_url http://localhost:8000/v1 --model meta-llama/Meta-Llama-3-8B-Instruct --concurrency 32
-    python run_cot_generation.py --data_dir data/netflix --output_dir cot/demo --teacher heuristic   # offline, not an LLM
+    python run_cot_generation.py --data_dir data/netflix --output_dir cot/demo --teacher heuristic  # offline, no LLM
 
 Rerunning into the same --output_dir resumes: answered users and stages are never asked again.
 """
@@ -28,7 +28,8 @@ HELP = {
     "max_requests": "stop cleanly after this many requests (retries included)",
     "max_cost": "stop cleanly once the estimated spend reaches this (in-flight requests still finish)",
     "max_users": "only the first N liked windows",
-    "allow_same_user_neighbors": "the authors' behaviour: a user's own other windows may be neighbours (leaks the target)",
+    "allow_same_user_neighbors": "the authors' behaviour: a user's own other windows may be neighbours "
+                                 "(leaks the target)",
     "ensure_target": "insert the true next item into candidate sets that miss it instead of skipping the user",
     "kind": "movie, book or auto (from the records' instruction)",
     "hit_match": "which users are kept: title_in_answer (the target's title appears in the Stage-3 answer, as the "

@@ -74,7 +74,7 @@ def main(argv=None):
             print(f"interrupted: {exc}; rerun the same command to resume", file=sys.stderr)
             return X.EXIT_INTERRUPTED
     written = X.report(config)
-    for name, path in written.items():
+    for path in written.values():
         print(f"wrote {path}")
     if "table1.md" in written:
         print(written["table1.md"].read_text(encoding="utf-8"))

@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--shuffle_seed", type=int, default=None,
                    help="bookcrossing (no timestamps): shuffle each user's ratings with this seed "
                         "instead of keeping file order")
-    p.add_argument("--item_kind", default="movie", help="windows-csv: movie or book wording (also picks the default release)")
+    p.add_argument("--item_kind", default="movie",
+                   help="windows-csv: movie or book wording (also picks the default release)")
     p.add_argument("--target_style", default="wrap",
                    help="target quoting: wrap (TALLRec) or item (TLRec Amazon-Books release)")
     p.add_argument("--bad_row_tolerance", type=float, default=DEFAULT_BAD_ROW_TOLERANCE,

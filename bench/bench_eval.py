@@ -131,8 +131,8 @@ def main():
 
     # 4. the whole sampled-NDCG evaluation, as run_eval runs it
     sub = all_records[: args.ndcg_records]
-    eval_args = EvalArguments(test_file=str(prepared / "test.json"), output_dir=str(work / "eval"), metrics="ndcg", batch_size=args.batch_size,
-                              max_length=args.max_length)
+    eval_args = EvalArguments(test_file=str(prepared / "test.json"), output_dir=str(work / "eval"), metrics="ndcg",
+                              batch_size=args.batch_size, max_length=args.max_length)
     t_eval, (metrics, _) = timed(lambda: evaluate(model, tokenizer, sub, eval_args, catalog))
     n = metrics["counts"]["ranked"]
     print(f"[4] sampled NDCG@10 of {len(sub)} test records ({n} liked targets x 51 candidates): {t_eval:.1f} s "

@@ -33,12 +33,13 @@ def main():
     ap.add_argument("--work_dir", default=None)
     args = ap.parse_args()
 
+    from transformers import AutoModelForCausalLM
+
     from tlrec_utils.arguments import TuningTrainingArguments
     from tlrec_utils.modeling import load_tokenizer
     from tlrec_utils.records import load_records
     from tlrec_utils.tokenization import RecordEncoder
     from tlrec_utils.training import TLRecTrainer, TuningCollator, training_dataset
-    from transformers import AutoModelForCausalLM
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_padding_"))
     prepared, model_dir = movie_split_and_model(work, args.prepared, args.base_model)

@@ -45,7 +45,8 @@ class StubOpenAI:
         self.timeout_sleep = timeout_sleep
         self.retry_after = retry_after
         self.faults: collections.deque[str] = collections.deque()
-        self.requests: list[dict] = []  # {time, prompt, messages, fault, authorization, prompt_tokens, completion_tokens}
+        # {time, prompt, messages, fault, authorization, prompt_tokens, completion_tokens}
+        self.requests: list[dict] = []
         self.lock = threading.Lock()
         stub = self
 

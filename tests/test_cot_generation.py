@@ -36,7 +36,8 @@ def write_source_domain(directory: Path, people: int = 10, windows_per_person: i
         sequence = rng.sample(range(len(TITLES)), 10 + windows_per_person)
         liked = [rng.random() < 0.8 for _ in sequence]
         for w in range(windows_per_person):
-            hist = [{"item_id": str(i), "title": TITLES[i], "liked": liked[w + k]} for k, i in enumerate(sequence[w : w + 10])]
+            hist = [{"item_id": str(i), "title": TITLES[i], "liked": liked[w + k]}
+                    for k, i in enumerate(sequence[w : w + 10])]
             t = sequence[w + 10]
             records.append(
                 build_record(f"p{p}", hist, {"item_id": str(t), "title": TITLES[t]}, int(liked[w + 10]), "movie")
@@ -362,10 +363,13 @@ def test_heuristic_teacher_on_netflix(data_dir, tmp_path):
     out = tmp_path / "cot"
     summary = main(["--data_dir", str(prepared), "--output_dir", str(out), "--teacher", "heuristic", "--no-progress"])
     lines = read_lines(out / "responses.jsonl")
-    assert summary["teacher"] == "heuristic (not an LLM)" and all(line["teacher"] == summary["teacher"] for line in lines)
-    assert summary["users_completed"] == summary["users_seen"] - summary["skipped_target_not_in_candidates"] == len(lines)
+    assert summary["teacher"] == "heuristic (not an LLM)"
+    assert all(line["teacher"] == summary["teacher"] for line in lines)
+    assert (summary["users_completed"] == summary["users_seen"] - summary["skipped_target_not_in_candidates"]
+            == len(lines))
     # the leak the issue describes: a user's own windows as neighbours put the target in the set far more often
-    assert summary["target_in_candidates_rate_with_same_user_neighbors"] > 2 * summary["target_in_candidates_rate_other_users_only"]
+    assert (summary["target_in_candidates_rate_with_same_user_neighbors"]
+            > 2 * summary["target_in_candidates_rate_other_users_only"])
     cot = json.loads((out / "cot_train.json").read_text())
     assert len(cot) == 3 * summary["users_hit"] > 0
     hit_targets = {line["key"]: line["target"]["title"] for line in lines if line["hit"]}

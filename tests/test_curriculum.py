@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dp_curriculum_worker as worker
 import pytest
 
-import dp_curriculum_worker as worker
 from tlrec_utils.curriculum import build_curriculum_sampler, curriculum_order
 from tlrec_utils.errors import InputError
 

@@ -15,12 +15,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from mirror_server import MirrorServer  # tests/ is on sys.path (conftest)
 
 import run_prepare_data
 from tlrec_utils import download, paths
 from tlrec_utils.errors import InputError
-
-from mirror_server import MirrorServer  # tests/ is on sys.path (conftest)
 
 REPO = Path(__file__).resolve().parent.parent
 

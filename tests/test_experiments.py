@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 import yaml
+from helpers import synthetic_records
 
 import run_experiments
-from helpers import synthetic_records
 from tlrec_utils import experiments as X
 from tlrec_utils.errors import InputError
 
@@ -27,7 +27,8 @@ def grid_config(tmp_path):
     config = {
         "name": "tiny-grid",
         "output_dir": str(tmp_path / "grid"),
-        "target": {k: str(data / f"{k}.json") for k in ("train", "valid", "test")} | {"items": str(data / "items.json")},
+        "target": {k: str(data / f"{k}.json") for k in ("train", "valid", "test")}
+        | {"items": str(data / "items.json")},
         "source": {"train": str(data / "source_train.json")},
         "settings": ["zero-shot", 16, 64],
         "seeds": 2,
@@ -37,7 +38,8 @@ def grid_config(tmp_path):
             {"name": "Popularity", "baseline": "item-popularity"},
             {"name": "User share", "baseline": "user-like-share"},
         ],
-        "ablations": [{"name": "Like-rate", "baseline": "item-like-rate"}, {"name": "Pop again", "same_as": "Popularity"}],
+        "ablations": [{"name": "Like-rate", "baseline": "item-like-rate"},
+                      {"name": "Pop again", "same_as": "Popularity"}],
         # a setup step (run once before the cells): here a K-shot file, as a data preparation step would
         "setup": [{"script": "run_prepare_data.py", "args": {"k_shot": 16, "seed": 0, "output_dir": str(data)},
                    "creates": str(data / "train_k16_seed0.json")}],
@@ -62,7 +64,8 @@ def test_grid_runs_every_cell_once_and_reports(grid_config, capsys):
         assert metrics["settings"]["train_file"] == expected_train
     table = (tmp := (X.runs_dir(config).parent / "results")) / "table1.md"
     lines = table.read_text().splitlines()
-    assert lines[0] == "| Method | Zero-shot AUC | Zero-shot NDCG@10 | K=16 AUC | K=16 NDCG@10 | K=64 AUC | K=64 NDCG@10 |"
+    assert lines[0] == ("| Method | Zero-shot AUC | Zero-shot NDCG@10 | K=16 AUC | K=16 NDCG@10 "
+                        "| K=64 AUC | K=64 NDCG@10 |")
     assert [line.split(" | ")[0] for line in lines[2:5]] == ["| LogReg", "| Popularity", "| User share"]
     assert (tmp / "ablation.png").stat().st_size > 0 and (tmp / "table1.csv").is_file()
     assert not any("Pop_again" in c.path for c in cells)  # `same_as` reuses Popularity's cells
@@ -135,7 +138,8 @@ def test_bad_config_is_input_error(tmp_path):
     bad.write_text("output_dir: x\nmethods: []\n")
     with pytest.raises(InputError, match="missing 'target'"):
         run_experiments.main(["--config", str(bad)])
-    bad.write_text(yaml.safe_dump({"output_dir": "x", "target": {}, "settings": ["few"], "methods": [{"name": "a", "baseline": "sasrec"}]}))
+    bad.write_text(yaml.safe_dump({"output_dir": "x", "target": {}, "settings": ["few"],
+                                   "methods": [{"name": "a", "baseline": "sasrec"}]}))
     with pytest.raises(InputError, match="neither zero-shot nor a K"):
         run_experiments.main(["--config", str(bad)])
 

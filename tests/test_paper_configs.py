@@ -36,14 +36,16 @@ def test_paper_config_dry_run(name, data_dir, capsys, monkeypatch):
     # the authors' K-shot recipe (rec_tuning.py / few_shot.sh) overrides the CoT/source one (ins_tuning.py)
     assert (_last(kshot, "--learning_rate"), _last(kshot, "--num_train_epochs"), _last(kshot, "--max_length"),
             _last(kshot, "--k_shot")) == ("0.0001", "30.0", "256", "64")
-    assert _last(kshot, "--per_device_train_batch_size") == "4" and _last(kshot, "--gradient_accumulation_steps") == "32"
+    assert _last(kshot, "--per_device_train_batch_size") == "4"
+    assert _last(kshot, "--gradient_accumulation_steps") == "32"
     assert _last(kshot, "--metric_for_best_model") == "loss" and _last(kshot, "--train_on_inputs") == "true"
     evals = [c for k, c in commands.items() if "/eval/" in k]
     assert evals and all(_last(c, "--score_fn") == "both" for c in evals)
     if name != "paper_backbones":
         cot = commands["tlrec/cot_tuning"]
         assert (_last(cot, "--learning_rate"), _last(cot, "--metric_for_best_model")) == ("0.0003", "auc")
-        assert {"tallrec/k16_seed4", "wo_cot/k256_seed0", "wo_curriculum/cot_tuning", "wo_rec_tuning/k16_seed0"} <= set(commands)
+        assert {"tallrec/k16_seed4", "wo_cot/k256_seed0", "wo_curriculum/cot_tuning",
+                "wo_rec_tuning/k16_seed0"} <= set(commands)
     else:
         glm = [shlex.split(cmd) for key, cmd in phases if "ChatGLM-6B" in cmd and "run_tuning.py" in cmd]
         assert glm and all(_last(c, "--trust_remote_code") == "true" and _last(c, "--lora_target_modules") == "auto"

@@ -192,7 +192,8 @@ def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path, data_d
     assert init("tlrec/k16_seed0") == str(run_dir / "tlrec/source_tuning")
     assert init("tallrec/k16_seed0") == str(adapter)
     assert _argv_value(phases["tallrec/eval/zero_shot"].argv, "--adapter") == str(adapter)
-    assert init("wo_cot/source_tuning") == str(adapter) and init("wo_cot/k16_seed0") == str(run_dir / "wo_cot/source_tuning")
+    assert init("wo_cot/source_tuning") == str(adapter)
+    assert init("wo_cot/k16_seed0") == str(run_dir / "wo_cot/source_tuning")
     assert _argv_value(phases["wo_curriculum/cot_tuning"].argv, "--curriculum") == "shuffled"
     assert "wo_rec_tuning/cot_tuning" not in phases  # shared with tlrec
     assert init("wo_rec_tuning/k16_seed0") == str(run_dir / "tlrec/cot_tuning")

@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_raw_datasets import write_ml100k  # tests/ is on sys.path (conftest)
 
 import run_prepare_data
 from tlrec_utils.errors import InputError
 from tlrec_utils.prepare import PrepareConfig, prepare_dataset, write_k_shot
 from tlrec_utils.records import load_records
-
-from test_raw_datasets import write_ml100k  # tests/ is on sys.path (conftest)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -68,7 +68,8 @@ GRID = [
     row("SASRec", "k16", 0, 0.60, 0.30), row("SASRec", "k16", 1, 0.60, 0.30),
     row("TALLRec", "k16", 0, 0.65, 0.25),
     row("TLRec", "k16", 0, 0.67, 0.20), row("TLRec", "k16", 1, 0.65, 0.24),
-    row("TLRec w/o CoT", "k16", 0, 0.61, 0.2, group="ablation"), row("TLRec w/o CoT", "k16", 1, 0.63, 0.2, group="ablation"),
+    row("TLRec w/o CoT", "k16", 0, 0.61, 0.2, group="ablation"),
+    row("TLRec w/o CoT", "k16", 1, 0.63, 0.2, group="ablation"),
     row("TLRec", "k16", 0, 0.66, 0.2, group="backbone", backbone="tiny-llama"),
     row("TLRec", "k16", 0, 0.62, 0.2, group="backbone", backbone="tiny-gpt2"),
 ]
@@ -81,7 +82,7 @@ EXPECTED_TABLE = """\
 | TLRec | **0.7100 ± 0.0141**\\* | <u>0.1600 ± 0.0141</u> | **0.6600 ± 0.0141** | 0.2200 ± 0.0283 |
 
 Mean ± std over 1/2 seed(s). Bold: best; underlined: second; \\*: TLRec beats the best other method, two-sided t-test p < 0.05.
-"""
+"""  # noqa: E501 (the expected table line)
 
 
 def test_grid_to_exact_markdown_csv_and_figures(tmp_path):

@@ -44,7 +44,8 @@ def test_cli_builds_model(tmp_path, synthetic):
 
 def test_cli_missing_data_file_is_one_line_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tlrec_utils.tiny_llm", "--data", str(tmp_path / "nope.json"), "--output_dir", str(tmp_path / "m")],
+        [sys.executable, "-m", "tlrec_utils.tiny_llm", "--data", str(tmp_path / "nope.json"),
+         "--output_dir", str(tmp_path / "m")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2

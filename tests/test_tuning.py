@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import run_eval
 import run_tuning
 from tlrec_utils.fileio import sha256_file
-from tlrec_utils.training import TuningCollator
 from tlrec_utils.tokenization import RecordEncoder
+from tlrec_utils.training import TuningCollator
 
 MAX_LEN = "112"  # shorter than most synthetic prompts: truncation in training and validation
 
@@ -270,7 +270,8 @@ def test_auto_target_modules_by_architecture():
 
 
 def test_config_file_instead_of_flags_and_k_shot(tiny_llama, data, tmp_path):
-    config = {"base_model": str(tiny_llama), "train_files": [str(data / "train.json")], "output_dir": str(tmp_path / "k"),
+    config = {"base_model": str(tiny_llama), "train_files": [str(data / "train.json")],
+              "output_dir": str(tmp_path / "k"),
               "k_shot": 16, "seed": 3, "max_steps": 1, "max_length": int(MAX_LEN), "use_cpu": True,
               "lora_r": 4, "lora_target_modules": "q_proj,k_proj", "gradient_checkpointing": True,
               "warmup_steps": 0, "learning_rate": 1e-2}

@@ -204,7 +204,8 @@ class EvalArguments:
                   "choices": ["two_logit", "authors", "both"]},
     )
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N records."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu, auto (spread over all GPUs), ... (default: cuda when available)."})
+    device: str | None = field(default=None, metadata={
+        "help": "cuda, cpu, auto (spread over all GPUs), ... (default: cuda when available)."})
     prompt_template: str | None = field(
         default=None,
         metadata={"help": "tallrec, tlrec or alpaca. Default: the template saved with the adapter/model "

@@ -460,7 +460,8 @@ class Generator:
                     logger.error("user %s failed (a rerun retries it): %s", user.key, exc)
                     failures_in_a_row += 1
                     if exc.fatal or failures_in_a_row >= give_up_after:
-                        self.state.stop_reason = str(exc) if exc.fatal else f"{failures_in_a_row} users failed in a row: {exc}"
+                        self.state.stop_reason = (str(exc) if exc.fatal
+                                                  else f"{failures_in_a_row} users failed in a row: {exc}")
                         return
                 self.bar.update(1)
                 rate = self.state.hits / max(self.state.completed, 1)

@@ -216,7 +216,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
         for part in payloads:
             for g, st in zip(*part["ranked"]):
                 group_stats[g] = st
-        for (i, cands), st in zip(cands_by_record, group_stats):
+        for i, cands in cands_by_record:
             predictions[i]["ranking_item_ids"] = [c["target"]["item_id"] for c in cands]
         for fn in score_fns:
             sfx, rankings = key_suffix(fn), []
@@ -241,7 +241,8 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
     result["settings"] = {
         "eval_mode": args.eval_mode, "metrics": sorted(wanted), "num_negatives": args.num_negatives,
         "ndcg_k": k, "seed": args.seed, "max_length": args.max_length, "batch_size": args.batch_size,
-        "score_fn": getattr(args, "score_fn", "two_logit"), "num_processes": 1 if state is None else state.num_processes,
+        "score_fn": getattr(args, "score_fn", "two_logit"),
+        "num_processes": 1 if state is None else state.num_processes,
         "answer_token_ids": {"yes": answer.yes_id, "no": answer.no_id}, "prompt_template": template.name,
     }
     result["wall_time_s"] = round(time.time() - started, 3)

@@ -269,7 +269,8 @@ def build_cells(config) -> list[Cell]:
         if unknown:
             raise InputError(f"{config['_path']}: backbone {backbone.get('name')!r} names unknown method(s) {unknown}")
         if any("baseline" in by_name[n] for n in names):
-            raise InputError(f"{config['_path']}: backbone {backbone.get('name')!r}: only pipeline methods have a backbone")
+            raise InputError(
+                f"{config['_path']}: backbone {backbone.get('name')!r}: only pipeline methods have a backbone")
         before = len(cells)
         add([by_name[n] for n in names], "backbone", backbone_settings, backbone)
         for cell in cells[before:]:
@@ -344,7 +345,7 @@ def _run_script(script: str, argv: list[str], in_process: bool) -> None:
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))
         module = importlib.import_module(Path(script).stem)
-        main = getattr(module, "main")
+        main = module.main
         main = getattr(main, "__wrapped__", main)  # entry scripts may decorate main with cli_entry
         status = main(argv)
     else:

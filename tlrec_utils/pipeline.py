@@ -108,12 +108,14 @@ class PhaseFailed(Exception):
 class PipelineConfig:
     run_dir: str = field(metadata={"help": "Everything goes here, one directory per phase."})
     data_dir: str | None = field(
-        default=None, metadata={"help": "Folder holding the raw datasets (default: $TLREC_DATA_DIR, else ~/.cache/tlrec)."}
+        default=None,
+        metadata={"help": "Folder holding the raw datasets (default: $TLREC_DATA_DIR, else ~/.cache/tlrec)."},
     )
     source_dataset: str = field(default="windows-csv", metadata={"help": "run_prepare_data --dataset of the source."})
     source_subdir: str = field(default="netflix", metadata={"help": "Source raw files: DATA_DIR/SOURCE_SUBDIR."})
     source_prepare_args: list[str] = field(
-        default_factory=list, metadata={"help": "Extra run_prepare_data flags for the source (e.g. --target_style item)."}
+        default_factory=list,
+        metadata={"help": "Extra run_prepare_data flags for the source (e.g. --target_style item)."},
     )
     source_files: dict = field(
         default_factory=dict,
@@ -156,7 +158,8 @@ class PipelineConfig:
         default=None, metadata={"help": "Use these CoT records (ours or the authors' stage123.json) instead of "
                                         "asking a teacher."},
     )
-    hit_match: str = field(default="title_in_answer", metadata={"help": "CoT hit rule: title_in_answer or recommended."})
+    hit_match: str = field(default="title_in_answer",
+                           metadata={"help": "CoT hit rule: title_in_answer or recommended."})
     teacher_system_prompt: str | None = field(default=None, metadata={"help": "System message to the teacher (none)."})
     cot_context_style: str = field(
         default="history", metadata={"help": "CoT context: history (oldest first) or authors (their item order and "

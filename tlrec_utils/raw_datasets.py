@@ -160,7 +160,7 @@ def load_bookcrossing(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE, kee
     with open(books_path, encoding="latin-1", newline="") as f:
         reader = CheckedCsv(csv.reader(f, delimiter=";"), books_path)
         next(reader, None)  # header
-        for n, row in enumerate(reader, 2):
+        for n, row in enumerate(reader, 2):  # noqa: B007 (n counts the rows for problems.finish)
             if len(row) != 8 or not row[0] or not row[1]:
                 problems.add(reader.line_num, f"expected 8 ';'-separated fields with ISBN and title, got {len(row)}")
                 continue
@@ -172,7 +172,7 @@ def load_bookcrossing(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE, kee
     with open(ratings_path, encoding="latin-1", newline="") as f:
         reader = CheckedCsv(csv.reader(f, delimiter=";"), ratings_path)
         next(reader, None)
-        for n, row in enumerate(reader, 2):
+        for n, row in enumerate(reader, 2):  # noqa: B007 (n counts the rows for problems.finish)
             if len(row) != 3 or not row[0].isdigit() or not row[2].isdigit() or int(row[2]) > 10:
                 problems.add(reader.line_num, f"expected \"User-ID\";\"ISBN\";\"Book-Rating 0-10\", got {row!r:.80}")
                 continue
@@ -375,7 +375,7 @@ def read_item_mapping(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE) -> 
     with open(path, encoding="utf-8", newline="") as f:
         reader = CheckedCsv(csv.reader(f), path)
         next(reader, None)
-        for n, row in enumerate(reader, 1):
+        for n, row in enumerate(reader, 1):  # noqa: B007 (n counts the rows for problems.finish)
             if len(row) == 2:
                 items[row[0]] = row[1]
             elif len(row) == 3:
@@ -398,7 +398,7 @@ def read_windows_csv(path, items: dict[str, str], tolerance: float = DEFAULT_BAD
         missing = [c for c in WINDOW_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise InputError(f"{path} line 1: missing column(s) {', '.join(missing)}")
-        for n, row in enumerate(reader, 1):
+        for n, row in enumerate(reader, 1):  # noqa: B007 (n counts the rows for problems.finish)
             try:
                 ids = ast.literal_eval(row["history_movie_id"])
                 liked = ast.literal_eval(row["history_rating"])

@@ -88,7 +88,8 @@ def summarise(rows, metrics=("auc", "ndcg@10"), ours: str = "TLRec", methods=Non
                 if method == ours and others:
                     best = others[0]
                     p = significance(v, column[best])
-                    entry.update(vs=best, p_value=p, star=bool(p is not None and p < P_THRESHOLD and means[ours] > means[best]))
+                    star = bool(p is not None and p < P_THRESHOLD and means[ours] > means[best])
+                    entry.update(vs=best, p_value=p, star=star)
                 entries.append(entry)
     return entries, methods, settings
 
@@ -179,7 +180,8 @@ def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: 
 
 
 def write_report(rows, output_dir, metrics=("auc", "ndcg@10"), ours: str = "TLRec", methods=None, settings=None,
-                 title: str | None = None, figure_metric: str = "auc", ablation_order=None, backbone_order=None) -> dict:
+                 title: str | None = None, figure_metric: str = "auc", ablation_order=None,
+                 backbone_order=None) -> dict:
     """results/table1.md, table1.csv, ablation.png and backbones.png (figures only when the grid has
     ablation / backbone rows). Returns {name: path}."""
     output_dir = Path(output_dir)
@@ -190,7 +192,8 @@ def write_report(rows, output_dir, metrics=("auc", "ndcg@10"), ours: str = "TLRe
         atomic_write_text(written["table1.md"], table_markdown(main, metrics, ours, methods, settings, title))
         written["table1.csv"] = output_dir / "table1.csv"
         atomic_write_text(written["table1.csv"], table_csv(main, metrics, ours, methods, settings))
-    ablation = [r for r in rows if r.get("group") == "ablation" or (r.get("group", "main") == "main" and r["method"] == ours)]
+    ablation = [r for r in rows
+                if r.get("group") == "ablation" or (r.get("group", "main") == "main" and r["method"] == ours)]
     if any(r.get("group") == "ablation" for r in rows):
         order = sorted({r["setting"] for r in ablation}, key=setting_order)
         written["ablation.png"] = grouped_bar_chart(
@@ -218,7 +221,8 @@ def collect_rows(root) -> list[dict]:
     rows, pending = [], 0
     for cell_file in sorted(Path(root).rglob("cell.json")):
         cell = json.loads(cell_file.read_text(encoding="utf-8"))
-        outputs = cell.get("outputs") or [{k: cell.get(k) for k in ("method", "setting")} | {"metrics": cell.get("metrics", "metrics.json")}]
+        outputs = cell.get("outputs") or [{k: cell.get(k) for k in ("method", "setting")}
+                                          | {"metrics": cell.get("metrics", "metrics.json")}]
         for out in outputs:
             metrics_path = cell_file.parent / out["metrics"]
             if not metrics_path.is_file():

@@ -190,7 +190,8 @@ class OpenAITeacher:
 
     async def answer(self, user, stage: int, messages: list[dict]) -> Reply:
         errors = self._openai
-        retryable = (errors.RateLimitError, errors.InternalServerError, errors.APITimeoutError, errors.APIConnectionError)
+        retryable = (errors.RateLimitError, errors.InternalServerError, errors.APITimeoutError,
+                     errors.APIConnectionError)
         for attempt in range(self.max_retries + 1):
             self.budget.take_request()
             await self.rate.wait()

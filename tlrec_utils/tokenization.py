@@ -140,7 +140,8 @@ class RecordEncoder:
     def prompt_ids_many(self, records: list[dict], sources: list[str]) -> list[list[int]]:
         """`prompt_ids` of many records, tokenized in one batch call (the tokenizer's threads); a prompt that
         is too long or fails the answer check goes through `prompt_ids` (cut, or its one-line error)."""
-        texts = [prompts.record_prompt(r, self.template) + answer for r in records for answer in (prompts.YES, prompts.NO)]
+        texts = [prompts.record_prompt(r, self.template) + answer
+                 for r in records for answer in (prompts.YES, prompts.NO)]
         ids = self.tokenizer(texts).input_ids if texts else []
         out = []
         for n, (record, source) in enumerate(zip(records, sources)):

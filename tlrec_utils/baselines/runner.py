@@ -7,10 +7,10 @@ import logging
 import time
 
 from ..errors import InputError, where
+from ..evaluation import load_catalog, summary_line, write_outputs
 from ..kshot import sample_k_shot
 from ..records import load_records
 from . import SEQUENTIAL, make_model
-from ..evaluation import load_catalog, summary_line, write_outputs
 from .evaluate import evaluate
 
 logger = logging.getLogger(__name__)

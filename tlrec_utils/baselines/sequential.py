@@ -249,6 +249,7 @@ class SequentialRecommender:
         with torch.no_grad():
             hist, flags, lengths, targets = self._tensors(records)
             for s in range(0, len(records), batch_size):
-                user = self.model.user_state(hist[s : s + batch_size], flags[s : s + batch_size], lengths[s : s + batch_size])
-                out.append(torch.sigmoid(self.model.logits(user, targets[s : s + batch_size])))
+                batch = slice(s, s + batch_size)
+                user = self.model.user_state(hist[batch], flags[batch], lengths[batch])
+                out.append(torch.sigmoid(self.model.logits(user, targets[batch])))
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
