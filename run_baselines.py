@@ -4,8 +4,8 @@
         --valid_file data/ml-100k/valid.json --test_file data/ml-100k/test.json \
         --items_file data/ml-100k/items.json --k_shot 64 --seed 0 --output_dir runs/sasrec_k64_s0
 
-Models: sasrec, dros, dros-bert, user-like-share, item-like-rate, item-popularity, heuristic-logreg
-(see tlrec_utils/baselines). Writes metrics.json and predictions.jsonl into --output_dir.
+Models: see --model (their table: tlrec_utils/baselines/registry.py). Writes metrics.json and predictions.jsonl
+into --output_dir.
 """
 
 import argparse
@@ -13,13 +13,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text encoder is a local path; never reach a hub
 
-from tlrec_utils.baselines import BASELINES  # noqa: E402
+from tlrec_utils.baselines.registry import BASELINES, baseline_help  # noqa: E402
 from tlrec_utils.errors import InputError, cli_entry, exit_status  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help=f"one of {', '.join(BASELINES)}")
+    parser.add_argument("--model", required=True, help=baseline_help())
     parser.add_argument("--train_file", required=True)
     parser.add_argument("--test_file", required=True)
     parser.add_argument("--valid_file", help="validation records: best epoch by AUC (sequential models)")

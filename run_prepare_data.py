@@ -9,26 +9,25 @@
 
 import argparse
 
+from tlrec_utils.dataset_registry import dataset_help, like_threshold_help, release_help
 from tlrec_utils.errors import InputError, cli_entry, exit_status
-from tlrec_utils.prepare import DATASETS, PrepareConfig, check_config, prepare_dataset, write_k_shot
+from tlrec_utils.prepare import PrepareConfig, check_config, prepare_dataset, write_k_shot
 from tlrec_utils.raw_datasets import DEFAULT_BAD_ROW_TOLERANCE
 from tlrec_utils.validation import check_output_dir
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--dataset", help=dataset_help())
     p.add_argument("--raw_dir", help="folder with the raw files (default: DATA_DIR/RELEASE; see README: data)")
     p.add_argument("--data_dir", help="where the published releases live (default: $TLREC_DATA_DIR, else "
                                       "~/.cache/tlrec)")
-    p.add_argument("--release", help="published release to read and --download: ml-100k, netflix, amazon-book, "
-                                     "book, movie (default: the dataset's)")
+    p.add_argument("--release", help=release_help())
     p.add_argument("--output_dir", required=True, help="prepared folder (written atomically)")
     p.add_argument("--history_len", type=int, default=10)
     p.add_argument("--max_windows", type=int, default=10000, help="keep the last N windows (0: all)")
     p.add_argument("--split_ratio", default="8:1:1", help="train:valid:test, split in order")
-    p.add_argument("--like_threshold", type=float, default=None,
-                   help="liked = rating > T (default: 3 for ml-100k/netflix/amazon-books, 5 for bookcrossing)")
+    p.add_argument("--like_threshold", type=float, default=None, help=like_threshold_help())
     p.add_argument("--download", action="store_true", help="fetch the release's missing files (verified)")
     p.add_argument("--mirror", help="download from MIRROR/HOST/PATH instead of https://HOST/PATH "
                                     "(default: $TLREC_MIRROR)")

@@ -1,7 +1,8 @@
 """Verified downloads of the public data: MovieLens-100K, the TLRec authors' processed releases, TALLRec's
 published records and the authors' GPT-4 CoT data (the registry `RELEASES`).
 
-Each release is one folder of the data directory (tlrec_utils.paths.data_dir), named as in `RELEASES`.
+Each release is one folder of the data directory (tlrec_utils.paths.data_dir), named as in `RELEASES`; which
+release a dataset reads by default is in dataset_registry.DATASETS.
 `fetch_missing` downloads the files a folder lacks: into a temporary file beside the target, verified
 (git blob id, or SHA-256 for the GroupLens zip), then renamed into place, so an interrupted or failed
 download leaves nothing behind and rerunning continues. A mirror (`--mirror URL` or `$TLREC_MIRROR`) serves
@@ -117,32 +118,6 @@ RELEASES: dict[str, Release] = {
         TLREC_REPO, TLREC_COT_COMMIT, "cot_data",
     ),
 }
-
-# the release each prepared dataset reads by default (run_prepare_data --release)
-DEFAULT_RELEASE = {"ml-100k": "ml-100k", ("windows-csv", "movie"): "netflix",
-                   ("windows-csv", "book"): "amazon-book", ("records", "movie"): "movie", ("records", "book"): "book"}
-
-WHERE_TO_GET = {
-    "ml-100k": f"{ML100K_URL} (or pass --download); put u.data and u.item into --raw_dir",
-    "bookcrossing": "a copy of the Book-Crossing dump BX-CSV-Dump.zip (the original page, "
-    "www2.informatik.uni-freiburg.de/~cziegler/BX/, is offline; copies exist on Kaggle and the Internet Archive); "
-    "put BX-Book-Ratings.csv and BX-Books.csv into --raw_dir",
-    "netflix": "Kaggle 'netflix-inc/netflix-prize-data' (login required); put combined_data_1.txt .. "
-    "combined_data_4.txt and movie_titles.csv into --raw_dir",
-    "amazon-books": "Kaggle 'mohamedbakhet/amazon-books-reviews' (login required); put Books_rating.csv and "
-    "books_data.csv into --raw_dir",
-    "windows-csv": "a processed release (--release netflix or amazon-book with --download fetches the TLRec "
-    "authors' one); --raw_dir must hold train.csv, valid.csv, test.csv and item_mapping.csv",
-    "records": "published records (--release book or movie with --download fetches TALLRec's); --raw_dir must "
-    "hold train.json, valid.json and test.json",
-}
-
-
-def missing_files_error(dataset: str, raw_dir, names, what: str = "missing") -> InputError:
-    names = ", ".join(str(n) for n in names)
-    hint = WHERE_TO_GET.get(dataset, "")
-    return InputError(f"{raw_dir}: {what} ({names}) for dataset {dataset}; get it from {hint}")
-
 
 def release(name: str) -> Release:
     if name not in RELEASES:

@@ -5,8 +5,9 @@ the catalog ranking negatives are sampled from), meta.json (dataset, parameters,
 files with SHA-256, and for downloaded files their URL, commit and verified hash). Written through a staging
 directory: a failed run leaves no partial output.
 
-The raw files come from `raw_dir`, else from the data directory's folder of a published release
-(tlrec_utils.download.RELEASES; `--download` fetches what it lacks, verified).
+What each dataset is, how it loads, its like threshold and release: dataset_registry.DATASETS. The raw files
+come from `raw_dir`, else from the data directory's folder of a published release (tlrec_utils.download.RELEASES;
+`--download` fetches what it lacks, verified).
 """
 
 from __future__ import annotations
@@ -22,21 +23,16 @@ from tqdm import tqdm
 
 from . import __version__, raw_datasets
 from . import download as dl
-from .download import missing_files_error
+from .dataset_registry import dataset as dataset_spec
 from .errors import InputError
 from .fileio import atomic_write_json, sha256_file, staged_output_dir
 from .kshot import k_shot_filename, sample_k_shot
 from .paths import data_dir as resolve_data_dir
-from .records import build_record, load_records, save_records
+from .raw_datasets import RawRatings, missing_files_error
+from .records import SPLITS, build_record, load_records, save_records
 from .windows import parse_split_ratio, sliding_windows, split_sizes
 
 logger = logging.getLogger(__name__)
-
-DATASETS = ("ml-100k", "bookcrossing", "netflix", "amazon-books", "windows-csv", "records")
-# liked = rating > threshold. MovieLens/Netflix: 4-5 stars (TALLRec); BookCrossing: 6-10 (TALLRec);
-# Amazon Books: 4-5 stars.
-DEFAULT_LIKE_THRESHOLD = {"ml-100k": 3, "netflix": 3, "bookcrossing": 5, "amazon-books": 3}
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass
@@ -55,13 +51,12 @@ class PrepareConfig:
     target_style: str = "wrap"  # how the target is quoted: 'wrap' (TALLRec) or 'item' (TLRec Amazon release)
     bad_row_tolerance: float = raw_datasets.DEFAULT_BAD_ROW_TOLERANCE
     data_dir: str | None = None  # where releases live (default: paths.data_dir)
-    release: str | None = None  # published release read (and downloaded); default: the dataset's (DEFAULT_RELEASE)
+    release: str | None = None  # published release read (and downloaded); default: the dataset's (registry)
     mirror: str | None = None  # download from MIRROR/HOST/PATH (default: $TLREC_MIRROR)
 
 
 def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
-    if cfg.dataset not in DATASETS:
-        raise InputError(f"--dataset {cfg.dataset!r}: unknown dataset; choose one of {', '.join(DATASETS)}")
+    dataset_spec(cfg.dataset)  # an unknown name is a one-line error listing the known ones
     if cfg.history_len < 1:
         raise InputError(f"--history_len must be at least 1, got {cfg.history_len}")
     if cfg.max_windows < 0:
@@ -76,7 +71,7 @@ def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
 
 
 def release_name(cfg: PrepareConfig) -> str | None:
-    return cfg.release or dl.DEFAULT_RELEASE.get(cfg.dataset) or dl.DEFAULT_RELEASE.get((cfg.dataset, cfg.item_kind))
+    return cfg.release or dataset_spec(cfg.dataset).default_release(cfg.item_kind)
 
 
 def fetch_raw_files(cfg: PrepareConfig) -> Path:
@@ -99,17 +94,6 @@ def fetch_raw_files(cfg: PrepareConfig) -> Path:
     return raw_dir
 
 
-def load_raw(cfg: PrepareConfig) -> raw_datasets.RawRatings:
-    tol = cfg.bad_row_tolerance
-    if cfg.dataset == "ml-100k":
-        return raw_datasets.load_ml100k(cfg.raw_dir, tol)
-    if cfg.dataset == "bookcrossing":
-        return raw_datasets.load_bookcrossing(cfg.raw_dir, tol, keep_implicit=cfg.keep_implicit)
-    if cfg.dataset == "netflix":
-        return raw_datasets.load_netflix(cfg.raw_dir, tol)
-    return raw_datasets.load_amazon_books(cfg.raw_dir, tol)
-
-
 def _format_timestamp(value, unit):
     if unit is None:
         return None
@@ -118,7 +102,7 @@ def _format_timestamp(value, unit):
     return int(value)
 
 
-def window_records(raw: raw_datasets.RawRatings, cfg: PrepareConfig, like_threshold: float):
+def window_records(raw: RawRatings, cfg: PrepareConfig, like_threshold: float, kind: str):
     """All kept windows as records, in output order, and the catalog of the rated items."""
     df = raw.ratings
     codes, uniques = pd.factorize(df["item_id"], sort=False)
@@ -161,7 +145,7 @@ def window_records(raw: raw_datasets.RawRatings, cfg: PrepareConfig, like_thresh
         target_id, target_title = item(tgt)
         records.append(build_record(
             user_id=users[tgt], history=history, target={"item_id": target_id, "title": target_title},
-            label=int(liked[tgt]), kind=raw.kind, timestamp=_format_timestamp(stamps[tgt], raw.timestamp_unit),
+            label=int(liked[tgt]), kind=kind, timestamp=_format_timestamp(stamps[tgt], raw.timestamp_unit),
             target_style=cfg.target_style,
         ))
     rated = {str(u) for u in uniques[np.unique(codes)]}
@@ -169,61 +153,6 @@ def window_records(raw: raw_datasets.RawRatings, cfg: PrepareConfig, like_thresh
     stats = {"n_ratings": int(len(df)), "n_users": int(pd.unique(users).size), "n_items": len(catalog),
              "like_rate_ratings": float(liked.mean())}
     return records, catalog, stats
-
-
-def windows_csv_records(cfg: PrepareConfig):
-    """The given splits of an already windowed release, rendered as records."""
-    raw_dir = Path(cfg.raw_dir)
-    if not raw_dir.is_dir():
-        raise missing_files_error("windows-csv", raw_dir, ["train.csv"], what="directory not found")
-    mapping_path, items = raw_datasets.read_item_mapping(raw_dir, cfg.bad_row_tolerance)
-    splits, sources = {}, []
-    for split in SPLITS:
-        path = raw_dir / f"{split}.csv"
-        rows = raw_datasets.read_windows_csv(path, items, cfg.bad_row_tolerance)
-        sources.append(path)
-        splits[split] = [
-            build_record(
-                user_id=r["user_id"],
-                history=[{"item_id": i, "title": items[i], "liked": v} for i, v in r["history"]],
-                target={"item_id": r["target"], "title": items[r["target"]]},
-                label=r["label"], kind=cfg.item_kind, timestamp=r["timestamp"], target_style=cfg.target_style,
-            )
-            for r in rows
-        ]
-    if not splits["train"]:
-        raise InputError(f"{raw_dir / 'train.csv'}: no records")
-    return splits, items, sources + [mapping_path]
-
-
-def published_records(cfg: PrepareConfig):
-    """Published TALLRec-format splits taken as they are (text untouched), structured fields recovered by
-    the record parser; the catalog is every item they mention. Item ids are the item texts (the files have
-    no ids); records without a user id keep `user_id: None`."""
-    raw_dir = Path(cfg.raw_dir)
-    if not raw_dir.is_dir():
-        raise missing_files_error("records", raw_dir, ["train.json"], what="directory not found")
-    missing = [f"{s}.json" for s in SPLITS if not (raw_dir / f"{s}.json").is_file()]
-    if missing:
-        raise missing_files_error("records", raw_dir, missing)
-    splits, items, kinds, unparsed = {}, {}, set(), 0
-    for split in SPLITS:
-        out = []
-        for rec in load_records(raw_dir / f"{split}.json"):
-            kinds.add(rec.pop("kind", None))
-            rec.pop("target_style", None)
-            unparsed += "history" not in rec
-            for item in rec.get("history", []) + ([rec["target"]] if "target" in rec else []):
-                items.setdefault(item["item_id"], item["title"])
-            out.append({**rec, "user_id": rec.get("user_id"), "timestamp": rec.get("timestamp")})
-        splits[split] = out
-    if not splits["train"]:
-        raise InputError(f"{raw_dir / 'train.json'}: no records")
-    kinds.discard(None)
-    if len(kinds) > 1:
-        raise InputError(f"{raw_dir}: records mix item kinds ({', '.join(sorted(kinds))})")
-    kind = kinds.pop() if kinds else cfg.item_kind
-    return splits, items, kind, [raw_dir / f"{s}.json" for s in SPLITS], {"records_without_structure": unparsed}
 
 
 def _like_rate(records):
@@ -241,30 +170,25 @@ def _source_entry(path: Path) -> dict:
 def prepare_dataset(cfg: PrepareConfig) -> dict:
     """Run the whole preparation; returns meta.json's content."""
     ratio = check_config(cfg)
-    like_threshold = cfg.like_threshold if cfg.like_threshold is not None else DEFAULT_LIKE_THRESHOLD.get(cfg.dataset)
+    spec = dataset_spec(cfg.dataset)
+    like_threshold = cfg.like_threshold if cfg.like_threshold is not None else spec.like_threshold
     extra = {}
     cfg = dataclasses.replace(cfg, raw_dir=str(fetch_raw_files(cfg)))
-    if cfg.dataset == "windows-csv":
-        splits, catalog, sources = windows_csv_records(cfg)
-        kind, skipped = cfg.item_kind, {}
-    elif cfg.dataset == "records":
-        splits, catalog, kind, sources, skipped = published_records(cfg)
-    else:
-        raw = load_raw(cfg)
-        records, catalog, extra = window_records(raw, cfg, like_threshold)
+    loaded = spec.load(cfg)
+    if isinstance(loaded, RawRatings):
+        kind = spec.item_kind
+        records, catalog, extra = window_records(loaded, cfg, like_threshold, kind)
         n_train, n_valid, _ = split_sizes(len(records), ratio)
         splits = {"train": records[:n_train], "valid": records[n_train:n_train + n_valid],
                   "test": records[n_train + n_valid:]}
-        sources, kind, skipped = raw.sources, raw.kind, raw.stats
+        sources, skipped = loaded.sources, loaded.stats
+    else:  # an already windowed and split release
+        splits, catalog, kind, sources, skipped = (loaded.splits, loaded.items, loaded.kind, loaded.sources,
+                                                   loaded.stats)
 
     params = asdict(cfg)
     params.update(like_threshold=like_threshold, split_ratio=":".join(map(str, ratio)))
-    unused = ("history_len", "max_windows", "split_ratio", "like_threshold", "keep_implicit", "shuffle_seed")
-    if cfg.dataset == "records":
-        unused += ("item_kind", "target_style", "bad_row_tolerance")
-    elif cfg.dataset != "windows-csv":
-        unused = ("item_kind",)
-    for key in ("raw_dir", "output_dir", "download", "data_dir", "mirror") + unused:
+    for key in ("raw_dir", "output_dir", "download", "data_dir", "mirror") + spec.unused_params:
         params.pop(key)
     all_records = [r for s in SPLITS for r in splits[s]]
     meta = {

@@ -1,7 +1,8 @@
-"""Loaders for the raw public datasets: ratings in file order plus each item's text.
+"""Loaders of the public datasets (the table of them: dataset_registry.DATASETS).
 
-Every loader returns `RawRatings`: a DataFrame with one row per rating (`user_id`, `item_id`, `rating`,
+A raw-ratings loader returns `RawRatings`: a DataFrame with one row per rating (`user_id`, `item_id`, `rating`,
 `timestamp`, compact dtypes, file order) and `items` (item_id as str -> item text as it appears in prompts).
+A loader of an already windowed and split release returns `PreparedSplits` (records per split).
 Malformed rows are skipped, counted and reported while they stay below a tolerance (a fraction of the
 rows); above it the loader raises InputError naming the file, the first bad line and the problem.
 The Netflix loader streams the files in chunks into numpy arrays: no Python object per rating.
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .download import missing_files_error
 from .errors import InputError
+from .records import SPLITS, build_record, load_records
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,27 @@ DEFAULT_BAD_ROW_TOLERANCE = 0.01  # fraction of a file's rows that may be malfor
 class RawRatings:
     ratings: pd.DataFrame  # user_id, item_id, rating, timestamp (None column where the data has no time)
     items: dict[str, str]  # item_id -> text ("Toy Story (1995)", '"Title" written by Author')
-    kind: str  # "movie" | "book"
     sources: list[Path]
     timestamp_unit: str | None = "s"  # "s" (unix seconds), "day" (days since 1970-01-01), None (no time)
     stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class PreparedSplits:
+    splits: dict[str, list[dict]]  # train/valid/test -> records
+    items: dict[str, str]  # the catalog: item_id -> text
+    kind: str  # "movie" | "book"
+    sources: list[Path]
+    stats: dict = field(default_factory=dict)
+
+
+def missing_files_error(dataset: str, raw_dir, names, what: str = "missing") -> InputError:
+    """One line naming the folder, the missing files and where to get them (the dataset's `where_to_get`)."""
+    from .dataset_registry import DATASETS  # here, not at the top: the registry imports this module's loaders
+
+    names = ", ".join(str(n) for n in names)
+    hint = DATASETS[dataset].where_to_get if dataset in DATASETS else ""
+    return InputError(f"{raw_dir}: {what} ({names}) for dataset {dataset}; get it from {hint}")
 
 
 class RowProblems:
@@ -144,7 +162,7 @@ def load_ml100k(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE) -> RawRat
         np.array(cols[0], dtype=np.int32), np.array(cols[1], dtype=np.int32),
         np.array(cols[2], dtype=np.int8), np.array(cols[3], dtype=np.int64),
     )
-    return RawRatings(ratings, items, "movie", [data_path, item_path], "s",
+    return RawRatings(ratings, items, [data_path, item_path], "s",
                       {"malformed_rows": problems.count})
 
 
@@ -188,7 +206,7 @@ def load_bookcrossing(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE, kee
         raise _no_ratings(ratings_path)
     ratings = _frame(np.array(users, dtype=np.int32), np.array(isbns, dtype=object),
                      np.array(scores, dtype=np.int8), None)
-    return RawRatings(ratings, items, "book", [ratings_path, books_path], None,
+    return RawRatings(ratings, items, [ratings_path, books_path], None,
                       {"malformed_rows": problems.count, "implicit_ratings_dropped": implicit})
 
 
@@ -291,7 +309,7 @@ def load_netflix(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE) -> RawRa
     if len(cat["user"]) == 0:
         raise _no_ratings(files[0])
     ratings = _frame(cat["user"], cat["movie"], cat["rating"], cat["day"])
-    return RawRatings(ratings, items, "movie", files + [titles_path], "day", {"malformed_rows": malformed})
+    return RawRatings(ratings, items, files + [titles_path], "day", {"malformed_rows": malformed})
 
 
 # ---------------------------------------------------------------- Amazon Books (Kaggle)
@@ -352,7 +370,7 @@ def load_amazon_books(raw_dir, tolerance: float = DEFAULT_BAD_ROW_TOLERANCE, chu
     ratings = pd.concat(frames, ignore_index=True) if frames else _frame([], [], [], [])
     if ratings.empty:
         raise _no_ratings(ratings_path)
-    return RawRatings(ratings, items, "book", [ratings_path, books_path], "s",
+    return RawRatings(ratings, items, [ratings_path, books_path], "s",
                       {"malformed_rows": problems.count, "anonymous_reviews_dropped": anonymous})
 
 
@@ -423,3 +441,60 @@ def read_windows_csv(path, items: dict[str, str], tolerance: float = DEFAULT_BAD
             })
     problems.finish(n)
     return rows
+
+
+def load_windows_csv(raw_dir, item_kind: str, target_style: str = "wrap",
+                     tolerance: float = DEFAULT_BAD_ROW_TOLERANCE) -> PreparedSplits:
+    """The splits of an already windowed release (train/valid/test.csv + item_mapping.csv), as records."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise missing_files_error("windows-csv", raw_dir, ["train.csv"], what="directory not found")
+    mapping_path, items = read_item_mapping(raw_dir, tolerance)
+    splits, sources = {}, []
+    for split in SPLITS:
+        path = raw_dir / f"{split}.csv"
+        rows = read_windows_csv(path, items, tolerance)
+        sources.append(path)
+        splits[split] = [
+            build_record(
+                user_id=r["user_id"],
+                history=[{"item_id": i, "title": items[i], "liked": v} for i, v in r["history"]],
+                target={"item_id": r["target"], "title": items[r["target"]]},
+                label=r["label"], kind=item_kind, timestamp=r["timestamp"], target_style=target_style,
+            )
+            for r in rows
+        ]
+    if not splits["train"]:
+        raise InputError(f"{raw_dir / 'train.csv'}: no records")
+    return PreparedSplits(splits, items, item_kind, sources + [mapping_path])
+
+
+def load_published_records(raw_dir, item_kind: str) -> PreparedSplits:
+    """Published TALLRec-format splits taken as they are (text untouched), structured fields recovered by
+    the record parser; the catalog is every item they mention. Item ids are the item texts (the files have
+    no ids); records without a user id keep `user_id: None`. The kind is the records' own, else `item_kind`."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise missing_files_error("records", raw_dir, ["train.json"], what="directory not found")
+    missing = [f"{s}.json" for s in SPLITS if not (raw_dir / f"{s}.json").is_file()]
+    if missing:
+        raise missing_files_error("records", raw_dir, missing)
+    splits, items, kinds, unparsed = {}, {}, set(), 0
+    for split in SPLITS:
+        out = []
+        for rec in load_records(raw_dir / f"{split}.json"):
+            kinds.add(rec.pop("kind", None))
+            rec.pop("target_style", None)
+            unparsed += "history" not in rec
+            for item in rec.get("history", []) + ([rec["target"]] if "target" in rec else []):
+                items.setdefault(item["item_id"], item["title"])
+            out.append({**rec, "user_id": rec.get("user_id"), "timestamp": rec.get("timestamp")})
+        splits[split] = out
+    if not splits["train"]:
+        raise InputError(f"{raw_dir / 'train.json'}: no records")
+    kinds.discard(None)
+    if len(kinds) > 1:
+        raise InputError(f"{raw_dir}: records mix item kinds ({', '.join(sorted(kinds))})")
+    kind = kinds.pop() if kinds else item_kind
+    return PreparedSplits(splits, items, kind, [raw_dir / f"{s}.json" for s in SPLITS],
+                          {"records_without_structure": unparsed})

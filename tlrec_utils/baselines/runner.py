@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
@@ -10,8 +9,8 @@ from ..errors import InputError, where
 from ..evaluation import load_catalog, summary_line, write_outputs
 from ..kshot import sample_k_shot
 from ..records import load_records
-from . import SEQUENTIAL, make_model
 from .evaluate import evaluate
+from .registry import make_model
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +67,8 @@ def run_baseline(
         "num_train_records": len(train),
         "fit_seconds": round(fit_s, 2),
     }
-    if model in SEQUENTIAL:
-        settings["config"] = dataclasses.asdict(baseline.cfg)
-        settings["text_encoder"] = str(baseline.text_encoder_path) if baseline.text_encoder_path else None
+    if hasattr(baseline, "settings"):  # models with settings of their own (the sequential ones)
+        settings.update(baseline.settings())
     metrics["settings"] = settings
     write_outputs(output_dir, metrics, predictions)
     logger.info("%s: %s -> %s", model, summary_line(metrics, ndcg_k), output_dir)

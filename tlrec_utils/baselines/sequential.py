@@ -24,6 +24,7 @@ differ only by the DRO term.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -120,6 +121,11 @@ class SequentialRecommender:
         self.cfg = config or SequentialConfig()
         self.text_encoder_path = text_encoder_path
         self.text_batch_size = text_batch_size
+
+    def settings(self) -> dict:
+        """What metrics.json records of this model: its config and text encoder."""
+        return {"config": dataclasses.asdict(self.cfg),
+                "text_encoder": str(self.text_encoder_path) if self.text_encoder_path else None}
 
     # ---- item vocabulary -------------------------------------------------------------------------
     def _index_items(self, train_records, extra_records=()):
