@@ -15,7 +15,7 @@ import pytest
 from openai_stub_server import StubOpenAI
 
 from run_cot_generation import main
-from tlrec_utils.cot import parse_recommendations
+from tlrec_utils.cot_replies import parse_recommendations
 from tlrec_utils.records import build_record, save_records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -302,6 +302,57 @@ def test_rerun_after_the_wording_changed_is_refused(source, reference, tmp_path,
     assert exc.value.code == 2 and server.requests == []
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "answers to prompts worded differently" in err and "use a new --output_dir" in err
+
+
+@pytest.fixture(scope="module")
+def heuristic_run(source, tmp_path_factory):
+    """A finished offline run (heuristic teacher) to rerun into."""
+    out = tmp_path_factory.mktemp("heuristic")
+    main(["--data_dir", str(source), "--output_dir", str(out), "--teacher", "heuristic", "--no-progress"])
+    return out
+
+
+@pytest.mark.parametrize("change", ["question", "answer_format", "quoting"])
+def test_rerun_after_a_prompt_string_or_the_answer_format_changed_is_refused(change, source, heuristic_run, tmp_path,
+                                                                             monkeypatch, capsys):
+    import shutil
+
+    from tlrec_utils import prompts
+
+    out = tmp_path / "out"
+    shutil.copytree(heuristic_run, out)
+    before = (out / "responses.jsonl").read_bytes()
+    if change == "question":  # one word of the Stage-1 question
+        monkeypatch.setattr(prompts, "COT_QUESTIONS", (prompts.COT_QUESTIONS[0].replace("briefly", "shortly"),
+                                                       *prompts.COT_QUESTIONS[1:]))
+    elif change == "answer_format":  # the Stage-3 answer format (what the questions ask for, what the parser reads)
+        monkeypatch.setattr(prompts, "COT_PAIR_SEPARATOR", " -> ")
+    else:  # how an item is written into the template: code, not a string
+        monkeypatch.setattr(prompts, "quote_item", lambda text: f"<{text}>")
+    with pytest.raises(SystemExit) as exc:
+        main(["--data_dir", str(source), "--output_dir", str(out), "--teacher", "heuristic", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert "answers to prompts worded differently" in err[0] and "use a new --output_dir" in err[0]
+    assert (out / "responses.jsonl").read_bytes() == before  # nothing asked, nothing mixed
+
+
+def test_output_dir_of_0_1_0_resumes_while_its_strings_are_the_same(source, heuristic_run, tmp_path):
+    import shutil
+
+    from tlrec_utils import prompts
+
+    out = tmp_path / "out"
+    shutil.copytree(heuristic_run, out)
+    config = json.loads((out / "run_config.json").read_text())
+    current = config["prompt_wording_sha256"]
+    config["prompt_wording_sha256"] = prompts.cot_wording_fingerprint_strings_only("movie")  # as 0.1.0 wrote it
+    (out / "run_config.json").write_text(json.dumps(config))
+    before = (out / "responses.jsonl").read_bytes()
+    summary = main(["--data_dir", str(source), "--output_dir", str(out), "--teacher", "heuristic", "--no-progress"])
+    assert summary["users_remaining"] == 0 and (out / "responses.jsonl").read_bytes() == before  # none re-asked
+    assert json.loads((out / "run_config.json").read_text())["prompt_wording_sha256"] == current != config[
+        "prompt_wording_sha256"]
 
 
 def test_rate_limiter_spaces_request_starts():

@@ -156,7 +156,7 @@ def test_cot_teacher_prompts_and_records_chain_as_the_authors_temp_1_2_3():
 
 
 def test_published_cot_file_stages_from_instructions(tmp_path):
-    from tlrec_utils.cot import load_cot_records
+    from tlrec_utils.cot_records import load_cot_records
 
     records = load_cot_records(FIXTURE)
     raw = json.loads(FIXTURE.read_text())

@@ -800,15 +800,11 @@ def submit_slurm_chains(config, cells: list[Cell], config_path, overrides=None, 
 
 @contextlib.contextmanager
 def _phase_lock(phase_dir: Path):
-    """One job per phase at a time (a requeued job racing its predecessor): fcntl.flock beside the phase dir."""
-    import fcntl
+    """One job per phase at a time (a requeued job racing its predecessor): a lock file beside the phase dir."""
+    from .fileio import exclusive_lock
 
-    phase_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(phase_dir.parent / f".{phase_dir.name}.lock", "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"{phase_dir}: another job is running this phase") from None
+    with exclusive_lock(phase_dir.parent / f".{phase_dir.name}.lock",
+                        lambda _holder: f"{phase_dir}: another job is running this phase"):
         yield
 
 

@@ -1,16 +1,20 @@
-"""Atomic file and directory writes: a failed or interrupted run never leaves half-written output."""
+"""Atomic file and directory writes: a failed or interrupted run never leaves half-written output. Append-only
+JSONL logs that survive kill -9 (a torn last line is cut off on reading), and exclusive locks on output folders."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from .errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -107,3 +111,50 @@ def read_config_file(path) -> dict:
     if not isinstance(values, dict):
         raise InputError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
     return values
+
+
+def append_jsonl(handle, obj) -> None:
+    """One JSON line, flushed at once: in the OS when this returns, so it survives kill -9 of this process."""
+    handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    handle.flush()
+
+
+def read_jsonl(path, repair: bool = True) -> list[dict]:
+    """The complete lines of a JSONL file written with `append_jsonl`. A torn last line (killed mid-write) is
+    left out, and with `repair` also cut off the file, so appending goes on from a clean line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data) and repair:
+        logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(data) - end)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    out = []
+    for n, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path} line {n}: not valid JSON ({exc.msg}); move the file away to start over") from None
+    return out
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, busy):
+    """Hold an exclusive `fcntl.flock` on `path` (created, with its folder) for the with-block; the OS releases
+    it when the holder dies. Taken already: InputError(busy(text the holder wrote into the file)). Yields the
+    open file, for the holder to say who it is."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise InputError(busy(f.read().strip())) from None
+        yield f

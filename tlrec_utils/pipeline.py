@@ -755,27 +755,19 @@ def run_phase(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path):
     """One pipeline at a time per run_dir (a requeued job racing its predecessor, a command started twice): an
-    exclusive `fcntl.flock`, released by the OS when the holder dies."""
-    import fcntl
+    exclusive lock (fileio.exclusive_lock), released by the OS when the holder dies; the lock file says who holds it."""
+    from .fileio import exclusive_lock
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    f = open(path, "a+")  # noqa: SIM115 (held open for the whole run: closing it releases the lock)
-    try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise InputError(f"{run_dir} is in use by another run_pipeline ({holder}); wait for it to finish or "
-                             "stop it, then rerun") from None
+    def busy(holder: str) -> str:
+        return (f"{run_dir} is in use by another run_pipeline ({holder or 'another process'}); wait for it to "
+                "finish or stop it, then rerun")
+
+    with exclusive_lock(run_dir / LOCK_FILE, busy) as f:
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
         f.flush()
         yield
-    finally:
-        f.close()  # releases the lock
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -903,7 +895,7 @@ def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineCo
 def write_cot_records(cot_file, output_dir) -> dict:
     """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
     stages recovered, written as OUTPUT_DIR/cot_train.json (+ cot_records.json: what was read)."""
-    from .cot import load_cot_records
+    from .cot_records import load_cot_records
     from .fileio import sha256_file
 
     path, out = Path(cot_file), Path(output_dir)

@@ -216,12 +216,26 @@ def label_of(output: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# CoT data construction (run_cot_generation.py, tlrec_utils/cot.py): the TLRec authors' wording, byte for byte
+# CoT data construction (run_cot_generation.py, tlrec_utils/cot*.py): the TLRec authors' wording, byte for byte
 # (ljy2222/TLRec@534c6c97ea67dcde1230f102c65d4ef141cd3435 cot_data/generate_data.py for the teacher prompts,
 # cot_data/preprocess_data.py for the instruction records). Both scripts have movie and book wording.
 # Three chained questions (paper Table 2, after NIR): each stage's prompt repeats the context and the earlier
 # questions with their answers and ends in "\nAnswer:".
 # ---------------------------------------------------------------------------------------------------------
+
+# The answer formats the Stage-2 and Stage-3 questions ask for, defined once: the questions and stage instructions
+# quote them, the heuristic teacher writes its answers with `cot_answer_line`, and the reply parser
+# (cot_replies.NUMBERED_LINE, PAIR_SEPARATOR) reads Stage-3 lines by these parts.
+COT_NUMBER_END = "."  # "1. ..."
+COT_PAIR_SEPARATOR = " - "  # "watched - candidate"
+COT_STAGE2_FORMAT = "[no" + COT_NUMBER_END + " a watched {kind}]"
+COT_STAGE3_FORMAT = "[no" + COT_NUMBER_END + " a watched {kind}" + COT_PAIR_SEPARATOR + "a candidate {kind}]"
+
+
+def cot_answer_line(number: int, *items: str) -> str:
+    """One line of a Stage-2 answer (`1. watched`) or a Stage-3 answer (`1. watched - candidate`)."""
+    return f"{number}{COT_NUMBER_END} " + COT_PAIR_SEPARATOR.join(items)
+
 
 COT_CONTEXT = (
     "Candidate Set (candidate {kind}s): {candidates}\n"
@@ -231,9 +245,9 @@ COT_QUESTIONS = (
     "Step 1: What features are most important to the user when selecting {kind}s (Summarize the user's "
     "preferences briefly)?",
     "Step 2: Selecting the most featured {kind}s (at most 5 {kind}s) from the watched {kind}s according to the "
-    "user's preferences in descending order (Format: [no. a watched {kind}]).",
+    "user's preferences in descending order (Format: " + COT_STAGE2_FORMAT + ").",
     "Step 3: Can you recommend 10 {kind}s from the Candidate Set similar to the selected {kind}s the user has "
-    "watched (Format: [no. a watched {kind} - a candidate {kind}])?",
+    "watched (Format: " + COT_STAGE3_FORMAT + ")?",
 )
 COT_ANSWER_CUE = "\nAnswer:"  # ends every teacher prompt
 COT_ANSWERED = "\nAnswer: {answer}\n"  # an earlier stage's answer, before the next question
@@ -242,10 +256,10 @@ COT_STAGE_INSTRUCTIONS = (
     "Given the candidate set and the user's watched {kind}s, summarize the user's preferences briefly.",
     "Given the candidate set, the user's watched {kind}s and the user's preferences, select the most featured "
     "{kind}s (at most 5 {kind}s) from the watched {kind}s according to the user's preferences in descending "
-    "order (Format: [no. a watched {kind}]).",
+    "order (Format: " + COT_STAGE2_FORMAT + ").",
     "Given the candidate set, the user's watched {kind}s, the user's preferences and the most featured {kind}s, "
     "recommend 10 {kind}s from the candidate set similar to the selected {kind}s the user has watched "
-    "(Format: [no. a watched {kind} - a candidate {kind}])",
+    "(Format: " + COT_STAGE3_FORMAT + ")",
 )
 
 
@@ -293,8 +307,28 @@ def cot_record(context: str, answers: list[str], stage: int, kind: str) -> dict:
     }
 
 
-def cot_wording_fingerprint(kind: str, system_prompt: str | None = None) -> str:
-    """SHA-256 of every string that shapes a teacher prompt or a CoT record: a resume must not mix wordings."""
-    strings = [COT_CONTEXT, *COT_QUESTIONS, COT_ANSWER_CUE, COT_ANSWERED, *COT_STAGE_INSTRUCTIONS, kind,
-               system_prompt or ""]
+def _sha256_of(strings: list[str]) -> str:
     return hashlib.sha256(json.dumps(strings).encode("utf-8")).hexdigest()
+
+
+def _cot_strings(kind: str, system_prompt: str | None) -> list[str]:
+    return [COT_CONTEXT, *COT_QUESTIONS, COT_ANSWER_CUE, COT_ANSWERED, *COT_STAGE_INSTRUCTIONS, kind,
+            system_prompt or ""]
+
+
+def cot_wording_fingerprint(kind: str, system_prompt: str | None = None) -> str:
+    """SHA-256 of every string that shapes a teacher prompt, a CoT record or the reading of an answer (the
+    templates and the answer format), and of a probe user's three prompts and CoT records as rendered now, so a
+    change in how they are put together counts too: a resume must not mix answers to different prompts."""
+    probe = cot_context(["Candidate (1999)", '"Book" written by Author'], ["Watched (2001)"], kind)
+    answers = ["preferences", cot_answer_line(1, "Watched (2001)"),
+               cot_answer_line(1, "Watched (2001)", "Candidate (1999)")]
+    rendered = [cot_teacher_prompt(probe, answers[:n], kind) for n in range(3)]
+    rendered += [json.dumps(cot_record(probe, answers, stage, kind)) for stage in (1, 2, 3)]
+    return _sha256_of(_cot_strings(kind, system_prompt) + [COT_NUMBER_END, COT_PAIR_SEPARATOR] + rendered)
+
+
+def cot_wording_fingerprint_strings_only(kind: str, system_prompt: str | None = None) -> str:
+    """The fingerprint of versions up to 0.1.0 (the strings alone): their output directories resume while these
+    strings are unchanged."""
+    return _sha256_of(_cot_strings(kind, system_prompt))

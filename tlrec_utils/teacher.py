@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import prompts
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -315,12 +316,14 @@ class HeuristicTeacher:
         block = self._co_block(user)
         featured = self._featured(user, block)
         if stage == 2:
-            return Reply("\n".join(f"{n}. {user.show(user.history[i]['title'])}" for n, i in enumerate(featured, 1)))
+            return Reply("\n".join(prompts.cot_answer_line(n, user.show(user.history[i]["title"]))
+                                   for n, i in enumerate(featured, 1)))
         ranked = sorted(range(len(user.candidates)), key=lambda j: (-user.candidates[j]["weight"], j))[:10]
         lines = []
         for n, j in enumerate(ranked, 1):
             best = max(featured, key=lambda i: block[i, j])  # first featured item on ties
-            lines.append(f"{n}. {user.show(user.history[best]['title'])} - {user.show(user.candidates[j]['title'])}")
+            lines.append(prompts.cot_answer_line(n, user.show(user.history[best]["title"]),
+                                                 user.show(user.candidates[j]["title"])))
         return Reply("\n".join(lines))
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ def load_training_records(paths) -> list[dict]:
     """Records of all training files. CoT files (records with `stage`, or the TLRec authors' stage123.json whose
     records carry one of the three stage instructions) may have free-form outputs; every other record must be a
     Yes/No record."""
-    from .cot import cot_records_from, is_cot_file
+    from .cot_records import cot_records_from, is_cot_file
 
     out = []
     for path in paths:

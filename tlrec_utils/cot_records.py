@@ -1,0 +1,72 @@
+"""CoT instruction records: the three per user who hit, built from the run's responses, and reading CoT files
+(our cot_train.json, or the TLRec authors' released stage123.json) for curriculum tuning."""
+
+from __future__ import annotations
+
+from . import prompts
+from .cot_replies import line_hits
+from .errors import InputError, where
+from .records import read_json_list
+
+
+def cot_records(responses: list[dict], kind: str, hit_match: str = "title_in_answer") -> list[dict]:
+    """Three instruction records per user who hit under `hit_match`, in train-record order (identical however
+    the run went)."""
+    out = []
+    for line in sorted(responses, key=lambda r: r["record_index"]):
+        if not line_hits(line)[hit_match]:
+            continue
+        for stage in (1, 2, 3):
+            rec = prompts.cot_record(line["context"], line["answers"], stage, kind)
+            rec.update(user_id=line["user_id"], cot_key=line["key"])
+            out.append(rec)
+    return out
+
+
+def is_cot_file(records: list[dict]) -> bool:
+    """A CoT file: its first record has a `stage` or one of the three CoT stage instructions."""
+    if not records:
+        return False
+    first = records[0]
+    return "stage" in first or first.get("instruction") in prompts.COT_INSTRUCTION_STAGES
+
+
+def cot_records_from(raw: list[dict], path) -> list[dict]:
+    """Validated CoT records with an integer `stage`: our cot_train.json (a `stage` field) or the TLRec authors'
+    released `cot_data/stage123.json` (instruction/input/output only: the stage is the one whose instruction the
+    record carries, prompts.COT_INSTRUCTION_STAGES)."""
+    out = []
+    for i, rec in enumerate(raw):
+        if not isinstance(rec.get("instruction"), str):
+            raise InputError(f"{where(path, record=i)}: missing or non-string 'instruction'")
+        rec = dict(rec)
+        rec.setdefault("input", "")
+        if not isinstance(rec["input"], str):
+            raise InputError(f"{where(path, record=i)}: non-string 'input'")
+        if not isinstance(rec.get("output"), str) or not rec["output"].strip():
+            raise InputError(f"{where(path, record=i)}: missing or empty 'output'")
+        if "stage" in rec:
+            try:
+                rec["stage"] = int(rec["stage"])
+            except (TypeError, ValueError):
+                raise InputError(f"{where(path, record=i)}: stage {rec['stage']!r} is not an integer") from None
+        else:
+            known = prompts.COT_INSTRUCTION_STAGES.get(rec["instruction"])
+            if known is None:
+                raise InputError(f"{where(path, record=i)}: unknown CoT instruction {rec['instruction'][:60]!r}... "
+                                 "(not one of the three stage instructions of the TLRec authors' preprocess_data.py)")
+            rec["stage"], rec["kind"] = known
+        out.append(rec)
+    return out
+
+
+def load_cot_records(path) -> list[dict]:
+    """CoT records of a file (see cot_records_from); an InputError when it holds none or is not CoT data."""
+    raw = read_json_list(path)
+    if not raw:
+        raise InputError(f"{path}: no records")
+    if not is_cot_file(raw):
+        raise InputError(f"{where(path, record=0)}: not a CoT record (no 'stage' and not one of the three CoT "
+                         "stage instructions)")
+    return cot_records_from(raw, path)
+
