@@ -3,7 +3,7 @@ of its Figure 2 (ablations) and Figure 3 (backbones) as PNG.
 
 A row is one finished cell: {"method", "setting", "seed", "group", "backbone", "metrics": {...}}, where
 `setting` is "zero-shot" or "k16"/"k64"/"k256", `group` is "main" (Table 1), "ablation" or "backbone".
-`experiments.collect_rows` builds them from a grid directory; any list of such dicts works.
+`collect_rows` (below) builds them from a grid directory; any list of such dicts works.
 
 Table cells are mean ± sample std over seeds (std omitted with one seed); per column the best mean is in
 bold and the second underlined; `*` marks the method under study (`ours`) where it beats the best other
