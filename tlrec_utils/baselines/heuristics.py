@@ -64,26 +64,29 @@ class UserLikeShare:
         return np.array([user_like_share(r) for r in records])
 
 
-class ItemLikeRate:
+class _TargetItemStatistic:
+    """Score = a statistic (`score`) of the target item in train."""
+
+    def fit(self, train_records, valid_records=None):
+        self.stats = InteractionStats(train_records)
+        return self
+
+    def predict(self, records):
+        return np.array([self.score(r["target"]["item_id"]) for r in records])
+
+
+class ItemLikeRate(_TargetItemStatistic):
     """Score = the target item's smoothed like-rate in train."""
 
-    def fit(self, train_records, valid_records=None):
-        self.stats = InteractionStats(train_records)
-        return self
-
-    def predict(self, records):
-        return np.array([self.stats.like_rate(r["target"]["item_id"]) for r in records])
+    def score(self, item_id: str) -> float:
+        return self.stats.like_rate(item_id)
 
 
-class ItemPopularity:
+class ItemPopularity(_TargetItemStatistic):
     """Score = the target item's interaction count in train (scaled to [0, 1])."""
 
-    def fit(self, train_records, valid_records=None):
-        self.stats = InteractionStats(train_records)
-        return self
-
-    def predict(self, records):
-        return np.array([self.stats.popularity(r["target"]["item_id"]) for r in records])
+    def score(self, item_id: str) -> float:
+        return self.stats.popularity(item_id)
 
 
 class HeuristicLogReg:
