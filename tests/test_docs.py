@@ -262,5 +262,6 @@ def test_readme_layout_lists_every_module_and_nothing_else():
     layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `([^`]+\.py)`", layout, flags=re.M))
     modules = {str(p.relative_to(REPO)) for p in [*REPO.glob("run_*.py"), *(REPO / "tlrec_utils").rglob("*.py")]}
-    assert sorted(modules - listed) == [], "modules missing from the README layout"
-    assert sorted(listed - modules) == [], "README layout names modules that do not exist"
+    missing, gone = sorted(modules - listed), sorted(listed - modules)
+    assert not missing, f"README's Layout lacks a row (| `path` | what it does |) for {missing}"
+    assert not gone, f"README's Layout names modules that do not exist: {gone}"
