@@ -118,6 +118,8 @@ def launcher_flags(launcher: str) -> frozenset[str]:
 # --------------------------------------------------------------------------------------------- the checks
 def check_flags(script: str, words: list[str]) -> list[str]:
     """Problems with the flags in `words` (everything after `script` on the command line)."""
+    if not any(word.startswith("--") for word in words):
+        return []  # nothing to check: no need to run the script's --help
     problems, accepted, setting_of = [], script_flags(script), None
     for i, word in enumerate(words):
         if word.startswith("--") and " " not in word:
@@ -230,6 +232,17 @@ def test_made_up_flags_scripts_and_configs_are_reported():
     ]
     fine = "```bash\npython run_eval.py --test_file t.json --output_dir o --metrics auc\n```\nconfigs/accelerate/\n"
     assert doc_problems(fine) == []
+
+
+def test_generated_tables_match_the_registries():
+    """The dataset and baseline tables in docs/ are the registries' own Markdown, so they cannot drift."""
+    from tlrec_utils.baselines.registry import markdown_table as baselines_table
+    from tlrec_utils.dataset_registry import markdown_table as datasets_table
+
+    generated = re.compile(r"<!-- generated: (.+?) -->\n(.*?)\n<!-- /generated -->", re.S)
+    blocks = {source: table for doc in DOC_FILES for source, table in generated.findall(doc.read_text())}
+    baselines_source = 'python -c "from tlrec_utils.baselines.registry import markdown_table; print(markdown_table())"'
+    assert blocks == {"python -m tlrec_utils.dataset_registry": datasets_table(), baselines_source: baselines_table()}
 
 
 def section_commands(name: str) -> list[str]:
