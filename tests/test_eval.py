@@ -165,3 +165,41 @@ def test_records_without_user_ids_get_a_null_user_ndcg_with_the_reason(data_dir,
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["ndcg@10_user"] is None and 0 <= metrics["auc"] <= 1 and metrics["counts"]["ranked"] > 0
     assert metrics["notes"]["ndcg@10_user"] == "not computed: 16 of 16 records carry no user_id"
+
+
+def test_encodings_are_memoised_across_models_and_give_the_same_results(setup, tiny_llama, tmp_path, monkeypatch):
+    """A pipeline evaluates many models on one test split: the second model reuses the first one's prompt and
+    ranking encodings (no tokenization at all), with results identical to a cold run; other records miss."""
+    from tlrec_utils import evaluation
+    from tlrec_utils.tokenization import RecordEncoder
+
+    d = setup[0]
+    calls = []
+    real = RecordEncoder.prompt_ids_many
+    monkeypatch.setattr(RecordEncoder, "prompt_ids_many",
+                        lambda self, records, sources: calls.append(len(records)) or real(self, records, sources))
+
+    def run(out, test_file="test.json", adapter=True):
+        argv = ["--base_model", str(tiny_llama), "--test_file", str(d / test_file), "--items_file",
+                str(d / "items.json"), "--output_dir", str(tmp_path / out), "--batch_size", "7"]
+        assert run_eval.main(argv + (["--adapter", str(d / "lora")] if adapter else [])) == 0
+        metrics = json.loads((tmp_path / out / "metrics.json").read_text())
+        preds = [json.loads(line) for line in (tmp_path / out / "predictions.jsonl").open()]
+        return {k: v for k, v in metrics.items() if k != "wall_time_s"}, preds
+
+    evaluation._ENCODING_MEMO.clear()
+    base_metrics, _ = run("base", adapter=False)
+    cold_calls = len(calls)
+    assert cold_calls > 1  # the AUC prompts and one call per ranking group
+    warm_metrics, warm_preds = run("warm")
+    assert len(calls) == cold_calls  # nothing tokenized for the second model
+    assert warm_metrics["auc"] != base_metrics["auc"]  # a different model was scored
+    evaluation._ENCODING_MEMO.clear()
+    cold_metrics, cold_preds = run("cold")
+    assert len(calls) == 2 * cold_calls
+    assert warm_metrics == cold_metrics and warm_preds == cold_preds
+    # other records are a different key: tokenized again
+    records = json.loads((d / "test.json").read_text())
+    (tmp_path / "fewer.json").write_text(json.dumps(records[:-2]))
+    run("fewer", test_file=str(tmp_path / "fewer.json"))
+    assert len(calls) > 2 * cold_calls

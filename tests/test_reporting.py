@@ -104,3 +104,27 @@ def test_grid_to_exact_markdown_csv_and_figures(tmp_path):
     for name in ("ablation.png", "backbones.png"):
         data = written[name].read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_ablation_chart_draws_the_chance_line_and_keeps_the_legend_off_the_bars():
+    rows = [{"group": "ablation", "method": m, "setting": s, "seed": seed, "backbone": None,
+             "metrics": {"auc": auc + 0.01 * seed, "ndcg@10": 0.1}}
+            for m, base in (("TLRec", 0.62), ("w/o CoT", 0.58), ("w/o curriculum", 0.55))
+            for s, auc in (("zero-shot", base), ("k16", base + 0.05)) for seed in (0, 1)]
+    fig = reporting.bar_chart_figure(rows, "setting", "method", "auc", "Ablations")
+    ax = fig.axes[0]
+    chance = [line for line in ax.get_lines() if list(line.get_ydata()) == [0.5, 0.5]]
+    assert len(chance) == 1 and chance[0].get_linestyle() == "--"
+    low, high = ax.get_ylim()
+    assert low < 0.5 < high  # the chance line is inside the zoomed axis even when every bar is above it
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    bars_box = ax.get_window_extent(renderer)
+    assert legend_box.x0 >= bars_box.x1  # legend right of the plotting area: covers no bar
+    assert legend_box.x1 <= fig.bbox.x1 + 1  # and not cut off by the figure edge
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["chance (0.5)", "TLRec", "w/o CoT", "w/o curriculum"]
+    # NDCG has no chance line here (its random level depends on the number of candidates)
+    fig2 = reporting.bar_chart_figure(rows, "setting", "method", "ndcg@10", "Ablations")
+    assert not [line for line in fig2.axes[0].get_lines() if list(line.get_ydata()) == [0.5, 0.5]]

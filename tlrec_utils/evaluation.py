@@ -9,15 +9,20 @@
 - Data parallel: under `accelerate launch --num_processes N` each process scores a contiguous shard of the
   records and of the ranking groups; rank 0 gathers them and alone returns the metrics and predictions
   (same order and values as one process, to float tolerance).
+- Encodings (the prompts' token ids and the sampled ranking candidates) are memoised per process, keyed by
+  the tokenizer's content, the template, the records, the catalog and the sampling settings: a pipeline or
+  grid evaluating many models on one test split tokenizes its ~50 x liked-records ranking prompts once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
 from collections import Counter
+from dataclasses import asdict
 from itertools import pairwise
 from pathlib import Path
 
@@ -122,6 +127,42 @@ def _shard(n: int, state) -> list[int]:
     return [int(i) for i in np.array_split(np.arange(n), state.num_processes)[state.process_index]]
 
 
+# key -> (value, truncation counts); a few entries: one test split x its settings within a pipeline or grid
+_ENCODING_MEMO: dict[str, tuple] = {}
+_ENCODING_MEMO_SIZE = 4
+
+
+def _tokenizer_fingerprint(tokenizer) -> str | None:
+    """Content hash of a fast tokenizer (vocabulary, merges, normalizer, special tokens); None otherwise."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()
+
+
+def _memo_key(kind: str, tokenizer, template, max_length: int, payload) -> str | None:
+    fingerprint = _tokenizer_fingerprint(tokenizer)
+    if fingerprint is None:
+        return None
+    text = json.dumps([kind, fingerprint, asdict(template), max_length, payload], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _memoised(key: str | None, encoder: RecordEncoder, compute):
+    """compute() once per key; the encoder's truncation counts are restored with the value."""
+    if key is not None and key in _ENCODING_MEMO:
+        value, truncations = _ENCODING_MEMO[key]
+        encoder.truncations.update(truncations)
+        return value
+    before = Counter(encoder.truncations)
+    value = compute()
+    if key is not None:
+        while len(_ENCODING_MEMO) >= _ENCODING_MEMO_SIZE:
+            _ENCODING_MEMO.pop(next(iter(_ENCODING_MEMO)))
+        _ENCODING_MEMO[key] = (value, encoder.truncations - before)
+    return value
+
+
 def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: str = "test file", template=None,
              state=None):
     """(metrics dict, predictions list); (None, None) on every process but rank 0 when `state` (an accelerate
@@ -157,16 +198,26 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
     payload = {}
     if "auc" in wanted:
         mine = _shard(len(records), state)
-        encodings = encoder.prompt_ids_many([records[i] for i in mine], [where(source, record=i) for i in mine])
+        key = _memo_key("prompts", tokenizer, template, args.max_length, [source, mine, records])
+        encodings = _memoised(key, encoder, lambda: encoder.prompt_ids_many(
+            [records[i] for i in mine], [where(source, record=i) for i in mine]))
         payload["scored"] = (mine, stats_of(encodings, "scoring") if mine else np.zeros((0, 3)))
     cands_by_record = []
     if "ndcg" in wanted:
         catalog = catalog if catalog is not None else load_catalog(None, records)
-        cands_by_record = ranking_candidates(records, catalog, args.num_negatives, args.seed, source,
-                                             getattr(args, "items_file", None))  # the same on every rank
+        n_processes = 1 if state is None else state.num_processes
+        key = _memo_key("ranking", tokenizer, template, args.max_length,
+                        [source, records, catalog, args.num_negatives, args.seed, n_processes,
+                         0 if state is None else state.process_index])
+
+        def candidates_and_groups():
+            cands = ranking_candidates(records, catalog, args.num_negatives, args.seed, source,
+                                       getattr(args, "items_file", None))  # the same on every rank
+            return cands, [rank_encoder.prompt_ids_many(cands[g][1], [where(source, record=cands[g][0])]
+                                                        * len(cands[g][1])) for g in _shard(len(cands), state)]
+
+        cands_by_record, groups = _memoised(key, rank_encoder, candidates_and_groups)
         mine = _shard(len(cands_by_record), state)
-        groups = [rank_encoder.prompt_ids_many(cands_by_record[g][1], [where(source, record=cands_by_record[g][0])]
-                                               * len(cands_by_record[g][1])) for g in mine]
         if args.eval_mode == "generate":
             flat = stats_of([e for g in groups for e in g], "ranking") if groups else np.zeros((0, 3))
             bounds = np.cumsum([0] + [len(g) for g in groups])

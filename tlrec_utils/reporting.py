@@ -141,9 +141,13 @@ def table_csv(rows, metrics=("auc", "ndcg@10"), ours: str = "TLRec", methods=Non
     return buf.getvalue()
 
 
-def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: str, x_order=None, bar_order=None,
-                      x_label=lambda x: x):
-    """Bars of mean metric with std error bars: one group per `x_key` value, one bar per `bar_key` value."""
+# what a scorer that ignores its input gets, per metric (AUC of a constant or random score)
+CHANCE_LEVEL = {"auc": 0.5, "auc_authors": 0.5}
+
+
+def bar_chart_figure(rows, x_key: str, bar_key: str, metric: str, title: str, x_order=None, bar_order=None,
+                     x_label=lambda x: x):
+    """The matplotlib figure of `grouped_bar_chart` (not saved)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +161,7 @@ def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: 
     xs = x_order or list(dict.fromkeys(r[x_key] for r in rows))
     bars = bar_order or list(dict.fromkeys(r[bar_key] for r in rows))
     width = 0.8 / max(len(bars), 1)
-    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(xs) + 1), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(xs) + 1) + 2, 3.5))
     for j, bar in enumerate(bars):
         means = [np.mean(cells[(x, bar)]) if cells.get((x, bar)) else np.nan for x in xs]
         stds = [np.std(cells[(x, bar)], ddof=1) if len(cells.get((x, bar), [])) > 1 else 0 for x in xs]
@@ -166,10 +170,25 @@ def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: 
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title(title)
     finite = [float(r["metrics"][metric]) for r in rows if r["metrics"].get(metric) is not None]
+    chance = CHANCE_LEVEL.get(metric)
+    if chance is not None:  # a bar is only worth reading against what a random scorer gets
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:g})")
+        finite.append(chance)
     if finite:  # zoom on the differences, as the paper's figures do
         ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.05))
-    ax.legend(fontsize=8)
+    # legend beside the axes, never over the bars
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
+    return fig
+
+
+def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: str, x_order=None, bar_order=None,
+                      x_label=lambda x: x):
+    """Bars of mean metric with std error bars: one group per `x_key` value, one bar per `bar_key` value; a
+    dashed chance line for AUC; the legend outside the axes. Written to `path` (PNG) atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = bar_chart_figure(rows, x_key, bar_key, metric, title, x_order, bar_order, x_label)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
