@@ -5,6 +5,7 @@ target rec-tuning, evaluation; prints AUC and NDCG@10 per setting for every meth
     python run_pipeline.py --run_dir runs/llama7b --base_model huggyllama/llama-7b --start_adapter alpaca-lora \
         --teacher openai --methods tlrec tallrec --tuning bf16=true --launcher accelerate \
         --accelerate_config configs/accelerate/multi_gpu.yaml    # every PipelineConfig field is a flag
+    python run_pipeline.py configs/experiments/quickstart.yaml --run_dir runs/qs --k_shots 16   # file, then flags
 
 Rerunning the same command skips finished phases and resumes an interrupted one. Layout: see tlrec_utils/pipeline.py.
 """
@@ -22,14 +23,8 @@ def parse_args(argv=None):
 
 @cli_entry
 def main(argv=None):
-    from tlrec_utils.pipeline import (
-        EXIT_INTERRUPTED,
-        PhaseFailed,
-        PhaseInterrupted,
-        format_table,
-        run_pipeline,
-        setting,
-    )
+    from tlrec_utils.errors import EXIT_INTERRUPTED
+    from tlrec_utils.pipeline import PhaseFailed, PhaseInterrupted, format_table, run_pipeline, setting
 
     cfg = parse_args(argv)
     from tlrec_utils.validation import check_output_dir

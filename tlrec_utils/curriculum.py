@@ -34,10 +34,15 @@ import math
 import numpy as np
 from torch.utils.data import Sampler
 
+from .arguments import CURRICULUM_MODES
 from .errors import InputError
 
-CURRICULUM_MODES = ("ordered", "shuffled", "stagewise")
 DEFAULT_MEGABATCH_SIZE = 64
+
+
+def check_mode(mode: str) -> None:
+    if mode not in CURRICULUM_MODES:
+        raise InputError(f"--curriculum must be one of {', '.join(CURRICULUM_MODES)}, got {mode!r}")
 
 
 def _shuffled(indices: np.ndarray, seed: int, epoch: int, salt: int, lengths, megabatch_size: int) -> list[int]:
@@ -74,8 +79,7 @@ def curriculum_order(
     megabatch_size: int = DEFAULT_MEGABATCH_SIZE,
 ) -> list[int]:
     """The record indices the Trainer sees in epoch `epoch` (0-based): a permutation of range(len(stages))."""
-    if mode not in CURRICULUM_MODES:
-        raise InputError(f"--curriculum must be one of {', '.join(CURRICULUM_MODES)}, got {mode!r}")
+    check_mode(mode)
     groups = stage_groups(stages)
     n = len(stages)
     if lengths is not None and len(lengths) != n:
@@ -104,8 +108,7 @@ class CurriculumSampler(Sampler):
     def __init__(
         self, stages, mode="ordered", seed=0, lengths=None, num_epochs=1, megabatch_size=DEFAULT_MEGABATCH_SIZE
     ):
-        if mode not in CURRICULUM_MODES:
-            raise InputError(f"--curriculum must be one of {', '.join(CURRICULUM_MODES)}, got {mode!r}")
+        check_mode(mode)
         self.stages = list(stages)
         stage_groups(self.stages)  # validate now, not at the first batch
         self.mode = mode

@@ -22,6 +22,7 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_CTRL_C = 130
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped after saving a checkpoint (SLURM preemption); rerunning resumes
 
 _crash_dir: Path | None = None  # an output directory that already exists, once a script knows it
 

@@ -1,7 +1,9 @@
 """The paper's experiment grid as one command (run_experiments.py): settings x seeds x methods, each cell a
 run directory; finished cells are skipped; local or SLURM array execution; then Table 1 and the figures.
 
-Config (YAML or JSON), e.g. configs/experiments/movie_tiny.yaml (paths relative to the working directory):
+Config (YAML or JSON; typed by `GridConfig` and the dataclasses beside it: an unknown key or a wrong type is one
+error line naming the key and the file), e.g. configs/experiments/movie_tiny.yaml (paths relative to the working
+directory):
 
     name: movie_tiny
     output_dir: experiments/movie_tiny
@@ -40,6 +42,7 @@ cell is, where each metrics.json lands) written before the cell runs; OUTPUT/res
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -50,12 +53,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import EXIT_INTERRUPTED, InputError
 from .fileio import atomic_write_json, atomic_write_text, read_config_file
+from .metrics import NUM_NEGATIVES
 from .paths import REPO_ROOT
+from .reporting import DEFAULT_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -87,78 +92,173 @@ def setting_key(setting) -> str:
     return f"k{int(s)}"
 
 
-CONFIG_KEYS = ("name", "title", "output_dir", "target", "source", "settings", "seeds", "test_limit", "ours",
-               "metrics", "pipeline", "pipeline_runs", "methods", "ablations", "backbones", "backbone_settings",
-               "setup", "slurm")  # fmt: skip
-METHOD_KEYS = ("name", "baseline", "options", "pipeline", "variant", "same_as")
+# ---- the grid config, typed ----------------------------------------------------------------------------------
 
 
-def load_config(path) -> dict:
-    """The grid config, checked up front: unknown keys (a typo such as `seedz`), seeds, settings, baseline
-    names and pipeline options fail here with the key and the file, before any cell runs."""
-    path = Path(path)
-    config = read_config_file(path)
-    unknown = [k for k in config if k not in CONFIG_KEYS]
-    if unknown:
-        raise InputError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(CONFIG_KEYS)})")
-    for key in ("output_dir", "target", "methods"):
-        if key not in config:
-            raise InputError(f"{path}: missing '{key}'")
-    config["_path"] = str(path)
-    check_config(config)
-    return config
+@dataclass
+class Splits:
+    """A prepared domain's record files (`target:`, `source:`)."""
+
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    items: str | None = None
 
 
-def check_config(config) -> None:
-    from .baselines import BASELINES
-    from .pipeline import PipelineConfig
+@dataclass
+class MethodSpec:
+    """A Table 1 row or an ablation: a baseline, a variant of a pipeline run, or `same_as` a Table 1 method."""
+
+    name: str
+    baseline: str | None = None  # run_baselines --model
+    options: dict = field(default_factory=dict)  # more run_baselines flags
+    pipeline: str | None = None  # a key of pipeline_runs
+    variant: str | None = None  # a run_pipeline method (pipeline.METHODS)
+    same_as: str | None = None  # an ablation that is this Table 1 method: its results again
+
+
+@dataclass
+class BackboneSpec:
+    """Figure 3: the named methods again on another base model."""
+
+    name: str
+    methods: list[str] | None = None  # default: [ours]
+    pipeline: dict = field(default_factory=dict)  # run_pipeline settings of this backbone (base_model, ...)
+
+
+@dataclass
+class SetupStep:
+    """A script run once before any cell, unless `creates` exists already."""
+
+    script: str
+    creates: str
+    args: dict = field(default_factory=dict)  # its flags
+
+
+@dataclass
+class SlurmSettings:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus: str | None = None  # per GPU job (tuning and evaluation phases)
+    time: str = "24:00:00"
+    cpus: int = 8
+    mem: str = "64G"
+    max_parallel: int = 16
+    job_name: str | None = None
+    python: str = "python"
+    setup: list[str] = field(default_factory=list)  # shell lines run first in every job (module load, ...)
+    extra_directives: list[str] = field(default_factory=list)  # more #SBATCH lines
+
+
+@dataclass
+class GridConfig:
+    """A grid config file (see the module docstring), every key checked against these fields."""
+
+    output_dir: str
+    target: Splits
+    methods: list[MethodSpec]
+    name: str = "grid"
+    title: str | None = None
+    source: Splits = field(default_factory=Splits)
+    settings: list[str | int] = field(default_factory=lambda: ["zero-shot", 16, 64, 256])  # setting_key()s once loaded
+    seeds: int | list[int] = 5  # N (0..N-1) or a list; a list once loaded
+    test_limit: int | None = None
+    ours: str = "TLRec"
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    pipeline: dict = field(default_factory=dict)  # run_pipeline settings shared by every pipeline run
+    pipeline_runs: dict = field(default_factory=dict)  # run name -> its run_pipeline settings
+    ablations: list[MethodSpec] = field(default_factory=list)
+    backbones: list[BackboneSpec] = field(default_factory=list)
+    backbone_settings: list[str | int] | None = None  # default: settings
+    setup: list[SetupStep] = field(default_factory=list)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    estimate: dict = field(default_factory=dict)  # GPU-hours assumptions (ESTIMATE_DEFAULTS)
+    path: str = "config"  # the file it was read from (error messages, SLURM job commands)
+
+
+def _typed(dtype, values, where: str):
+    """`values` (a mapping of the file) as `dtype`: unknown and missing keys and wrong types name the key and the
+    file; nested mappings and lists stay as they are (the caller types them)."""
     from .validation import check_config_values
 
-    path = config["_path"]
-    seeds_of(config)
-    from .validation import check_output_dir
+    if isinstance(values, dtype):  # the field's default: not in the file
+        return values
+    if not isinstance(values, dict):
+        raise InputError(f"{where} must be a mapping, got {type(values).__name__}")
+    known = [f.name for f in dataclasses.fields(dtype) if f.name != "path"]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    missing = [f.name for f in dataclasses.fields(dtype) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and values.get(f.name) is None]
+    if missing:
+        raise InputError(f"{where}: missing '{missing[0]}'")
+    return dtype(**check_config_values({k: v for k, v in values.items() if v is not None}, (dtype,), where))
 
-    check_output_dir(config["output_dir"], f"{path}: output_dir")
-    for key in ("target", "source", "pipeline", "pipeline_runs", "slurm"):
-        if config.get(key) is not None and not isinstance(config[key], dict):
-            raise InputError(f"{path}: {key} must be a mapping, got {type(config[key]).__name__}")
-    for key in ("methods", "ablations", "backbones", "setup", "settings", "backbone_settings"):
-        if config.get(key) is not None and not isinstance(config[key], list):
-            raise InputError(f"{path}: {key} must be a list, got {type(config[key]).__name__}")
-    test_limit = config.get("test_limit")
-    if test_limit is not None and (not isinstance(test_limit, int) or isinstance(test_limit, bool) or test_limit < 1):
-        raise InputError(f"{path}: test_limit must be a positive integer, got {test_limit!r}")
-    for group in ("methods", "ablations"):
-        for method in config.get(group) or []:
-            if not isinstance(method, dict):
-                raise InputError(f"{path}: {group}: every entry must be a mapping, got {method!r}")
-            extra = [k for k in method if k not in METHOD_KEYS]
-            if extra:
-                raise InputError(f"{path}: {group}: {method.get('name')!r} has unknown key {extra[0]!r}")
-            if "baseline" in method and method["baseline"] not in BASELINES:
-                raise InputError(f"{path}: method {method.get('name')!r}: unknown baseline {method['baseline']!r} "
+
+def _typed_list(dtype, items, where: str) -> list:
+    if not isinstance(items, list):
+        raise InputError(f"{where} must be a list, got {type(items).__name__}")
+    out = []
+    for n, item in enumerate(items):
+        label = f"{where}: {item.get('name')!r}" if isinstance(item, dict) and "name" in item else f"{where} entry {n}"
+        out.append(_typed(dtype, item, label))
+    return out
+
+
+def load_config(path, overrides: list[str] | None = None) -> GridConfig:
+    """The grid config with `--override`s applied, checked up front: unknown keys (a typo such as `seedz`),
+    types, seeds, settings, baseline names and pipeline options fail here with the key and the file, before any
+    cell runs."""
+    path = Path(path)
+    raw = apply_overrides(read_config_file(path), overrides or [])
+    return grid_config(raw, str(path))
+
+
+def grid_config(raw: dict, path: str) -> GridConfig:
+    """A GridConfig from a config file's mapping (`path` names it in errors)."""
+    from .baselines.registry import BASELINES
+    from .pipeline import PipelineConfig
+    from .validation import check_config_values, check_number, check_output_dir
+
+    config = _typed(GridConfig, raw, path)
+    config.path = path
+    config.target = _typed(Splits, config.target, f"{path}: target")
+    config.source = _typed(Splits, config.source, f"{path}: source")
+    config.methods = _typed_list(MethodSpec, config.methods, f"{path}: methods")
+    config.ablations = _typed_list(MethodSpec, config.ablations, f"{path}: ablations")
+    config.backbones = _typed_list(BackboneSpec, config.backbones, f"{path}: backbones")
+    config.setup = _typed_list(SetupStep, config.setup, f"{path}: setup")
+    config.slurm = _typed(SlurmSettings, config.slurm, f"{path}: slurm")
+    if isinstance(config.seeds, int):
+        check_number(f"{path}: seeds", config.seeds, 1)
+        config.seeds = list(range(config.seeds))
+    elif not config.seeds:
+        raise InputError(f"{path}: seeds must be a positive integer or a list of integers, got []")
+    config.settings = [setting_key(s) for s in config.settings]
+    config.backbone_settings = [setting_key(s) for s in (config.backbone_settings or config.settings)]
+    check_number(f"{path}: test_limit", config.test_limit, 1)
+    check_output_dir(config.output_dir, f"{path}: output_dir")
+    for group, methods in (("methods", config.methods), ("ablations", config.ablations)):
+        for method in methods:
+            if method.baseline is not None and method.baseline not in BASELINES:
+                raise InputError(f"{path}: method {method.name!r}: unknown baseline {method.baseline!r} "
                                  f"(one of {', '.join(BASELINES)})")
-    runs = config.get("pipeline_runs") or {}
-    sources = [("pipeline", config.get("pipeline"))] + [(f"pipeline_runs.{k}", v) for k, v in runs.items()]
-    sources += [(f"backbones.{b.get('name')}.pipeline", b.get("pipeline")) for b in config.get("backbones") or []
-                if isinstance(b, dict)]
+            pipeline_method = method.pipeline is not None and method.variant is not None
+            if method.same_as is None and method.baseline is None and not pipeline_method:
+                raise InputError(f"{path}: {group}: method {method.name!r} needs 'baseline', or 'pipeline' and "
+                                 "'variant'")
+    sources = [("pipeline", config.pipeline)] + [(f"pipeline_runs.{k}", v) for k, v in config.pipeline_runs.items()]
+    sources += [(f"backbones.{b.name}.pipeline", b.pipeline) for b in config.backbones]
     for where_, options in sources:
         if options is not None:
             if not isinstance(options, dict):
                 raise InputError(f"{path}: {where_} must be a mapping of run_pipeline settings")
             settings = {k: v for k, v in options.items() if k != "config"}  # `config`: run_pipeline's file
             check_config_values(settings, (PipelineConfig,), f"{path}: {where_}")
-
-
-def seeds_of(config) -> list[int]:
-    """`seeds: N` (0..N-1) or an explicit list of integers."""
-    seeds = config.get("seeds", 5)
-    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
-        return list(range(seeds))
-    if isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        return list(seeds)
-    raise InputError(f"{config.get('_path', 'config')}: seeds must be a positive integer or a list of integers, "
-                     f"got {seeds!r}")
+    return config
 
 
 def flags(options: dict, explicit_bools: bool = False) -> list[str]:
@@ -180,20 +280,22 @@ def flags(options: dict, explicit_bools: bool = False) -> list[str]:
     return out
 
 
-def baseline_cell(config, method: dict, setting: str, seed: int, group: str) -> Cell:
-    target, source = config["target"], config.get("source") or {}
+def baseline_cell(config: GridConfig, method: MethodSpec, setting: str, seed: int, group: str) -> Cell:
+    target, source = config.target, config.source
     if setting == "zero-shot":
-        if "train" not in source:
-            raise InputError(f"{config['_path']}: zero-shot needs source.train (baselines train on the source domain)")
-        data = {"train_file": source["train"], "valid_file": source.get("valid")}
+        if source.train is None:
+            raise InputError(f"{config.path}: zero-shot needs source.train (baselines train on the source domain)")
+        data = {"train_file": source.train, "valid_file": source.valid}
     else:
-        data = {"train_file": target["train"], "valid_file": target.get("valid"), "k_shot": int(setting[1:])}
+        if target.train is None or target.test is None:
+            raise InputError(f"{config.path}: baselines need target.train and target.test")
+        data = {"train_file": target.train, "valid_file": target.valid, "k_shot": int(setting[1:])}
     options = {
-        "model": method["baseline"], **data, "test_file": target["test"], "items_file": target.get("items"),
-        "seed": seed, "test_limit": config.get("test_limit"), **(method.get("options") or {}),
+        "model": method.baseline, **data, "test_file": target.test, "items_file": target.items,
+        "seed": seed, "test_limit": config.test_limit, **method.options,
     }
-    outputs = [{"method": method["name"], "setting": setting, "seed": seed, "metrics": "metrics.json"}]
-    return Cell(group, method["name"], seed, "run_baselines.py", flags(options), outputs, setting=setting)
+    outputs = [{"method": method.name, "setting": setting, "seed": seed, "metrics": "metrics.json"}]
+    return Cell(group, method.name, seed, "run_baselines.py", flags(options), outputs, setting=setting)
 
 
 def pipeline_setting(setting: str, seed: int) -> str:
@@ -201,52 +303,44 @@ def pipeline_setting(setting: str, seed: int) -> str:
     return "zero_shot" if setting == "zero-shot" else f"{setting}_seed{seed}"
 
 
-def pipeline_cell(config, run: str, methods: list[dict], settings: list[str], seeds: list[int], group: str,
-                  backbone: dict | None = None) -> Cell:
+def pipeline_cell(config: GridConfig, run: str, methods: list[MethodSpec], settings: list[str], seeds: list[int],
+                  group: str, backbone: BackboneSpec | None = None) -> Cell:
     """One run_pipeline run_dir for all seeds: its seed-independent phases (data, CoT data and tuning, source
     rec-tuning = the zero-shot model) run once, the K-shot phases once per seed. The zero-shot model is
     therefore reported once (first seed), not as seeds that would only repeat it."""
-    runs = config.get("pipeline_runs") or {}
-    if run not in runs:
-        raise InputError(f"{config['_path']}: pipeline run {run!r} is not defined in pipeline_runs")
-    options = {**(config.get("pipeline") or {}), **(runs[run] or {}), **((backbone or {}).get("pipeline") or {})}
-    if config.get("test_limit"):  # baselines and pipeline evaluate on the same first N test records
-        options["test_limit"] = config["test_limit"]
+    if run not in config.pipeline_runs:
+        raise InputError(f"{config.path}: pipeline run {run!r} is not defined in pipeline_runs")
+    options = {**config.pipeline, **(config.pipeline_runs[run] or {}), **(backbone.pipeline if backbone else {})}
+    if config.test_limit:  # baselines and pipeline evaluate on the same first N test records
+        options["test_limit"] = config.test_limit
     k_shots = [int(s[1:]) for s in settings if s != "zero-shot"]
     if not k_shots:
-        raise InputError(f"{config['_path']}: pipeline runs need at least one K in settings")
+        raise InputError(f"{config.path}: pipeline runs need at least one K in settings")
     options.update(seeds=list(seeds), k_shots=k_shots)
     outputs = [
-        {"method": m["name"], "setting": s, "seed": seed,
-         "metrics": f"{m['variant']}/eval/{pipeline_setting(s, seed)}/metrics.json"}
+        {"method": m.name, "setting": s, "seed": seed,
+         "metrics": f"{m.variant}/eval/{pipeline_setting(s, seed)}/metrics.json"}
         for m in methods
         for s in settings
         for seed in (seeds[:1] if s == "zero-shot" else seeds)
     ]
     return Cell(group, f"pipeline-{run}", None, "run_pipeline.py", flags(options, explicit_bools=True), outputs,
-                backbone=backbone["name"] if backbone else None)
+                backbone=backbone.name if backbone else None)
 
 
-def build_cells(config) -> list[Cell]:
-    settings = [setting_key(s) for s in config.get("settings", ["zero-shot", 16, 64, 256])]
-    seeds = seeds_of(config)
+def build_cells(config: GridConfig) -> list[Cell]:
+    settings, seeds = config.settings, config.seeds
     cells = []
 
-    def add(methods: list[dict], group: str, group_settings, backbone=None):
+    def add(methods: list[MethodSpec], group: str, group_settings, backbone=None):
         pipelines = {}
         for method in methods:
-            if "name" not in method:
-                raise InputError(f"{config['_path']}: every method needs a 'name'")
-            if "baseline" in method:
+            if method.baseline is not None:
                 for setting in group_settings:
                     for seed in seeds:
                         cells.append(baseline_cell(config, method, setting, seed, group))
-            elif "pipeline" in method and "variant" in method:
-                pipelines.setdefault(method["pipeline"], []).append(method)
             else:
-                raise InputError(
-                    f"{config['_path']}: method {method['name']!r} needs 'baseline', or 'pipeline' and 'variant'"
-                )
+                pipelines.setdefault(method.pipeline, []).append(method)
         for run, run_methods in pipelines.items():
             cell = pipeline_cell(config, run, run_methods, group_settings, seeds, group, backbone)
             # ablations of a pipeline run Table 1 also uses: the same run directory (data, CoT, shared phases
@@ -258,31 +352,29 @@ def build_cells(config) -> list[Cell]:
             else:
                 cells.append(cell)
 
-    add(config["methods"], "main", settings)
+    add(config.methods, "main", settings)
     # an ablation that is a Table 1 method (w/o CoT = TALLRec here) reuses its cells: `same_as: TALLRec`
-    add([a for a in config.get("ablations") or [] if "same_as" not in a], "ablation", settings)
-    by_name = {m["name"]: m for m in config["methods"]}
-    backbone_settings = [setting_key(s) for s in config.get("backbone_settings", settings)]
-    for backbone in config.get("backbones") or []:
-        names = backbone.get("methods", [config.get("ours", "TLRec")])
+    add([a for a in config.ablations if a.same_as is None], "ablation", settings)
+    by_name = {m.name: m for m in config.methods}
+    for backbone in config.backbones:
+        names = backbone.methods or [config.ours]
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise InputError(f"{config['_path']}: backbone {backbone.get('name')!r} names unknown method(s) {unknown}")
-        if any("baseline" in by_name[n] for n in names):
-            raise InputError(
-                f"{config['_path']}: backbone {backbone.get('name')!r}: only pipeline methods have a backbone")
+            raise InputError(f"{config.path}: backbone {backbone.name!r} names unknown method(s) {unknown}")
+        if any(by_name[n].baseline is not None for n in names):
+            raise InputError(f"{config.path}: backbone {backbone.name!r}: only pipeline methods have a backbone")
         before = len(cells)
-        add([by_name[n] for n in names], "backbone", backbone_settings, backbone)
+        add([by_name[n] for n in names], "backbone", config.backbone_settings, backbone)
         for cell in cells[before:]:
-            cell.backbone = backbone["name"]
+            cell.backbone = backbone.name
     for cell in cells:
         parts = [cell.group] + ([slug(cell.backbone)] if cell.backbone else []) + [slug(cell.name)]
         cell.path = "/".join(parts + ([cell.setting, f"seed{cell.seed}"] if cell.setting else []))
     return cells
 
 
-def runs_dir(config) -> Path:
-    return Path(config["output_dir"]) / "runs"
+def runs_dir(config: GridConfig) -> Path:
+    return Path(config.output_dir) / "runs"
 
 
 def cell_dir(config, cell: Cell) -> Path:
@@ -318,22 +410,17 @@ def run_cell(config, cell: Cell, in_process: bool = True) -> None:
 def run_setup(config, in_process: bool = True, download: bool = False, mirror: str | None = None) -> None:
     """Each `setup` step whose `creates` path does not exist yet (data preparation, tiny model, CoT data).
     `download`/`mirror` go to the run_prepare_data steps: they fetch the published files they lack."""
-    for n, step in enumerate(config.get("setup") or []):
-        if "script" not in step or "creates" not in step:
-            raise InputError(f"{config['_path']}: setup step {n} needs 'script' and 'creates'")
-        if Path(step["creates"]).exists():
+    for n, step in enumerate(config.setup):
+        if Path(step.creates).exists():
             continue
-        args = dict(step.get("args") or {})
-        if step["script"] == "run_prepare_data.py" and "k_shot" not in args:
+        args = dict(step.args)
+        if step.script == "run_prepare_data.py" and "k_shot" not in args:
             args.update({"download": True} if download else {}, **({"mirror": mirror} if mirror else {}))
         argv = flags(args)
-        logger.info("setup %d: %s %s", n, step["script"], shlex.join(argv))
-        _run_script(step["script"], argv, in_process)
-        if not Path(step["creates"]).exists():
-            raise RuntimeError(f"setup step {n} ({step['script']}) did not create {step['creates']}")
-
-
-EXIT_INTERRUPTED = 143  # run_pipeline's status after SIGTERM (checkpoint saved): stop the grid, rerun resumes
+        logger.info("setup %d: %s %s", n, step.script, shlex.join(argv))
+        _run_script(step.script, argv, in_process)
+        if not Path(step.creates).exists():
+            raise RuntimeError(f"setup step {n} ({step.script}) did not create {step.creates}")
 
 
 class GridInterrupted(Exception):
@@ -411,31 +498,23 @@ def write_sbatch(config, cells: list[Cell], config_path) -> tuple[Path, Path] | 
     todo = [c.path for c in cells if not is_finished(config, c)]
     if not todo:
         return None
-    slurm = config.get("slurm") or {}
-    out = Path(config["output_dir"]).resolve() / "slurm"
+    slurm = config.slurm
+    out = Path(config.output_dir).resolve() / "slurm"
     cells_file = out / "cells.json"
     atomic_write_json(cells_file, todo)
-    optional = ""
-    for key, directive in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("gpus", "gpus"),
-                           ("constraint", "constraint")):
-        if slurm.get(key):
-            optional += f"#SBATCH --{directive}={slurm[key]}\n"
-    for line in slurm.get("extra_directives") or []:
-        optional += f"#SBATCH {line}\n"
-    setup = "".join(f"{line}\n" for line in slurm.get("setup") or [])
     script = SBATCH_TEMPLATE.format(
-        job_name=slurm.get("job_name", f"tlrec-{slug(config.get('name', 'grid'))}"),
+        job_name=slurm.job_name or f"tlrec-{slug(config.name)}",
         last=len(todo) - 1,
-        max_parallel=slurm.get("max_parallel", 16),
+        max_parallel=slurm.max_parallel,
         log_dir=out / "logs",
-        time=slurm.get("time", "24:00:00"),
-        cpus=slurm.get("cpus", 8),
-        mem=slurm.get("mem", "64G"),
-        optional=optional,
+        time=slurm.time,
+        cpus=slurm.cpus,
+        mem=slurm.mem,
+        optional=_directives(slurm, gpus=True),
         cells_file=shlex.quote(str(cells_file)),
         repo=shlex.quote(str(REPO_ROOT)),
-        setup=setup,
-        python=slurm.get("python", "python"),
+        setup="".join(f"{line}\n" for line in slurm.setup),
+        python=slurm.python,
         config=shlex.quote(str(Path(config_path).resolve())),
     )
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -458,40 +537,21 @@ def report(config) -> dict:
     from .reporting import collect_rows, write_report
 
     rows = collect_rows(runs_dir(config))
-    for ablation in config.get("ablations") or []:
-        if "same_as" in ablation:
-            rows += [{**r, "group": "ablation", "method": ablation["name"]}
-                     for r in rows if r["group"] == "main" and r["method"] == ablation["same_as"]]
-    methods = [m["name"] for m in config["methods"]]
-    settings = [setting_key(s) for s in config.get("settings", ["zero-shot", 16, 64, 256])]
+    for ablation in config.ablations:
+        if ablation.same_as is not None:
+            rows += [{**r, "group": "ablation", "method": ablation.name}
+                     for r in rows if r["group"] == "main" and r["method"] == ablation.same_as]
     return write_report(
-        rows, Path(config["output_dir"]) / "results", metrics=tuple(config.get("metrics", ("auc", "ndcg@10"))),
-        ours=config.get("ours", "TLRec"), methods=methods, settings=settings, title=config.get("title"),
-        ablation_order=[config.get("ours", "TLRec")] + [a["name"] for a in config.get("ablations") or []],
-        backbone_order=[b["name"] for b in config.get("backbones") or []] or None,
+        rows, Path(config.output_dir) / "results", metrics=tuple(config.metrics), ours=config.ours,
+        methods=[m.name for m in config.methods], settings=config.settings, title=config.title,
+        ablation_order=[config.ours] + [a.name for a in config.ablations],
+        backbone_order=[b.name for b in config.backbones] or None,
     )
 
 
 # ---- overrides, the plan (--dry_run) and its GPU-hours estimate ----------------------------------------------
 
-GRID_KEYS = {"name", "title", "output_dir", "setup", "target", "source", "settings", "seeds", "test_limit", "ours",
-             "metrics", "pipeline", "pipeline_runs", "methods", "ablations", "backbones", "backbone_settings",
-             "slurm", "estimate"}
-
-
-def _yaml_value(text: str):
-    import yaml
-
-    try:
-        value = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+GRID_KEYS = {f.name for f in dataclasses.fields(GridConfig)} - {"path"}
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
@@ -499,11 +559,13 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
     `slurm.partition=gpu`, `pipeline_runs.main.methods=[tlrec]`: dots walk into mappings), else a run_pipeline
     setting of every pipeline run and backbone (`base_model=models/tiny`, `start_adapter=null`,
     `teacher=published`, `kshot_tuning={load_in_8bit: false}`: a mapping adds to the recipe's mapping)."""
+    from .arguments import yaml_value
+
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise InputError(f"--override: expected KEY=VALUE, got {item!r}")
-        value = _yaml_value(text)
+        value = yaml_value(text)
         parts = key.split(".")
         if parts[0] in GRID_KEYS:
             node = config
@@ -588,7 +650,7 @@ def phase_tokens(phase, est: dict, cache: dict) -> tuple[float, float]:
         n = _count_records(_last_flag(argv, "--test_file"), "test", est, cache)
         if _last_flag(argv, "--limit"):
             n = min(n, int(_last_flag(argv, "--limit")))
-        negatives = int(_last_flag(argv, "--num_negatives") or 50)
+        negatives = int(_last_flag(argv, "--num_negatives") or NUM_NEGATIVES)
         return 0.0, n * (1 + est["liked_share"] * (negatives + 1)) * tpr["rec"]
     return 0.0, 0.0
 
@@ -606,7 +668,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
     from .pipeline import PHASE_DONE
 
     out = out or sys.stdout
-    est = {**ESTIMATE_DEFAULTS, **(config.get("estimate") or {})}
+    est = {**ESTIMATE_DEFAULTS, **config.estimate}
     est["tokens_per_record"] = {**ESTIMATE_DEFAULTS["tokens_per_record"], **est["tokens_per_record"]}
     est["records"] = {**ESTIMATE_DEFAULTS["records"], **est["records"]}
     cache: dict = {}
@@ -682,7 +744,7 @@ class SlurmJob:
 
 
 def _job_base_command(config, config_path, overrides) -> list[str]:
-    python = (config.get("slurm") or {}).get("python", "python")
+    python = config.slurm.python
     out = [python, "run_experiments.py", "--config", str(Path(config_path).resolve())]
     for item in overrides or []:
         out += ["--override", item]
@@ -717,22 +779,21 @@ def slurm_plan(config, cells: list[Cell], config_path, overrides=None) -> list[S
     return jobs
 
 
-def _render_job(config, job: SlurmJob, slurm_dir: Path) -> str:
-    slurm = config.get("slurm") or {}
-    optional = ""
-    for key in ("partition", "account", "qos", "constraint"):
-        if slurm.get(key):
-            optional += f"#SBATCH --{key}={slurm[key]}\n"
-    if job.gpus and slurm.get("gpus"):
-        optional += f"#SBATCH --gpus={slurm['gpus']}\n"
-    for line in slurm.get("extra_directives") or []:
-        optional += f"#SBATCH {line}\n"
+def _directives(slurm: SlurmSettings, gpus: bool) -> str:
+    """The optional #SBATCH lines of a job script (`gpus`: the job uses a GPU)."""
+    lines = [f"--{key}={getattr(slurm, key)}" for key in ("partition", "account", "qos", "constraint")
+             if getattr(slurm, key)]
+    lines += [f"--gpus={slurm.gpus}"] if gpus and slurm.gpus else []
+    return "".join(f"#SBATCH {line}\n" for line in lines + slurm.extra_directives)
+
+
+def _render_job(config: GridConfig, job: SlurmJob, slurm_dir: Path) -> str:
+    slurm = config.slurm
     return PHASE_JOB_TEMPLATE.format(
-        job_name=f"tlrec-{slug(config.get('name', 'grid'))}-{slug(job.key)}"[:120],
-        log=slurm_dir / "logs" / f"{slug(job.key)}-%j.out", time=slurm.get("time", "24:00:00"),
-        cpus=slurm.get("cpus", 8), mem=slurm.get("mem", "64G"), optional=optional, what=job.what,
-        repo=shlex.quote(str(REPO_ROOT)), setup="".join(f"{line}\n" for line in slurm.get("setup") or []),
-        command=shlex.join(job.command),
+        job_name=f"tlrec-{slug(config.name)}-{slug(job.key)}"[:120],
+        log=slurm_dir / "logs" / f"{slug(job.key)}-%j.out", time=slurm.time, cpus=slurm.cpus, mem=slurm.mem,
+        optional=_directives(slurm, job.gpus), what=job.what, repo=shlex.quote(str(REPO_ROOT)),
+        setup="".join(f"{line}\n" for line in slurm.setup), command=shlex.join(job.command),
     )
 
 
@@ -752,7 +813,7 @@ def submit_slurm_chains(config, cells: list[Cell], config_path, overrides=None, 
     `--dependency=afterok:` on their predecessors' job ids (dry_run: print the plan, submit nothing). Jobs of an
     earlier submission that are still queued are reused, not submitted again. Returns {job key: job id}."""
     out = out or sys.stdout
-    slurm_dir = Path(config["output_dir"]).resolve() / "slurm"
+    slurm_dir = Path(config.output_dir).resolve() / "slurm"
     jobs = slurm_plan(config, cells, config_path, overrides)
     if not jobs:
         print("every cell is finished: nothing to submit", file=out)
@@ -810,9 +871,8 @@ def _phase_lock(phase_dir: Path):
 
 def run_one_phase(config, cells: list[Cell], cell_path: str, phase_key: str) -> int:
     """A SLURM phase job: run (or resume, or skip when finished) one phase of a pipeline cell. Returns the
-    exit status (143 after SIGTERM: the checkpoint is saved and the job is requeued)."""
+    exit status (EXIT_INTERRUPTED after SIGTERM: the checkpoint is saved and the job is requeued)."""
     from .pipeline import (
-        EXIT_INTERRUPTED,
         PhaseInterrupted,
         _Signals,
         pipeline_phases,

@@ -10,35 +10,53 @@ import math
 from collections import defaultdict
 
 import numpy as np
-from sklearn.metrics import ndcg_score, roc_auc_score
+
+# The ranking metric of the paper, used by run_eval, the baselines, the pipeline and the report: NDCG@10 of the
+# target among 50 sampled negatives. The metric's key in metrics.json is `ndcg_key(k)` ("ndcg@10").
+NDCG_K = 10
+NUM_NEGATIVES = 50
+
+
+def ndcg_key(k: int = NDCG_K, per_user: bool = False) -> str:
+    """"ndcg@10" (sampled) or "ndcg@10_user" (per user): a metric's key in metrics.json and the report."""
+    return f"ndcg@{k}_user" if per_user else f"ndcg@{k}"
+
+
+NDCG_KEY = ndcg_key()
 
 
 def auc(labels, scores) -> float:
     """ROC AUC; NaN when only one class is present (undefined)."""
+    from sklearn.metrics import roc_auc_score  # on first use: the entry scripts read the constants above early
+
     labels = np.asarray(labels)
     if labels.size == 0 or len(np.unique(labels)) < 2:
         return float("nan")
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
-def sampled_ndcg(target_score: float, negative_scores, k: int = 10) -> float:
+def sampled_ndcg(target_score: float, negative_scores, k: int = NDCG_K) -> float:
     """NDCG@k of one relevant item ranked among sampled negatives (ties averaged)."""
+    from sklearn.metrics import ndcg_score
+
     scores = np.concatenate([[target_score], np.asarray(negative_scores, dtype=np.float64)])
     relevance = np.zeros_like(scores)
     relevance[0] = 1.0
     return float(ndcg_score(relevance[None, :], scores[None, :], k=k, ignore_ties=False))
 
 
-def mean_sampled_ndcg(rankings: list[tuple[float, list[float]]], k: int = 10) -> float:
+def mean_sampled_ndcg(rankings: list[tuple[float, list[float]]], k: int = NDCG_K) -> float:
     """Mean of `sampled_ndcg` over (target_score, negative_scores) pairs; NaN when empty."""
     if not rankings:
         return float("nan")
     return float(np.mean([sampled_ndcg(t, negs, k) for t, negs in rankings]))
 
 
-def user_ndcg(user_ids, labels, scores, k: int = 10) -> tuple[float, int]:
+def user_ndcg(user_ids, labels, scores, k: int = NDCG_K) -> tuple[float, int]:
     """NDCG@k of each user's own test records ranked by score with labels as relevance, averaged over
     users with at least two records and at least one like. Returns (mean, number of users)."""
+    from sklearn.metrics import ndcg_score
+
     by_user = defaultdict(list)
     for u, y, s in zip(user_ids, labels, scores):
         by_user[u].append((float(y), float(s)))

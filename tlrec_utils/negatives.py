@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import NUM_NEGATIVES
+
 
 class CatalogTooSmall(ValueError):
     """A record's catalog minus its history and target holds fewer items than the negatives asked for."""
@@ -18,7 +20,7 @@ class CatalogTooSmall(ValueError):
                          f"fewer than --num_negatives {wanted}")
 
 
-def sample_negatives(records: list[dict], catalog_ids, num_negatives: int = 50, seed: int = 0):
+def sample_negatives(records: list[dict], catalog_ids, num_negatives: int = NUM_NEGATIVES, seed: int = 0):
     """For each record whose target is liked: `num_negatives` item ids drawn without replacement from the
     catalog minus the record's history and target; None for disliked targets (not ranked).
 

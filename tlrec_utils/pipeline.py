@@ -66,15 +66,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import InputError
-from .fileio import atomic_write_json, atomic_write_text, read_config_file
+from .errors import EXIT_INTERRUPTED, InputError
+from .fileio import atomic_write_json, atomic_write_text
+from .metrics import NDCG_K, ndcg_key
 from .paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
 PHASE_DONE = "phase_done.json"
 SETTING_ZERO_SHOT = "zero_shot"
-EXIT_INTERRUPTED = 143
 LOCK_FILE = ".pipeline.lock"
 
 # method -> its tuning chain before the K-shot phase (paper 5.1.2 and 5.3; see the module docstring)
@@ -228,7 +228,6 @@ class PipelineConfig:
 
 
 MAPPINGS = ("tuning", "cot_tuning", "source_tuning", "kshot_tuning", "eval")
-SPLIT_FILES = ("source_files", "target_files")  # {train, valid, test} -> a published records file
 
 
 # ---- phase arguments from run_tuning's and run_eval's own dataclasses ---------------------------------------
@@ -792,11 +791,11 @@ def _fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def format_table(results: dict, k: int = 10) -> str:
+def format_table(results: dict, k: int = NDCG_K) -> str:
     """A Markdown table: one row per setting, AUC and NDCG@k (sampled and per user) per method."""
     names = list(results["variants"])
     settings = list(dict.fromkeys(s for n in names for s in results["variants"][n]))
-    cols = [("AUC", "auc"), (f"NDCG@{k}", f"ndcg@{k}"), (f"NDCG@{k} user", f"ndcg@{k}_user")]
+    cols = [("AUC", "auc"), (f"NDCG@{k}", ndcg_key(k)), (f"NDCG@{k} user", ndcg_key(k, per_user=True))]
     header = ["setting"] + [f"{n} {label}" for n in names for label, _ in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in settings:
@@ -805,90 +804,13 @@ def format_table(results: dict, k: int = 10) -> str:
     return "\n".join(lines)
 
 
-def config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(PipelineConfig)]
-
-
-def _parse_mapping(flag: str, values: list[str]) -> dict:
-    """`--tuning KEY=VALUE ...` or `--tuning '{key: value}'` (YAML/JSON) -> dict; values read as YAML scalars."""
-    import yaml
-
-    if len(values) == 1 and values[0].lstrip().startswith("{"):
-        try:
-            mapping = yaml.safe_load(values[0])
-        except yaml.YAMLError as exc:
-            raise InputError(f"{flag}: not a YAML/JSON mapping ({str(exc).splitlines()[0]})") from None
-        if not isinstance(mapping, dict):
-            raise InputError(f"{flag}: expected a mapping")
-        return mapping
-    mapping = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"{flag}: expected KEY=VALUE, got {item!r}")
-        try:
-            parsed = yaml.safe_load(value) if value else None
-        except yaml.YAMLError:
-            parsed = value
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
-            with contextlib.suppress(ValueError):
-                parsed = float(parsed)
-        mapping[key] = parsed
-    return mapping
-
-
 def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineConfig:
-    """PipelineConfig from flags; `--config FILE.yaml|json` supplies defaults that flags override; the mapping
-    flags (--tuning, --cot_tuning, --source_tuning, --kshot_tuning, --eval) add to the file's mappings."""
-    from transformers import HfArgumentParser
+    """PipelineConfig from flags; a config file (first argument or `--config FILE.yaml|json`) supplies values
+    that flags after it override; the mapping flags (--tuning, --cot_tuning, --source_tuning, --kshot_tuning,
+    --eval, --source_files, --target_files) add to the file's mappings; --tuning_args takes the rest of the line."""
+    from .arguments import parse_args
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    values = {}
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise InputError("--config needs a file")
-        path = Path(argv[i + 1])
-        del argv[i : i + 2]
-        from .validation import check_config_values
-
-        raw = read_config_file(path)
-        for name in MAPPINGS + SPLIT_FILES:
-            if name in raw and not isinstance(raw[name] or {}, dict):
-                raise InputError(f"{path}: '{name}' must be a mapping")
-        values = check_config_values({k: v for k, v in raw.items() if k not in MAPPINGS + SPLIT_FILES},
-                                     (PipelineConfig,), path)
-        values.update({k: raw[k] or {} for k in MAPPINGS + SPLIT_FILES if k in raw})
-    # --tuning_args takes the rest of the line (it holds run_tuning flags)
-    tuning_args = []
-    if "--tuning_args" in argv:
-        i = argv.index("--tuning_args")
-        argv, tuning_args = argv[:i], argv[i + 1 :]
-    # mapping flags: everything up to the next --flag
-    mappings = {name: dict(values.get(name) or {}) for name in MAPPINGS + SPLIT_FILES}
-    rest = []
-    i = 0
-    while i < len(argv):
-        name = argv[i][2:] if argv[i].startswith("--") else None
-        if name in MAPPINGS + SPLIT_FILES:
-            j = i + 1
-            while j < len(argv) and not argv[j].startswith("--"):
-                j += 1
-            mappings[name].update(_parse_mapping(argv[i], argv[i + 1 : j]))
-            i = j
-        else:
-            rest.append(argv[i])
-            i += 1
-    parser = HfArgumentParser(PipelineConfig, description=description)
-    parser.set_defaults(**{k: v for k, v in values.items() if k not in MAPPINGS + SPLIT_FILES})
-    for action in parser._actions:  # a value from the file satisfies a required flag
-        if action.dest in values:
-            action.required = False
-    (cfg,) = parser.parse_args_into_dataclasses(args=rest)
-    for name, mapping in mappings.items():
-        setattr(cfg, name, mapping)
-    if tuning_args:
-        cfg.tuning_args = list(cfg.tuning_args) + tuning_args
+    (cfg,) = parse_args((PipelineConfig,), argv, description=description, rest_of_line=("tuning_args",))
     return cfg
 
 

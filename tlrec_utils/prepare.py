@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from . import __version__, raw_datasets
 from . import download as dl
 from .dataset_registry import dataset as dataset_spec
+from .dataset_registry import dataset_help, like_threshold_help, release_help
 from .errors import InputError
 from .fileio import atomic_write_json, sha256_file, staged_output_dir
 from .kshot import k_shot_filename, sample_k_shot
@@ -37,22 +38,50 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PrepareConfig:
-    dataset: str
-    raw_dir: str | None  # None: DATA_DIR/RELEASE
-    output_dir: str
-    history_len: int = 10
-    max_windows: int = 10000  # 0: keep all windows
-    split_ratio: str = "8:1:1"
-    like_threshold: float | None = None  # None: the dataset's default
-    download: bool = False
-    keep_implicit: bool = False  # BookCrossing rating 0 kept as a dislike (TALLRec's release did this)
-    shuffle_seed: int | None = None  # BookCrossing (no timestamps): seeded shuffle of each user's ratings
-    item_kind: str = "movie"  # windows-csv wording
-    target_style: str = "wrap"  # how the target is quoted: 'wrap' (TALLRec) or 'item' (TLRec Amazon release)
-    bad_row_tolerance: float = raw_datasets.DEFAULT_BAD_ROW_TOLERANCE
-    data_dir: str | None = None  # where releases live (default: paths.data_dir)
-    release: str | None = None  # published release read (and downloaded); default: the dataset's (registry)
-    mirror: str | None = None  # download from MIRROR/HOST/PATH (default: $TLREC_MIRROR)
+    """What run_prepare_data.py prepares (its flags: the field names)."""
+
+    dataset: str | None = field(default=None, metadata={"help": dataset_help()})
+    raw_dir: str | None = field(
+        default=None, metadata={"help": "Folder with the raw files (default: DATA_DIR/RELEASE; see README: data)."}
+    )
+    output_dir: str = field(default=None, metadata={"help": "Prepared folder (written atomically).", "required": True})
+    history_len: int = field(default=10, metadata={"help": "History items per window."})
+    max_windows: int = field(default=10000, metadata={"help": "Keep the last N windows (0: all)."})
+    split_ratio: str = field(default="8:1:1", metadata={"help": "train:valid:test, split in order."})
+    like_threshold: float | None = field(
+        default=None,
+        metadata={"help": like_threshold_help()},
+    )
+    download: bool = field(default=False, metadata={"help": "Fetch the release's missing files (verified)."})
+    keep_implicit: bool = field(
+        default=False,
+        metadata={"help": "bookcrossing: keep rating 0 (implicit) as a dislike, as TALLRec's release did."},
+    )
+    shuffle_seed: int | None = field(
+        default=None, metadata={"help": "bookcrossing (no timestamps): shuffle each user's ratings with this seed "
+                                        "instead of keeping file order."},
+    )
+    item_kind: str = field(
+        default="movie", metadata={"help": "windows-csv: movie or book wording (also picks the default release)."}
+    )
+    target_style: str = field(
+        default="wrap", metadata={"help": "Target quoting: wrap (TALLRec) or item (TLRec Amazon-Books release)."}
+    )
+    bad_row_tolerance: float = field(
+        default=raw_datasets.DEFAULT_BAD_ROW_TOLERANCE,
+        metadata={"help": "Fraction of malformed rows skipped (and reported) before failing."},
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Where the published releases live (default: $TLREC_DATA_DIR, else "
+                                        "~/.cache/tlrec)."},
+    )
+    release: str | None = field(
+        default=None, metadata={"help": release_help()},
+    )
+    mirror: str | None = field(
+        default=None, metadata={"help": "Download from MIRROR/HOST/PATH instead of https://HOST/PATH (default: "
+                                        "$TLREC_MIRROR)."},
+    )
 
 
 def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import atomic_write_text
+from .metrics import NDCG_K, NDCG_KEY, ndcg_key
 
-METRIC_LABELS = {"auc": "AUC", "ndcg@10": "NDCG@10", "ndcg@10_user": "NDCG@10 (user)"}
+METRIC_LABELS = {"auc": "AUC", NDCG_KEY: f"NDCG@{NDCG_K}", ndcg_key(per_user=True): f"NDCG@{NDCG_K} (user)"}
+DEFAULT_METRICS = ("auc", NDCG_KEY)  # Table 1's columns
 P_THRESHOLD = 0.05
 
 
@@ -63,7 +65,7 @@ def significance(ours: list[float], best_other: list[float]) -> float | None:
     return None if math.isnan(p) else p
 
 
-def summarise(rows, metrics=("auc", "ndcg@10"), ours: str = "TLRec", methods=None, settings=None):
+def summarise(rows, metrics=DEFAULT_METRICS, ours: str = "TLRec", methods=None, settings=None):
     """One entry per (method, setting, metric): mean, std, n, rank in its column (1 = best), and for
     `ours`: the best other method, its p-value and whether it is starred."""
     methods = methods or list(dict.fromkeys(r["method"] for r in rows))
@@ -109,7 +111,7 @@ def format_cell(entry: dict | None, digits: int = 4) -> str:
     return text
 
 
-def table_markdown(rows, metrics=("auc", "ndcg@10"), ours: str = "TLRec", methods=None, settings=None,
+def table_markdown(rows, metrics=DEFAULT_METRICS, ours: str = "TLRec", methods=None, settings=None,
                    title: str | None = None, digits: int = 4) -> str:
     entries, methods, settings = summarise(rows, metrics, ours, methods, settings)
     index = {(e["method"], e["setting"], e["metric"]): e for e in entries}
@@ -130,7 +132,7 @@ def table_markdown(rows, metrics=("auc", "ndcg@10"), ours: str = "TLRec", method
     return "\n".join(lines) + "\n"
 
 
-def table_csv(rows, metrics=("auc", "ndcg@10"), ours: str = "TLRec", methods=None, settings=None) -> str:
+def table_csv(rows, metrics=DEFAULT_METRICS, ours: str = "TLRec", methods=None, settings=None) -> str:
     entries, _, _ = summarise(rows, metrics, ours, methods, settings)
     buf = io.StringIO()
     fields = ["method", "setting", "metric", "mean", "std", "n", "rank", "vs", "p_value", "star"]
@@ -198,7 +200,7 @@ def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: 
     return path
 
 
-def write_report(rows, output_dir, metrics=("auc", "ndcg@10"), ours: str = "TLRec", methods=None, settings=None,
+def write_report(rows, output_dir, metrics=DEFAULT_METRICS, ours: str = "TLRec", methods=None, settings=None,
                  title: str | None = None, figure_metric: str = "auc", ablation_order=None,
                  backbone_order=None) -> dict:
     """results/table1.md, table1.csv, ablation.png and backbones.png (figures only when the grid has

@@ -21,7 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from . import metrics as M
-from .errors import InputError, where
+from .errors import EXIT_INTERRUPTED, InputError, where
 from .records import load_records, read_json_list
 from .scoring import answer_logits, left_pad
 from .tokenization import IGNORE_INDEX, AnswerTokens
@@ -206,7 +206,7 @@ def last_checkpoint(output_dir) -> str | None:
 
 
 def tune(model_args, lora_args, data_args, training_args) -> int:
-    """Train and save to `training_args.output_dir`. Returns the exit status: 0, or 143 after a SIGTERM
+    """Train and save to `training_args.output_dir`. Returns the exit status: 0, or EXIT_INTERRUPTED after a SIGTERM
     (a checkpoint was saved; rerunning the same command resumes from it)."""
     import json
     import time
@@ -317,7 +317,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     if sigterm.received:
         logger.warning("stopped by SIGTERM at step %d; checkpoint saved in %s: rerun the same command to resume",
                        trainer.state.global_step, output_dir)
-        return 143
+        return EXIT_INTERRUPTED
 
     # final model: staged, then moved in; the summary marker is written last
     stage = output_dir / ".final-staging"

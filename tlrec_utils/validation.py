@@ -220,6 +220,8 @@ def _conforms(value, tp) -> tuple[bool, object]:
                 return False, value
             out.append(conv)
         return True, out
+    if tp is dict or origin is dict:
+        return isinstance(value, dict), value
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
@@ -240,7 +242,8 @@ def _type_name(tp) -> str:
     if origin is list:
         item = typing.get_args(tp)[0]
         return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, _type_name(item))
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, _describe(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}.get(
+        tp, _describe(tp))
 
 
 def check_config_values(values: dict, dataclass_types, path) -> dict:
@@ -265,9 +268,3 @@ def check_config_values(values: dict, dataclass_types, path) -> dict:
             raise InputError(f"{path}: {key}: {conv!r} is not one of {', '.join(map(str, choices))}")
         out[key] = conv
     return out
-
-
-def missing_required(values: dict, dataclass_types) -> list[str]:
-    return [f.name for dc in dataclass_types for f in dataclasses.fields(dc)
-            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            and f.name not in values]

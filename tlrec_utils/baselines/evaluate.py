@@ -12,7 +12,8 @@ from .. import metrics as M
 from ..evaluation import ranking_candidates
 
 
-def evaluate(model, test_records, catalog: dict, num_negatives: int = 50, ndcg_k: int = 10, negatives_seed: int = 0):
+def evaluate(model, test_records, catalog: dict, num_negatives: int = M.NUM_NEGATIVES, ndcg_k: int = M.NDCG_K,
+             negatives_seed: int = 0):
     """(metrics dict, predictions list) in run_eval's format. `catalog`: item_id -> title."""
     started = time.time()
     labels = [int(r["label"]) for r in test_records]
@@ -26,8 +27,8 @@ def evaluate(model, test_records, catalog: dict, num_negatives: int = 50, ndcg_k
     user_value, users_ranked = M.user_ndcg([r["user_id"] for r in test_records], labels, scores, k=ndcg_k)
     result = {
         "auc": M.auc(labels, scores),
-        f"ndcg@{ndcg_k}": M.mean_sampled_ndcg(rankings, k=ndcg_k),
-        f"ndcg@{ndcg_k}_user": user_value,
+        M.ndcg_key(ndcg_k): M.mean_sampled_ndcg(rankings, k=ndcg_k),
+        M.ndcg_key(ndcg_k, per_user=True): user_value,
         "counts": {"records": len(test_records), "liked": int(sum(labels)), "ranked": len(ranked),
                    "users_ranked": users_ranked},
         "wall_time_s": round(time.time() - started, 3),

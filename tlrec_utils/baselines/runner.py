@@ -8,6 +8,7 @@ import time
 from ..errors import InputError, where
 from ..evaluation import load_catalog, summary_line, write_outputs
 from ..kshot import sample_k_shot
+from ..metrics import NDCG_K, NUM_NEGATIVES
 from ..records import load_records
 from .evaluate import evaluate
 from .registry import make_model
@@ -32,8 +33,8 @@ def run_baseline(
     items_file=None,
     k_shot: int | None = None,
     seed: int = 0,
-    num_negatives: int = 50,
-    ndcg_k: int = 10,
+    num_negatives: int = NUM_NEGATIVES,
+    ndcg_k: int = NDCG_K,
     negatives_seed: int = 0,
     text_encoder=None,
     test_limit: int | None = None,
