@@ -2,9 +2,11 @@
 
 Trains a tiny model for a few steps with the project's TLRecTrainer on records with a `stage` field, and writes
 `OUT/rank{R}.json`: the record ids of every training micro-batch this process fed to the model (read from the
-model's actual inputs by a forward hook), plus the world size and the number of optimizer steps.
+model's actual inputs by a forward hook), plus the world size and the number of optimizer steps. With VAL_FILE
+(Yes/No records), the trained model is then validated on it as run_tuning's --val_file does (answer-token AUC,
+each process scoring a shard) and saved to OUT/model, so a one-process run_eval can score the same weights.
 
-    torchrun --nproc_per_node 2 tests/dp_curriculum_worker.py MODEL_DIR OUT_DIR MODE
+    torchrun --nproc_per_node 2 tests/dp_curriculum_worker.py MODEL_DIR OUT_DIR MODE [VAL_FILE]
 """
 
 import json
@@ -41,9 +43,26 @@ def make_records(vocab_size: int):
     return records
 
 
-def main(model_dir, out_dir, mode):
+def validation_setup(model_dir, val_file):
+    """What run_tuning builds for --val_file: scoring prompts with labels, the answer tokens, AUC as the metric."""
+    from tlrec_utils.modeling import load_tokenizer
+    from tlrec_utils.prompts import get_template
+    from tlrec_utils.records import load_records
+    from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens
+    from tlrec_utils.training import compute_auc, validation_dataset
+
+    tokenizer = load_tokenizer(model_dir)
+    template = get_template("tallrec")
+    answer = derive_answer_tokens(tokenizer, template)
+    encoder = RecordEncoder(tokenizer, 512, answer, template=template)
+    return tokenizer, dict(eval_dataset=validation_dataset(load_records(val_file), encoder, val_file),
+                           compute_metrics=compute_auc, answer_tokens=answer)
+
+
+def main(model_dir, out_dir, mode, val_file=None):
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer, validation = validation_setup(model_dir, val_file) if val_file else (None, {})
     records = make_records(model.config.vocab_size)
     by_tokens = {tuple(r["input_ids"]): i for i, r in enumerate(records)}
     seen = []
@@ -69,6 +88,7 @@ def main(model_dir, out_dir, mode):
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         disable_tqdm=True,
         train_sampling_strategy="group_by_length",
+        per_device_eval_batch_size=4,  # an odd number of validation records: the last batch is padded
     )
     # The project's Trainer subclass, exactly as run_tuning builds it for CoT records (length grouping on).
     trainer = TLRecTrainer(
@@ -78,20 +98,23 @@ def main(model_dir, out_dir, mode):
         data_collator=TuningCollator(pad_id=0),
         stages=[r["stage"] for r in records],
         curriculum=mode,
+        **validation,
     )
     trainer.train()
+    log = {
+        "world_size": trainer.args.world_size,
+        "global_step": trainer.state.global_step,
+        "micro_batches": seen,
+        "stages": [r["stage"] for r in records],
+        "lengths": [len(r["input_ids"]) for r in records],
+    }
+    if val_file:
+        log["eval_auc"] = trainer.evaluate()["eval_auc"]
+        trainer.save_model(str(Path(out_dir, "model")))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(Path(out_dir, "model")))
     rank = int(os.environ.get("RANK", 0))
-    Path(out_dir, f"rank{rank}.json").write_text(
-        json.dumps(
-            {
-                "world_size": trainer.args.world_size,
-                "global_step": trainer.state.global_step,
-                "micro_batches": seen,
-                "stages": [r["stage"] for r in records],
-                "lengths": [len(r["input_ids"]) for r in records],
-            }
-        )
-    )
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(log))
     # Tear the process group down together: a rank that exits while the other still talks to it through gloo
     # can abort (SIGABRT) at interpreter exit.
     import torch.distributed as dist
@@ -102,4 +125,4 @@ def main(model_dir, out_dir, mode):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

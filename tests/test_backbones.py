@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import run_eval
 import run_tuning
+from tlrec_utils.metrics import auc
 from tlrec_utils.tiny_llm import iter_texts, train_tokenizer
 
 # architecture -> (config class name, config kwargs, the attention projection(s) LoRA must wrap)
@@ -73,14 +74,23 @@ def test_backbone_tunes_with_auto_lora_targets_and_evaluates(name, tokenizer, sy
     n_layers = base.config.num_hidden_layers
     assert len([k for k in weights if "lora_B" in k]) == n_layers * len(expected)
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # B starts at zero: it trained
-    assert run_eval.main([
-        "--base_model", str(model_dir), "--adapter", str(out), "--test_file", str(tmp_path / "test.json"),
-        "--output_dir", str(tmp_path / "eval"), "--metrics", "auc", "--batch_size", "8", "--device", "cpu",
-    ]) == 0  # fmt: skip
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 24 and all(0.0 < p["p_yes"] < 1.0 for p in preds)
-    assert metrics["auc"] is not None and 0.0 <= metrics["auc"] <= 1.0
+
+    def evaluate(name, *adapter):
+        assert run_eval.main([
+            "--base_model", str(model_dir), *adapter, "--test_file", str(tmp_path / "test.json"),
+            "--output_dir", str(tmp_path / name), "--metrics", "auc", "--batch_size", "8", "--device", "cpu",
+        ]) == 0  # fmt: skip
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        preds = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        assert len(preds) == 24 and all(0.0 < p["p_yes"] < 1.0 for p in preds)
+        assert metrics["auc"] == pytest.approx(auc([p["label"] for p in preds], [p["p_yes"] for p in preds]))
+        return metrics, [p["p_yes"] for p in preds]
+
+    tuned, tuned_scores = evaluate("eval", "--adapter", str(out))
+    base, base_scores = evaluate("eval_base")
+    assert tuned["settings"]["adapter"] == str(out) and base["settings"]["adapter"] is None
+    # run_eval scored with the adapter applied: its predictions are not the base model's
+    assert max(abs(a - b) for a, b in zip(tuned_scores, base_scores)) > 1e-4
 
 
 class _RemoteCodeStandIn(torch.nn.Module):

@@ -355,6 +355,25 @@ def test_output_dir_of_0_1_0_resumes_while_its_strings_are_the_same(source, heur
         "prompt_wording_sha256"]
 
 
+def test_second_run_into_a_locked_output_dir_stops_with_one_line(source, tmp_path, capsys):
+    """While one generation holds the output directory, a second one into it stops before writing anything;
+    once the first lets go, the same command runs."""
+    from tlrec_utils.fileio import exclusive_lock
+
+    out = tmp_path / "busy"
+    argv = ["--data_dir", str(source), "--output_dir", str(out), "--teacher", "heuristic", "--no-progress",
+            "--ensure_target"]
+    with exclusive_lock(out / ".lock", lambda holder: "held"), pytest.raises(SystemExit) as exc:  # as a run holds it
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err
+    assert str(out) in errors[0] and "another run_cot_generation is writing here" in errors[0]
+    assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written by the refused run
+    assert main(argv)["users_completed"] > 0
+
+
 def test_rate_limiter_spaces_request_starts():
     from tlrec_utils.teacher import RateLimiter
 

@@ -127,14 +127,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_data_parallel_sees_shards_in_global_order(tiny_llama, tmp_path):
+def test_two_process_data_parallel_sees_shards_in_global_order_and_validates_all_records(tiny_llama, synthetic,
+                                                                                       tmp_path):
+    """Two processes: training order as above; validation AUC on an odd number of records (each process scores
+    a shard, the last batch padded) is the AUC one process gets from the same weights with run_eval."""
+    import run_eval
+
+    val_file = tmp_path / "val.json"
+    val_file.write_text(json.dumps(synthetic[0][160:175]))
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), str(Path(worker.__file__)), str(tiny_llama), str(tmp_path), "ordered",
+        str(val_file),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert logs[0]["micro_batches"] != logs[1]["micro_batches"]  # each process got its own shard
     check_run(logs, "ordered")
+    assert run_eval.main(["--base_model", str(tmp_path / "model"), "--test_file", str(val_file), "--output_dir",
+                          str(tmp_path / "eval"), "--metrics", "auc"]) == 0
+    one_process = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert one_process["counts"]["records"] == 15
+    assert logs[0]["eval_auc"] == logs[1]["eval_auc"] == pytest.approx(one_process["auc"], abs=1e-9)

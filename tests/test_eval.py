@@ -90,11 +90,32 @@ def test_generate_mode_gives_the_same_scores(setup, tiny_llama, tmp_path):
 
 def test_published_records_without_structure(data_dir, tiny_llama, tmp_path):
     """The authors' released test file (text only): scored, and ranked after recovering the items."""
+    from tlrec_utils.metrics import auc
+    from tlrec_utils.record_parsing import parse_rec_input
+
+    published = json.loads((data_dir / "netflix" / "test.json").read_text())[:24]
     assert run_eval.main(["--base_model", str(tiny_llama), "--test_file", str(data_dir / "netflix" / "test.json"),
                           "--output_dir", str(tmp_path), "--limit", "24", "--num_negatives", "20"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["counts"]["records"] == 24 and 0 <= metrics["auc"] <= 1
-    assert metrics["counts"]["ranked"] + metrics["counts"]["liked_without_structure"] == metrics["counts"]["liked"]
+    preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").open()]
+    labels = [int(r["output"] == "Yes.") for r in published]
+    assert metrics["counts"]["records"] == 24 and [p["label"] for p in preds] == labels
+    assert metrics["auc"] == pytest.approx(auc(labels, [p["p_yes"] for p in preds]), abs=1e-12)
+    # every liked record is ranked: its target and history recovered from the text alone
+    assert metrics["counts"]["ranked"] == sum(labels) > 0 and metrics["counts"]["liked_without_structure"] == 0
+    catalog = {}
+    for r in published:
+        parsed = parse_rec_input(r["input"])
+        catalog.update({h["item_id"]: h["title"] for h in [*parsed["history"], parsed["target"]]})
+    for p, r in zip(preds, published):
+        if "ranking_item_ids" not in p:
+            continue
+        parsed = parse_rec_input(r["input"])
+        ids = p["ranking_item_ids"]
+        assert len(ids) == 21 and ids[0] == parsed["target"]["item_id"] and set(ids) <= set(catalog)
+        assert not set(ids[1:]) & {h["item_id"] for h in parsed["history"]}
+        # the target's prompt rebuilt from the recovered items scores as the published text does
+        assert p["ranking_p_yes"][0] == pytest.approx(p["p_yes"], abs=1e-4)
 
 
 def test_bad_eval_input(tiny_llama, tmp_path, capsys):

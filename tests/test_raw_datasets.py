@@ -316,6 +316,29 @@ def test_netflix_loader_and_records(tmp_path):
         raw_datasets.load_netflix(raw, tolerance=0.05)
 
 
+def test_netflix_reader_gives_the_same_ratings_across_chunk_boundaries(tmp_path):
+    """The Netflix files are read in chunks of `chunk_rows` lines: a 'MovieID:' header in one chunk and its
+    ratings in the next, and line numbers of malformed rows, must not depend on where the chunks break."""
+    raw = write_netflix(tmp_path / "raw")
+    path = raw / "combined_data_1.txt"
+    path.write_text(path.read_text() + "3:\n12,3,2005-03-01\n12,x,2005-03-02\n4:\n12,4,2005-03-03\n")
+    n_lines = len(path.read_text().splitlines())
+
+    def read(chunk_rows, tolerance=0.3):
+        arrays, malformed = raw_datasets.read_netflix_ratings(path, tolerance, chunk_rows=chunk_rows)
+        return {k: v.tolist() for k, v in arrays.items()}, malformed
+
+    whole, malformed = read(n_lines + 1)
+    assert malformed == 2 and whole["movie"] == [1, 1, 1, 2, 2, 3, 4] and whole["user"][-2:] == [12, 12]
+    with pytest.raises(InputError) as one_chunk:
+        read(n_lines + 1, tolerance=0.0)
+    for chunk_rows in range(1, n_lines + 1):  # every split point, a header last in a chunk included
+        assert read(chunk_rows) == (whole, malformed), chunk_rows
+        with pytest.raises(InputError) as chunked:
+            read(chunk_rows, tolerance=0.0)
+        assert str(chunked.value) == str(one_chunk.value)  # the same first malformed line named
+
+
 def write_amazon(raw):
     raw.mkdir(parents=True, exist_ok=True)
     with open(raw / "books_data.csv", "w", newline="") as f:
