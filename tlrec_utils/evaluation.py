@@ -250,16 +250,15 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
             stats[part["scored"][0]] = part["scored"][1]
         labels = [r["label"] for r in records]
         users = [r.get("user_id") for r in records]
-        no_user = sum(u is None for u in users)
         for fn in score_fns:
             sfx, p_yes = key_suffix(fn), p_yes_from_stats(stats, fn)
             result[f"auc{sfx}"] = M.auc(labels, p_yes)
-            if not no_user:
-                result[f"ndcg@{k}_user{sfx}"], result["counts"]["users_ranked"] = M.user_ndcg(users, labels, p_yes, k)
-            else:  # e.g. TALLRec's published Book records: no user ids, so no per-user ranking
-                result[f"ndcg@{k}_user{sfx}"] = None
-                result.setdefault("notes", {})[f"ndcg@{k}_user{sfx}"] = (
-                    f"not computed: {no_user} of {len(records)} records carry no user_id")
+            value, users_ranked, reason = M.user_ndcg_or_reason(users, labels, p_yes, k)
+            result[f"ndcg@{k}_user{sfx}"] = value
+            if reason is None:
+                result["counts"]["users_ranked"] = users_ranked
+            else:
+                result.setdefault("notes", {})[f"ndcg@{k}_user{sfx}"] = reason
             for pred, p in zip(predictions, p_yes):
                 pred[f"p_yes{sfx}"] = float(p)
     if "ndcg" in wanted:

@@ -74,6 +74,16 @@ def user_ndcg(user_ids, labels, scores, k: int = NDCG_K) -> tuple[float, int]:
     return float(np.mean(values)), len(values)
 
 
+def user_ndcg_or_reason(user_ids, labels, scores, k: int = 10) -> tuple[float | None, int | None, str | None]:
+    """`user_ndcg`, or (None, None, reason) when some records carry no user id (e.g. TALLRec's published Book
+    records): without users there is no per-user ranking. Returns (value, users ranked, reason)."""
+    missing = sum(u is None for u in user_ids)
+    if missing:
+        return None, None, f"not computed: {missing} of {len(user_ids)} records carry no user_id"
+    value, n_users = user_ndcg(user_ids, labels, scores, k)
+    return value, n_users, None
+
+
 def json_safe(value):
     """NaN -> None so metrics.json stays valid JSON."""
     if isinstance(value, float) and math.isnan(value):

@@ -24,7 +24,8 @@ def evaluate(model, test_records, catalog: dict, num_negatives: int = M.NUM_NEGA
     flat = [c for _, cands in candidates for c in cands]
     cand_scores = np.asarray(model.predict(flat), dtype=np.float64).reshape(len(ranked), num_negatives + 1)
     rankings = [(row[0], row[1:]) for row in cand_scores]
-    user_value, users_ranked = M.user_ndcg([r["user_id"] for r in test_records], labels, scores, k=ndcg_k)
+    user_value, users_ranked, reason = M.user_ndcg_or_reason([r.get("user_id") for r in test_records], labels,
+                                                             scores, k=ndcg_k)
     result = {
         "auc": M.auc(labels, scores),
         M.ndcg_key(ndcg_k): M.mean_sampled_ndcg(rankings, k=ndcg_k),
@@ -33,8 +34,10 @@ def evaluate(model, test_records, catalog: dict, num_negatives: int = M.NUM_NEGA
                    "users_ranked": users_ranked},
         "wall_time_s": round(time.time() - started, 3),
     }
+    if reason is not None:
+        result["notes"] = {f"ndcg@{ndcg_k}_user": reason}
     predictions = [
-        {"index": i, "user_id": r["user_id"], "item_id": r["target"]["item_id"], "label": int(r["label"]),
+        {"index": i, "user_id": r.get("user_id"), "item_id": r["target"]["item_id"], "label": int(r["label"]),
          "p_yes": float(s)}
         for i, (r, s) in enumerate(zip(test_records, scores))
     ]
