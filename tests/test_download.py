@@ -332,9 +332,10 @@ def test_grid_setup_steps_download_what_they_lack(mirror, data_dir, tmp_path, mo
     monkeypatch.setenv("TLREC_DATA_DIR", str(tmp_path / "data"))
     (tmp_path / "data").mkdir()
     out = tmp_path / "prepared" / "netflix"
-    config = {"_path": "grid.yaml", "setup": [{"script": "run_prepare_data.py", "creates": str(out / "test.json"),
-                                              "args": {"dataset": "windows-csv", "release": "netflix",
-                                                       "output_dir": str(out)}}]}
+    step = experiments.SetupStep(script="run_prepare_data.py", creates=str(out / "test.json"),
+                                 args={"dataset": "windows-csv", "release": "netflix", "output_dir": str(out)})
+    config = experiments.GridConfig(output_dir=str(tmp_path / "grid"), target=experiments.Splits(), methods=[],
+                                    setup=[step], path="grid.yaml")
     experiments.run_setup(config, download=True, mirror=mirror.url)
     assert (out / "test.json").is_file() and len(mirror.requests) == len(download.RELEASES["netflix"].files)
     meta = json.loads((out / "meta.json").read_text())
