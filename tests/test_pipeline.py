@@ -15,6 +15,7 @@ import pytest
 import run_pipeline
 from tlrec_utils import pipeline as pipeline_module
 from tlrec_utils.errors import InputError
+from tlrec_utils.metrics import auc
 from tlrec_utils.pipeline import (
     PHASE_DONE,
     PhaseInterrupted,
@@ -126,13 +127,24 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     assert zero["settings"]["base_model"] == str(run_dir / "model") and zero["settings"]["adapter"] is None
 
     assert set(results["variants"]) == {"tlrec", "tallrec"}
+    evaluated_adapter = {  # (method, setting) -> the adapter its evaluation must score with
+        ("tlrec", "zero_shot"): "tlrec/source_tuning", ("tlrec", "k16_seed3"): "tlrec/k16_seed3",
+        ("tallrec", "zero_shot"): None, ("tallrec", "k16_seed3"): "tallrec/k16_seed3",
+    }  # fmt: skip
+    scores = {}
     for variant, settings in results["variants"].items():
         assert set(settings) == {"zero_shot", "k16_seed3"}
         for setting, metrics in settings.items():
             on_disk = json.loads((run_dir / variant / "eval" / setting / "metrics.json").read_text())
-            assert on_disk == metrics and 0.0 <= metrics["auc"] <= 1.0 and "ndcg@10" in metrics
-            preds = (run_dir / variant / "eval" / setting / "predictions.jsonl").read_text().splitlines()
+            assert on_disk == metrics and "ndcg@10" in metrics
+            adapter = evaluated_adapter[variant, setting]
+            assert metrics["settings"]["base_model"] == str(run_dir / "model")
+            assert metrics["settings"]["adapter"] == (str(run_dir / adapter) if adapter else None)
+            preds = [json.loads(line) for line in (run_dir / variant / "eval" / setting / "predictions.jsonl").open()]
             assert len(preds) == 20
+            assert metrics["auc"] == pytest.approx(auc([p["label"] for p in preds], [p["p_yes"] for p in preds]))
+            scores[variant, setting] = tuple(p["p_yes"] for p in preds)
+    assert len(set(scores.values())) == len(scores)  # each setting scored by its own model: no two alike
     assert json.loads((run_dir / "results.json").read_text())["variants"] == results["variants"]
     table = format_table(results)
     assert table.count("\n") == 3 and "tlrec AUC" in table and "tallrec NDCG@10" in table
