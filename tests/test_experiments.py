@@ -4,6 +4,7 @@ import json
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,8 @@ from helpers import synthetic_records
 import run_experiments
 from tlrec_utils import experiments as X
 from tlrec_utils.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -208,3 +211,18 @@ def test_sigterm_stops_the_grid_and_a_rerun_resumes(grid_config, tmp_path):
     assert status == 143 and 0 < done < len(cells), log.read_text()[-2000:]
     assert run_experiments.main(["--config", str(path)]) == 0
     assert all(X.is_finished(cfg, c) for c in cells)
+
+
+def test_override_to_an_empty_list_reaches_run_pipeline_as_its_default():
+    """`--override source_prepare_args=[]` (book_tiny.yaml's pipeline config sets it) and published records picked
+    file by file: the pipeline cell's flags parse, the list is empty and the split files are the overridden ones."""
+    import run_pipeline
+
+    config = X.load_config(REPO / "configs/experiments/book_tiny.yaml", [
+        "setup=[]", "source_prepare_args=[]",
+        "source_files={train: amazon-book/valid.json, valid: amazon-book/valid.json, test: amazon-book/test.json}"])
+    cell = next(c for c in X.build_cells(config) if c.script == "run_pipeline.py")
+    parsed = run_pipeline.parse_args(X.cell_argv(config, cell))
+    assert parsed.source_prepare_args == [] and parsed.source_files["train"] == "amazon-book/valid.json"
+    assert parsed.methods == ["tlrec", "tallrec", "wo_cot", "wo_curriculum", "wo_rec_tuning"]
+    assert X.flags({"a": [], "b": [1, 2], "c": None}) == ["--b", "1", "2"]

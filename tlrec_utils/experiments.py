@@ -262,11 +262,12 @@ def grid_config(raw: dict, path: str) -> GridConfig:
 
 
 def flags(options: dict, explicit_bools: bool = False) -> list[str]:
-    """{key: value} -> ['--key', 'value', ...]; None -> omitted, lists -> several values; booleans: a bare
-    flag / omitted (argparse store_true), or `--key true|false` with `explicit_bools` (HfArgumentParser)."""
+    """{key: value} -> ['--key', 'value', ...]; None -> omitted, lists -> several values (an empty list ->
+    omitted: the script's default, as a list flag takes at least one value); booleans: a bare flag / omitted
+    (argparse store_true), or `--key true|false` with `explicit_bools` (HfArgumentParser)."""
     out = []
     for key, value in options.items():
-        if value is None or (value is False and not explicit_bools):
+        if value is None or (value is False and not explicit_bools) or (isinstance(value, list) and not value):
             continue
         out.append(f"--{key}")
         if isinstance(value, dict):  # run_pipeline's mappings (--tuning, --eval, ...) take JSON
