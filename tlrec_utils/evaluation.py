@@ -254,11 +254,11 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
             sfx, p_yes = key_suffix(fn), p_yes_from_stats(stats, fn)
             result[f"auc{sfx}"] = M.auc(labels, p_yes)
             value, users_ranked, reason = M.user_ndcg_or_reason(users, labels, p_yes, k)
-            result[f"ndcg@{k}_user{sfx}"] = value
+            result[M.ndcg_key(k, per_user=True) + sfx] = value
             if reason is None:
                 result["counts"]["users_ranked"] = users_ranked
             else:
-                result.setdefault("notes", {})[f"ndcg@{k}_user{sfx}"] = reason
+                result.setdefault("notes", {})[M.ndcg_key(k, per_user=True) + sfx] = reason
             for pred, p in zip(predictions, p_yes):
                 pred[f"p_yes{sfx}"] = float(p)
     if "ndcg" in wanted:
@@ -274,7 +274,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
                 scores = p_yes_from_stats(st, fn)
                 rankings.append((scores[0], scores[1:]))
                 predictions[i][f"ranking_p_yes{sfx}"] = [float(s) for s in scores]
-            result[f"ndcg@{k}{sfx}"] = M.mean_sampled_ndcg(rankings, k)
+            result[M.ndcg_key(k) + sfx] = M.mean_sampled_ndcg(rankings, k)
         result["counts"]["ranked"] = len(cands_by_record)
         result["counts"]["liked_without_structure"] = result["counts"]["liked"] - len(cands_by_record)
     if args.eval_mode == "generate":
@@ -308,17 +308,18 @@ def load_test_records(path, limit=None) -> list[dict]:
     return records[:limit] if limit else records
 
 
-def summary_line(metrics: dict, k: int = 10) -> str:
+def summary_line(metrics: dict, k: int = M.NDCG_K) -> str:
     def fmt(key):
         v = metrics.get(key)
         return "n/a" if v is None else f"{v:.4f}"
 
     line = ""
+    sampled, per_user = M.ndcg_key(k), M.ndcg_key(k, per_user=True)
     for fn in SCORE_FNS:
         sfx = key_suffix(fn)
-        if any(f"{m}{sfx}" in metrics for m in ("auc", f"ndcg@{k}", f"ndcg@{k}_user")):
-            line += (f"{'' if not sfx else '[' + fn + '] '}AUC {fmt(f'auc{sfx}')}  NDCG@{k} {fmt(f'ndcg@{k}{sfx}')}  "
-                     f"NDCG@{k}_user {fmt(f'ndcg@{k}_user{sfx}')}  ")
+        if any(f"{m}{sfx}" in metrics for m in ("auc", sampled, per_user)):
+            line += (f"{'' if not sfx else '[' + fn + '] '}AUC {fmt(f'auc{sfx}')}  NDCG@{k} {fmt(sampled + sfx)}  "
+                     f"NDCG@{k}_user {fmt(per_user + sfx)}  ")
     return line + f"({metrics['counts']['records']} records, {metrics['wall_time_s']:.1f} s)"
 
 

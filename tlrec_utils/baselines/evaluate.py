@@ -35,7 +35,7 @@ def evaluate(model, test_records, catalog: dict, num_negatives: int = M.NUM_NEGA
         "wall_time_s": round(time.time() - started, 3),
     }
     if reason is not None:
-        result["notes"] = {f"ndcg@{ndcg_k}_user": reason}
+        result["notes"] = {M.ndcg_key(ndcg_k, per_user=True): reason}
     predictions = [
         {"index": i, "user_id": r.get("user_id"), "item_id": r["target"]["item_id"], "label": int(r["label"]),
          "p_yes": float(s)}
