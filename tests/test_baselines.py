@@ -209,3 +209,23 @@ def test_published_book_records_without_user_ids(name, data_dir, tmp_path):
     assert metrics["ndcg@10_user"] is None and "no user_id" in metrics["notes"]["ndcg@10_user"]
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 120 and all(p["user_id"] is None for p in preds)
+
+
+def test_text_embeddings_are_encoded_once_per_process(tiny_bert, planted, monkeypatch):
+    """DROS-BERT in a grid: every setting and seed embeds the same catalog; each text is encoded once, and the
+    cached rows equal a fresh encoding of the same texts."""
+    from tlrec_utils.baselines import text_encoder
+
+    titles = list(planted[2].values())[:40]
+    text_encoder._EMBEDDINGS.clear()
+    encoded = []
+    real = text_encoder._encode
+    monkeypatch.setattr(text_encoder, "_encode", lambda texts, *a: encoded.append(list(texts)) or real(texts, *a))
+    first = text_encoder.encode_texts(titles[:30] + titles[:5], tiny_bert)
+    second = text_encoder.encode_texts(titles[20:40], tiny_bert)
+    assert encoded == [titles[:30], titles[30:40]]  # duplicates and known texts skipped
+    assert first.shape == (35, 32) and np.array_equal(first[30:], first[:5])
+    fresh = real(titles[20:40], tiny_bert, 64, 64)
+    np.testing.assert_allclose(second, fresh, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(second, axis=1), 1.0, atol=1e-5)
+    assert text_encoder.encode_texts([], tiny_bert).shape == (0, 32)

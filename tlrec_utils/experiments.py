@@ -424,7 +424,7 @@ def run_setup(config, in_process: bool = True, download: bool = False, mirror: s
             raise RuntimeError(f"setup step {n} ({step.script}) did not create {step.creates}")
 
 
-class GridInterrupted(Exception):
+class GridInterrupted(BaseException):  # not Exception: no `except Exception` inside a cell may swallow it
     """A cell stopped on SIGTERM (SLURM preemption, timeout): the whole grid stops; rerunning resumes."""
 
 

@@ -37,8 +37,29 @@ def _load(path: str):
     return tokenizer, model
 
 
+# (encoder path, max_length) -> {text: embedding}: a grid runs DROS-BERT for every setting and seed in one
+# process over the same catalog, so each text is encoded once (bounded: cleared past _CACHE_MAX_TEXTS)
+_EMBEDDINGS: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+_CACHE_MAX_TEXTS = 500_000
+
+
 def encode_texts(texts: list[str], model_path, batch_size: int = 64, max_length: int = 64) -> np.ndarray:
-    """(len(texts), hidden) float32 array of L2-normalised mean-pooled embeddings."""
+    """(len(texts), hidden) float32 array of L2-normalised mean-pooled embeddings. Texts encoded before in this
+    process (same encoder and max_length) are not encoded again."""
+    cache = _EMBEDDINGS.setdefault((str(model_path), max_length), {})
+    texts = [t or "" for t in texts]
+    new = list(dict.fromkeys(t for t in texts if t not in cache))
+    if len(cache) + len(new) > _CACHE_MAX_TEXTS:
+        cache.clear()
+        new = list(dict.fromkeys(texts))
+    if new:
+        cache.update(zip(new, _encode(new, model_path, batch_size, max_length)))
+    if not texts:
+        return np.zeros((0, _load(str(model_path))[1].config.hidden_size), dtype=np.float32)
+    return np.stack([cache[t] for t in texts])
+
+
+def _encode(texts: list[str], model_path, batch_size: int, max_length: int) -> np.ndarray:
     import torch
 
     tokenizer, model = _load(str(model_path))
@@ -46,7 +67,7 @@ def encode_texts(texts: list[str], model_path, batch_size: int = 64, max_length:
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(
-                [t or "" for t in texts[start : start + batch_size]],
+                texts[start : start + batch_size],
                 padding=True,
                 truncation=True,
                 max_length=max_length,
