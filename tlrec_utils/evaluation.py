@@ -140,8 +140,7 @@ def _tokenizer_fingerprint(tokenizer) -> str | None:
     return hashlib.sha256(backend.to_str().encode()).hexdigest()
 
 
-def _memo_key(kind: str, tokenizer, template, max_length: int, payload) -> str | None:
-    fingerprint = _tokenizer_fingerprint(tokenizer)
+def _memo_key(kind: str, fingerprint: str | None, template, max_length: int, payload) -> str | None:
     if fingerprint is None:
         return None
     text = json.dumps([kind, fingerprint, asdict(template), max_length, payload], sort_keys=True, default=str)
@@ -196,9 +195,10 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
                                    desc=desc)
 
     payload = {}
+    fingerprint = _tokenizer_fingerprint(tokenizer)  # once: a large vocabulary is megabytes to hash
     if "auc" in wanted:
         mine = _shard(len(records), state)
-        key = _memo_key("prompts", tokenizer, template, args.max_length, [source, mine, records])
+        key = _memo_key("prompts", fingerprint, template, args.max_length, [source, mine, records])
         encodings = _memoised(key, encoder, lambda: encoder.prompt_ids_many(
             [records[i] for i in mine], [where(source, record=i) for i in mine]))
         payload["scored"] = (mine, stats_of(encodings, "scoring") if mine else np.zeros((0, 3)))
@@ -206,7 +206,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
     if "ndcg" in wanted:
         catalog = catalog if catalog is not None else load_catalog(None, records)
         n_processes = 1 if state is None else state.num_processes
-        key = _memo_key("ranking", tokenizer, template, args.max_length,
+        key = _memo_key("ranking", fingerprint, template, args.max_length,
                         [source, records, catalog, args.num_negatives, args.seed, n_processes,
                          0 if state is None else state.process_index])
 
