@@ -5,13 +5,16 @@
 #   bash bench/gpu_check.sh [WORK_DIR]       # a CUDA machine
 #   CPU_CHECK=1 bash bench/gpu_check.sh      # no GPU: a tiny model on the CPU (wiring only; tests/test_gpu_check.py)
 #
-# 1. bench/gpu_check.py on a LLaMA-7B-shaped model with random bf16 weights built on the GPU and a tokenizer
-#    trained here: LoRA training tokens/s and peak memory (r=8 on q,v; max length 512; micro batch 4, with and
-#    without gradient checkpointing), full-prompt scoring vs --eval_mode generate on the same 256 prompts,
-#    shared-prefix ranking (packed, KV cache) vs full prompts, each next to the README's figure.
-# 2. The scale-out files on a tiny LLaMA: ZeRO-2 and ZeRO-3 LoRA steps under `accelerate launch` in bf16 with
+# Quick tiny-model checks first, so that a run cut off still says whether the GPU-only code paths work:
+# 1. The scale-out files on a tiny LLaMA: ZeRO-2 and ZeRO-3 LoRA steps under `accelerate launch` in bf16 with
 #    ds_configs/*.json (skipped when deepspeed is missing), a 4-bit (NF4) LoRA tuning and evaluation (skipped
 #    when bitsandbytes is missing). CPU_CHECK=1: ZeRO-2 in fp32 on one CPU process.
+# 2. The paper recipe's GPU-only settings (fp16, 8-bit base model, accelerate launch): one TLRec cell of
+#    paper_movie.yaml on the tiny LLaMA (needs $TLREC_DATA_DIR and bitsandbytes; skipped with CPU_CHECK=1).
+# 3. bench/gpu_check.py on a LLaMA-7B-shaped model with random bf16 weights built on the GPU and a tokenizer
+#    trained here: LoRA training tokens/s and peak memory (r=8 on q,v; max length 512; micro batch 4, with and
+#    without gradient checkpointing), full-prompt scoring vs --eval_mode generate on the same 256 prompts,
+#    shared-prefix ranking (packed, KV cache) vs full prompts, each next to the documented figure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-$(mktemp -d)}
@@ -27,14 +30,7 @@ else
     STAGES=(2 3)
 fi
 
-# 1. the table (about 4-5 minutes on an H100; capped so the whole script stays within 8)
-timeout 420 python bench/gpu_check.py "${TABLE_FLAGS[@]}" --work_dir "$WORK/table" 2>"$WORK/table.log"
-status=$?
-if [[ $status != 0 ]]; then
-    echo "FAIL gpu_check table (exit $status; log $WORK/table.log)"; tail -n 5 "$WORK/table.log"; failed=1
-fi
-
-# 2. scale-out files on a tiny LLaMA
+# 1. scale-out files on a tiny LLaMA
 python - "$WORK" <<'PY' || exit 1
 import json, sys
 from pathlib import Path
@@ -83,5 +79,46 @@ if [[ "${CPU_CHECK:-0}" != 1 ]]; then
         echo "SKIP 4-bit checks: bitsandbytes is not installed (pip install bitsandbytes)"
     fi
 fi
+
+# 2. the paper recipe's GPU-only settings (paper_recipe.yaml: fp16 weights and training, the base model in 8 bit,
+#    every phase under `accelerate launch`): the TLRec cell of paper_movie.yaml, zero-shot and K = 16, with the tiny
+#    LLaMA as base model and CPU-test sizes (its CPU twin, in fp32 without 8 bit: tests/test_paper_configs.py).
+#    Needs $TLREC_DATA_DIR (ml-100k/ and netflix/) and bitsandbytes.
+if [[ "${CPU_CHECK:-0}" == 1 ]]; then
+    echo "SKIP paper recipe cell: GPU only (its CPU twin is tests/test_paper_configs.py)"
+elif [[ -z "${TLREC_DATA_DIR:-}" ]]; then
+    echo "SKIP paper recipe cell: TLREC_DATA_DIR is not set (it needs ml-100k/ and netflix/)"
+elif ! has bitsandbytes; then
+    echo "SKIP paper recipe cell: bitsandbytes is not installed (the recipe loads the base model in 8 bit)"
+else
+    out="$WORK/paper_cell"
+    overrides=(
+        "output_dir=$out" "setup=[]" "settings=[zero-shot, 16]" "seeds=[0]" "test_limit=200"
+        "pipeline_runs.main.methods=[tlrec]" "methods=[{name: TLRec, pipeline: main, variant: tlrec}]" "ablations=[]"
+        "base_model=$WORK/model" "start_adapter=null" "teacher=heuristic" "cot_max_users=40" "max_windows=400"
+        "cot_epochs=1" "source_epochs=1" "source_records=64" "kshot_epochs=2"
+        "tuning={per_device_train_batch_size: 8, gradient_accumulation_steps: 1, max_val_records: 32}"
+        "kshot_tuning={gradient_accumulation_steps: 1}" "eval={num_negatives: 10}"
+    )
+    args=(--config configs/experiments/paper_movie.yaml --only pipeline-main)
+    for o in "${overrides[@]}"; do args+=(--override "$o"); done
+    timeout 300 python run_experiments.py "${args[@]}" > "$out.log" 2>&1
+    status=$?
+    metrics="$out/runs/main/pipeline-main/tlrec/eval/k16_seed0/metrics.json"
+    if [[ $status == 0 && -f "$metrics" ]]; then
+        python -c "import json,sys; m=json.load(open(sys.argv[1])); print('PASS paper recipe cell (fp16, 8-bit base, accelerate launch): K=16 ' + ', '.join(f'{k} {m[k]:.4f}' for k in ('auc', 'auc_authors', 'ndcg@10')))" "$metrics"
+    else
+        echo "FAIL paper recipe cell (exit $status; log $out.log)"; tail -n 5 "$out.log"; failed=1
+    fi
+fi
+
+# 3. the table, last (about 4-5 minutes on an H100; capped): extra flags for bench/gpu_check.py in
+#    $GPU_CHECK_TABLE_ARGS (for example "--prompts 128 --rank_targets 8" for a shorter run)
+timeout 420 python bench/gpu_check.py "${TABLE_FLAGS[@]}" ${GPU_CHECK_TABLE_ARGS:-} --work_dir "$WORK/table" 2>"$WORK/table.log"
+status=$?
+if [[ $status != 0 ]]; then
+    echo "FAIL gpu_check table (exit $status; log $WORK/table.log)"; tail -n 5 "$WORK/table.log"; failed=1
+fi
+
 echo "logs in $WORK"
 exit $failed

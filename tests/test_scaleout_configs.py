@@ -219,3 +219,28 @@ def test_preemption_signal_reaches_the_trainer_then_requeues(fake_slurm):
     assert "trainer got SIGTERM: checkpoint saved" in lines
     assert lines[-1] == "scontrol requeue 4242"  # requeued only after the trainer finished checkpointing
     assert "asking the trainer to checkpoint" in stderr
+
+
+@pytest.mark.parametrize("value,plain", [("9.0a", "9.0"), ("8.0;9.0a+PTX", "8.0;9.0+PTX"), ("8.6 10.0f", "8.6 10.0")])
+def test_arch_suffixes_that_stop_deepspeeds_op_builder_are_dropped(value, plain, monkeypatch, caplog):
+    """Seen on an H100 image with TORCH_CUDA_ARCH_LIST=9.0a: DeepSpeed's JIT build of its fused optimizer fails
+    parsing the list. run_tuning rewrites it to the plain archs before DeepSpeed starts, which DeepSpeed's own
+    parser (the one that failed) then accepts; a list without suffixes is left alone."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.ops.op_builder.fused_adam import FusedAdamBuilder
+
+    from tlrec_utils.training import deepspeed_safe_arch_list
+
+    builder = FusedAdamBuilder()
+    builder.jit_mode = True
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", value)
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        builder.compute_capability_args()
+    deepspeed_safe_arch_list()
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == plain
+    assert f"TORCH_CUDA_ARCH_LIST={value}" in caplog.text
+    builder.compute_capability_args()  # no longer raises (it rewrites the variable in its own way: set it again)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", plain)
+    caplog.clear()
+    deepspeed_safe_arch_list()
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == plain and not caplog.text

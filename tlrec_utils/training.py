@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -205,6 +206,21 @@ def last_checkpoint(output_dir) -> str | None:
 # ---- the whole run ---------------------------------------------------------------------------------------
 
 
+def deepspeed_safe_arch_list() -> None:
+    """DeepSpeed (0.19) JIT-builds its fused optimizer for the archs in TORCH_CUDA_ARCH_LIST and parses each one as
+    numbers, so an arch-specific suffix such as Hopper's "9.0a" stops it ("invalid literal for int() with base 10:
+    '0a'", seen on an H100 whose image sets 9.0a). Its ops need no arch-specific instructions: build them for the
+    plain arch ("9.0") and say so."""
+    import re
+
+    value = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    plain = re.sub(r"(\d)[a-z]+", r"\1", value)
+    if plain != value:
+        logger.warning("TORCH_CUDA_ARCH_LIST=%s: DeepSpeed cannot parse arch suffixes; its ops are built for %s",
+                       value, plain)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = plain
+
+
 def tune(model_args, lora_args, data_args, training_args) -> int:
     """Train and save to `training_args.output_dir`. Returns the exit status: 0, or EXIT_INTERRUPTED after a SIGTERM
     (a checkpoint was saved; rerunning the same command resumes from it)."""
@@ -286,6 +302,8 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
             check_weights_fit(resume, model_args, "checkpoint", skeleton)
         del skeleton
 
+    if training_args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        deepspeed_safe_arch_list()
     model = load_base_model(model_args)
     model = prepare_for_training(model, lora_args, training_args.gradient_checkpointing)
     if training_args.gradient_checkpointing:
