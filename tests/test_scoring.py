@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tlrec_utils import prompts
+from tlrec_utils import prompts, scoring
 from tlrec_utils.records import build_record
 from tlrec_utils.scoring import (
     can_pack,
@@ -15,6 +15,7 @@ from tlrec_utils.scoring import (
     score_by_generation,
     score_prompts,
     score_shared_prefix,
+    shared_prefix_length,
 )
 from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens, rerender
 
@@ -99,8 +100,9 @@ def test_titles_with_yes_and_no_do_not_move_the_answer_position(model_and_tok):
     assert p == pytest.approx(_brute_force_p_yes(model, tok, rec, answer), abs=1e-5)
 
 
-def test_packed_ranking_equals_full_prompts(model_and_tok, synthetic):
-    """Several users' candidate groups packed into rows (4D mask, LM head at the answer positions only)."""
+def test_packed_ranking_equals_full_prompts(model_and_tok, synthetic, monkeypatch):
+    """Several users' candidate groups packed into rows (4D mask, LM head at the answer positions only); groups
+    wider than a row go through the KV-cache path. Same numbers either way."""
     model, tok = model_and_tok
     records, catalog, _ = synthetic
     answer = derive_answer_tokens(tok)
@@ -115,9 +117,15 @@ def test_packed_ranking_equals_full_prompts(model_and_tok, synthetic):
     groups.append(groups[0][:1])  # a group of one prompt
     expected = [score_prompts(model, g, answer, tok.pad_token_id, batch_size=4, progress=False) for g in groups]
     assert can_pack(model)
-    for max_row_tokens in (1, 100_000):  # one group per row; every group in one row
+    widths = sorted(len(g[0]) + sum(len(e) - shared_prefix_length(g) for e in g[1:]) for g in groups[:-1])
+    kv_calls, real = [], scoring.shared_prefix_stats
+    monkeypatch.setattr(scoring, "shared_prefix_stats", lambda *a, **k: kv_calls.append(1) or real(*a, **k))
+    # every group in one row; one group per row; the widest groups too wide for a row (KV-cache path); all of them
+    for max_row_tokens, kv_groups in ((100_000, 0), (widths[-1], 0), (widths[-2], 1), (1, len(groups) - 1)):
+        kv_calls.clear()
         stats = candidate_group_stats(model, groups, answer, tok.pad_token_id, max_row_tokens=max_row_tokens,
                                       progress=False)
+        assert len(kv_calls) == kv_groups, max_row_tokens
         for got, want in zip(stats, expected):
             np.testing.assert_allclose(p_yes_from_stats(got), want, atol=1e-5)
 

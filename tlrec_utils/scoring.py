@@ -188,11 +188,18 @@ def candidate_group_stats(model, groups: list[list[list[int]]], answer: AnswerTo
     Packed (llama-family models): a row holds whole groups, each as its shared prefix followed by all its
     suffixes; a 4D attention mask lets each suffix see its own prefix and itself only, position ids continue
     the prefix in every suffix, and the LM head runs at the answer positions only. One forward pass per row,
-    no KV-cache copies, several users per pass. Other models: `shared_prefix_stats` per group. Same numbers
-    as scoring every prompt on its own."""
+    no KV-cache copies, several users per pass. A group longer than `max_row_tokens` packed (long candidate
+    texts: Book titles make ~95-token suffixes, 51 of them) and other models: `shared_prefix_stats`, whose cost
+    grows linearly with the candidates where a packed row's attention grows quadratically (7x faster on
+    BookCrossing groups, docs/measurements.md). Same numbers as scoring every prompt on its own."""
+    bar = tqdm(total=len(groups), desc=desc, disable=not progress)
     if not can_pack(model):
-        return [shared_prefix_stats(model, g, answer, pad_id, batch_size)
-                for g in tqdm(groups, desc=desc, disable=not progress)]
+        out = []
+        for g in groups:
+            out.append(shared_prefix_stats(model, g, answer, pad_id, batch_size))
+            bar.update()
+        bar.close()
+        return out
     device = next(model.parameters()).device
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     dtype = dtype if dtype.is_floating_point and dtype.itemsize >= 2 else torch.float32
@@ -202,11 +209,16 @@ def candidate_group_stats(model, groups: list[list[list[int]]], answer: AnswerTo
         prefix_len = shared_prefix_length(enc) if len(enc) > 1 else len(enc[0]) - 1
         if prefix_len < 1:  # nothing shared: each prompt on its own
             out[gi] = prompt_answer_stats(model, enc, answer, pad_id, batch_size, progress=False)
+            bar.update()
             continue
         suffixes = [e[prefix_len:] for e in enc]
-        layouts.append((gi, enc[0][:prefix_len], suffixes, prefix_len + sum(len(s) for s in suffixes)))
+        width = prefix_len + sum(len(s) for s in suffixes)
+        if width > max_row_tokens and len(enc) > 1:
+            out[gi] = shared_prefix_stats(model, enc, answer, pad_id, batch_size)
+            bar.update()
+            continue
+        layouts.append((gi, enc[0][:prefix_len], suffixes, width))
     rows = _pack_rows(layouts, max_row_tokens)
-    bar = tqdm(total=len(layouts), desc=desc, disable=not progress)
     for row in rows:
         width = sum(lay[3] for lay in row)
         ids = torch.empty(width, dtype=torch.long)
