@@ -128,6 +128,13 @@ def test_packed_ranking_equals_full_prompts(model_and_tok, synthetic, monkeypatc
         assert len(kv_calls) == kv_groups, max_row_tokens
         for got, want in zip(stats, expected):
             np.testing.assert_allclose(p_yes_from_stats(got), want, atol=1e-5)
+    # a model that cannot be packed: every group, the one-prompt group too, through the KV-cache path
+    monkeypatch.setattr(scoring, "can_pack", lambda model: False)
+    kv_calls.clear()
+    stats = candidate_group_stats(model, groups, answer, tok.pad_token_id, progress=False)
+    assert len(kv_calls) == len(groups)
+    for got, want in zip(stats, expected):
+        np.testing.assert_allclose(p_yes_from_stats(got), want, atol=1e-5)
 
 
 def test_authors_score_fn_ranks_differently_checked_by_hand(tiny_llama, synthetic, tmp_path):

@@ -254,11 +254,12 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
             sfx, p_yes = key_suffix(fn), p_yes_from_stats(stats, fn)
             result[f"auc{sfx}"] = M.auc(labels, p_yes)
             value, users_ranked, reason = M.user_ndcg_or_reason(users, labels, p_yes, k)
-            result[M.ndcg_key(k, per_user=True) + sfx] = value
+            user_key = M.ndcg_key(k, per_user=True) + sfx
+            result[user_key] = value
             if reason is None:
                 result["counts"]["users_ranked"] = users_ranked
             else:
-                result.setdefault("notes", {})[M.ndcg_key(k, per_user=True) + sfx] = reason
+                result.setdefault("notes", {})[user_key] = reason
             for pred, p in zip(predictions, p_yes):
                 pred[f"p_yes{sfx}"] = float(p)
     if "ndcg" in wanted:

@@ -74,7 +74,7 @@ def user_ndcg(user_ids, labels, scores, k: int = NDCG_K) -> tuple[float, int]:
     return float(np.mean(values)), len(values)
 
 
-def user_ndcg_or_reason(user_ids, labels, scores, k: int = 10) -> tuple[float | None, int | None, str | None]:
+def user_ndcg_or_reason(user_ids, labels, scores, k: int = NDCG_K) -> tuple[float | None, int | None, str | None]:
     """`user_ndcg`, or (None, None, reason) when some records carry no user id (e.g. TALLRec's published Book
     records): without users there is no per-user ranking. Returns (value, users ranked, reason)."""
     missing = sum(u is None for u in user_ids)

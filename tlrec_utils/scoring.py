@@ -192,14 +192,8 @@ def candidate_group_stats(model, groups: list[list[list[int]]], answer: AnswerTo
     texts: Book titles make ~95-token suffixes, 51 of them) and other models: `shared_prefix_stats`, whose cost
     grows linearly with the candidates where a packed row's attention grows quadratically (7x faster on
     BookCrossing groups, docs/measurements.md). Same numbers as scoring every prompt on its own."""
+    packable = can_pack(model)
     bar = tqdm(total=len(groups), desc=desc, disable=not progress)
-    if not can_pack(model):
-        out = []
-        for g in groups:
-            out.append(shared_prefix_stats(model, g, answer, pad_id, batch_size))
-            bar.update()
-        bar.close()
-        return out
     device = next(model.parameters()).device
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     dtype = dtype if dtype.is_floating_point and dtype.itemsize >= 2 else torch.float32
@@ -213,7 +207,7 @@ def candidate_group_stats(model, groups: list[list[list[int]]], answer: AnswerTo
             continue
         suffixes = [e[prefix_len:] for e in enc]
         width = prefix_len + sum(len(s) for s in suffixes)
-        if width > max_row_tokens and len(enc) > 1:
+        if not packable or (width > max_row_tokens and len(enc) > 1):
             out[gi] = shared_prefix_stats(model, enc, answer, pad_id, batch_size)
             bar.update()
             continue
