@@ -7,12 +7,11 @@ import random
 
 import numpy as np
 import pytest
+from helpers import GENRES
 
 from tlrec_utils.baselines import BASELINES, make_model
 from tlrec_utils.baselines.evaluate import evaluate
 from tlrec_utils.records import build_record
-
-GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Western"]
 
 
 def planted_records(n_train=1500, n_test=400, n_items=150, n_users=60, seed=0):
