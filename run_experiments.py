@@ -35,6 +35,8 @@ def main(argv=None):
     if args.cells_file is not None:
         X.run_cell(config, X.cell_from_index(config, cells, args.cells_file, args.cell_index))
         return 0
+    if not args.report_only:  # every cell's settings, before any setup step or cell runs (--dry_run too)
+        X.check_grid(config, cells, args.launcher)
     if args.dry_run and args.launcher == "slurm":  # the plan and its job scripts, nothing submitted
         X.submit_slurm_chains(config, cells, args.config, args.override, dry_run=True)
         return 0

@@ -497,3 +497,212 @@ def test_output_dir_without_write_permission(ctx, tmp_path):
                                     locked / "out"], ctx)
     check_one_line(proc, ["--output_dir", "no permission to write in", "locked"])
     assert not (locked / "out").exists()
+
+
+# ---- issue 21: every mistake caught before any work, in one line (in this process, through cli_entry) -----
+# The same promises as the table above (exit 2, one line naming the file/flag/key/record, no traceback, nothing
+# new on disk), run in this process: a row costs no interpreter and no torch import.
+
+QUICKSTART = REPO / "configs" / "experiments" / "quickstart.yaml"
+
+
+def dry_grid(ctx, t, **changes):
+    """A grid with a pipeline run (the quickstart's settings) and a baseline, checked with --dry_run."""
+    config = {"output_dir": str(t / "grid"), "target": {"train": str(ctx.prepared / "train.json"),
+                                                        "test": str(ctx.prepared / "test.json")},
+              "source": {"train": str(ctx.prepared / "valid.json")}, "settings": ["zero-shot", 16], "seeds": [0],
+              "pipeline": {"config": str(QUICKSTART)}, "pipeline_runs": {"main": {"methods": ["tlrec", "tallrec"]}},
+              "methods": [{"name": "TLRec", "pipeline": "main", "variant": "tlrec"},
+                          {"name": "Pop", "baseline": "item-popularity"}]}
+    for key, value in changes.items():
+        if key.startswith("pipeline."):
+            config["pipeline"][key.split(".", 1)[1]] = value
+        else:
+            config[key] = value
+    return ["--config", str(write(t / "grid.yaml", yaml.safe_dump(config))), "--dry_run"]
+
+
+def pipeline_config(ctx, t, text: str, *extra):
+    return ["--config", str(write(t / "p.yaml", text)), "--run_dir", str(t / "run"), *extra]
+
+
+def finished_data_phase(ctx, t, marker: str | None, drop: str | None = None):
+    """A run directory whose data/source phase is marked done: `marker` is phase_done.json's text, `drop` a file
+    of the phase's output removed afterwards (deleted by hand)."""
+    phase = t / "run" / "data" / "source"
+    shutil.copytree(ctx.prepared, phase)
+    write(phase / "phase_done.json", marker)
+    if drop:
+        (phase / drop).unlink()
+    return ["--run_dir", str(t / "run"), "--methods", "tallrec", "--k_shots", "16"]
+
+
+def authors_cot_file(ctx, t):
+    """The TLRec authors' stage123.json format, its first instruction not one of the three stages'."""
+    record = {"instruction": "Explain the user's taste in three steps.", "input": "",
+              "output": "The user likes dramas from the nineties, so they would enjoy more of them."}
+    return tune_args(ctx, t, train=write(t / "stage123.json", [record, record]))
+
+
+def no_accelerate_on_path(monkeypatch, t):
+    (t / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(t / "bin"))
+
+
+# (id, script, argv builder (ctx, row dir) -> argv, substrings of the one stderr line[, setup(monkeypatch, dir)])
+IN_PROCESS_ROWS = [
+    # the nine (and more) configs `run_experiments.py --dry_run` accepted while the real run rejected them
+    ("dry-tuning-learning-rate-fast", "run_experiments",
+     lambda c, t: dry_grid(c, t, **{"pipeline.tuning": {"learning_rate": "fast"}}),
+     ["grid.yaml: pipeline.tuning.learning_rate: expected a number, got 'fast'"]),
+    ("dry-eval-num-negatives-negative", "run_experiments",
+     lambda c, t: dry_grid(c, t, **{"pipeline.eval": {"num_negatives": -3}}),
+     ["grid.yaml: pipeline.eval.num_negatives must be >= 1, got -3"]),
+    ("dry-eval-metrics-unknown", "run_experiments",
+     lambda c, t: dry_grid(c, t, **{"pipeline.eval": {"metrics": "auc,foo"}}),
+     ["grid.yaml: pipeline.eval.metrics: unknown foo (choose from auc, ndcg)"]),
+    ("dry-tuning-unknown-key", "run_experiments",
+     lambda c, t: dry_grid(c, t, **{"pipeline.tuning": {"lora_rank": 4}}),
+     ["grid.yaml: pipeline.tuning.lora_rank: not a run_tuning.py setting"]),
+    ("dry-tuning-args-unknown-flag", "run_experiments",
+     lambda c, t: dry_grid(c, t, **{"pipeline.tuning_args": ["--lora_rank", "4"]}),
+     ["grid.yaml: pipeline.tuning_args: unrecognized arguments --lora_rank 4"]),
+    ("dry-kshot-tuning-learning-rate-fast", "run_experiments",
+     lambda c, t: dry_grid(c, t, pipeline_runs={"main": {"methods": ["tlrec", "tallrec"],
+                                                         "kshot_tuning": {"learning_rate": "fast"}}}),
+     ["grid.yaml: pipeline_runs.main.kshot_tuning.learning_rate: expected a number, got 'fast'"]),
+    ("dry-variant-not-in-the-run", "run_experiments",
+     lambda c, t: dry_grid(c, t, methods=[{"name": "w/o CoT", "pipeline": "main", "variant": "wo_cot"}]),
+     ["grid.yaml: method 'w/o CoT': variant 'wo_cot' is not a method of pipeline run 'main'",
+      "add it to pipeline_runs.main.methods"]),
+    ("dry-variant-unknown", "run_experiments",
+     lambda c, t: dry_grid(c, t, methods=[{"name": "X", "pipeline": "main", "variant": "tlrecc"}]),
+     ["grid.yaml: methods: method 'X': unknown variant 'tlrecc'"]),
+    ("dry-seeds-negative", "run_experiments", lambda c, t: dry_grid(c, t, seeds=[-1]),
+     ["grid.yaml: seeds must be >= 0", "got -1"]),
+    ("dry-source-files-number", "run_experiments",
+     lambda c, t: dry_grid(c, t, **{"pipeline.source_files": {"train": 5, "valid": "v.json", "test": "t.json"}}),
+     ["grid.yaml: pipeline.source_files.train: expected a file path", "got 5"]),
+    ("dry-settings-k0", "run_experiments", lambda c, t: dry_grid(c, t, settings=["zero-shot", "k0"]),
+     ["grid.yaml: settings: 'k0': K must be at least 1", "zero-shot"]),
+    ("dry-setup-script-missing", "run_experiments",
+     lambda c, t: dry_grid(c, t, setup=[{"script": "run_prepare.py", "creates": str(t / "x")}]),
+     ["grid.yaml: setup entry 0: script 'run_prepare.py' not found", "run_prepare_data.py"]),
+    ("dry-setup-args-unknown", "run_experiments",
+     lambda c, t: dry_grid(c, t, setup=[{"script": "run_prepare_data.py", "args": {"datasett": "ml-100k"},
+                                         "creates": str(t / "x")}]),
+     ["grid.yaml: setup entry 0: args: unknown setting(s) datasett (did you mean dataset?)"]),
+    ("dry-baseline-options", "run_experiments",
+     lambda c, t: dry_grid(c, t, methods=[{"name": "SASRec", "baseline": "sasrec", "options": {"epochs": 0}}]),
+     ["grid.yaml: methods: 'SASRec': options.epochs must be >= 1, got 0"]),
+    ("dry-nested-pipeline-config", "run_experiments",
+     lambda c, t: dry_grid(c, t, pipeline={"config": str(write(t / "recipe.yaml", "tuning: {warmup_steps: -2}\n"))}),
+     ["recipe.yaml: tuning.warmup_steps must be >= 0, got -2"]),
+    # internal errors (exit 1) that are the user's mistakes
+    ("prepare-download-data-dir-is-file", "run_prepare_data",
+     lambda c, t: ["--dataset", "ml-100k", "--download", "--data_dir", str(write(t / "data", "x")),
+                   "--output_dir", str(t / "out")], ["--data_dir", "data: exists and is not a directory"]),
+    ("pipeline-download-data-dir-is-file", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--download", "--data_dir", str(write(t / "data", "x"))],
+     ["--data_dir", "is a file, not a directory"]),
+    ("cot-max-retries-negative", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--teacher", "heuristic",
+                   "--max_retries", "-1"], ["--max_retries must be >= 0, got -1"]),
+    ("pipeline-phase-done-empty", "run_pipeline", lambda c, t: finished_data_phase(c, t, ""),
+     ["data/source/phase_done.json: unreadable (empty)", "delete", "rerun"]),
+    ("pipeline-phase-done-corrupt", "run_pipeline", lambda c, t: finished_data_phase(c, t, '{"phase": "prep'),
+     ["data/source/phase_done.json: unreadable", "delete", "rerun"]),
+    ("pipeline-phase-files-deleted", "run_pipeline",
+     lambda c, t: finished_data_phase(c, t, '{"phase": "prepare source"}', drop="train.json"),
+     ["phase_done.json: the phase is marked complete but train.json is gone", "the phase is incomplete",
+      "rerun to run phase 'prepare source' again"]),
+    ("pipeline-seeds-negative", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--seeds", "-1", "--methods", "tallrec"],
+     ["--seeds must be >= 0", "got -1"]),
+    ("tuning-seed-negative", "run_tuning", lambda c, t: tune_args(c, t, "--seed", "-1"), ["--seed must be >= 0"]),
+    ("eval-seed-negative", "run_eval", lambda c, t: eval_args(c, t, "--seed", "-1"), ["--seed must be >= 0"]),
+    ("pipeline-config-source-files-number", "run_pipeline",
+     lambda c, t: pipeline_config(c, t, "source_files: {train: 5, valid: v.json, test: t.json}\n"),
+     ["p.yaml: source_files.train: expected a file path", "got 5"]),
+    ("pipeline-config-tuning-learning-rate", "run_pipeline",
+     lambda c, t: pipeline_config(c, t, "tuning: {learning_rate: fast}\n"),
+     ["p.yaml: tuning.learning_rate: expected a number, got 'fast'"]),
+    ("pipeline-tuning-flag-num-negatives", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--eval", "num_negatives=-3"],
+     ["--eval.num_negatives must be >= 1, got -3"]),
+    ("pipeline-accelerate-not-on-path", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--launcher", "accelerate", "--methods", "tallrec"],
+     ["--launcher accelerate", "`accelerate` command is not on PATH"], no_accelerate_on_path),
+    ("eval-config-num-negatives", "run_eval",
+     lambda c, t: [str(write(t / "c.yaml", yaml.safe_dump({"base_model": str(c.model), "num_negatives": -3,
+                                                           "test_file": str(c.prepared / "test.json"),
+                                                           "output_dir": str(t / "out")})))],
+     ["c.yaml: num_negatives must be >= 1, got -3"]),
+    ("baselines-sasrec-empty-train", "run_baselines",
+     lambda c, t: ["--model", "sasrec", "--train_file", str(write(t / "train.json", [])), "--test_file",
+                   str(c.prepared / "test.json"), "--output_dir", str(t / "out")],
+     ["--train_file", "train.json: no records"]),
+    # lines that used to point elsewhere
+    ("tuning-authors-cot-unknown-instruction", "run_tuning", authors_cot_file,
+     ["stage123.json record 0: not a CoT record", "Explain the user's taste", "three CoT stage instructions"]),
+    ("cot-no-user-to-ask", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--teacher", "heuristic",
+                   "--max_users", "1", "--neighbor_num", "1", "--candidate_num", "10", "--no-progress"],
+     ["train.json: no CoT user within --max_users 1", "raise --max_users", "--ensure_target"]),
+]
+
+
+def run_in_process(script, argv, capsys):
+    import importlib
+
+    from tlrec_utils import errors
+
+    main = importlib.import_module(script).main
+    main = getattr(main, "__wrapped__", main)
+    capsys.readouterr()
+    try:
+        errors.cli_entry(main)([str(a) for a in argv])
+        status = 0
+    except SystemExit as exc:
+        status = exc.code
+    return SimpleNamespace(stderr=capsys.readouterr().err, returncode=status)
+
+
+@pytest.mark.parametrize("row", IN_PROCESS_ROWS, ids=[r[0] for r in IN_PROCESS_ROWS])
+def test_bad_input_caught_before_any_work(ctx, tmp_path, monkeypatch, capsys, row):
+    name, script, build, expected = row[:4]
+    monkeypatch.setenv("TLREC_DATA_DIR", str(ctx.data))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(ctx.base / "cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    monkeypatch.delenv("TLREC_DEBUG", raising=False)
+    if str(REPO) not in sys.path:
+        monkeypatch.syspath_prepend(str(REPO))
+    argv = build(ctx, tmp_path)
+    if len(row) > 4:
+        row[4](monkeypatch, tmp_path)
+    watched = (tmp_path, ctx.prepared, ctx.model)
+    before = tree(*watched)
+    line = check_one_line(run_in_process(script, argv, capsys), expected)
+    assert line.startswith("error: ")
+    assert tree(*watched) == before, sorted(tree(*watched) - before)
+
+
+def test_dry_run_accepts_the_grid_the_rows_above_break(ctx, tmp_path, monkeypatch, capsys):
+    """The rows' base grid is a good one: its dry run exits 0 and prints every phase's command."""
+    monkeypatch.setenv("TLREC_DATA_DIR", str(ctx.data))
+    monkeypatch.syspath_prepend(str(REPO))
+    before = tree(tmp_path)
+    proc = run_in_process("run_experiments", dry_grid(ctx, tmp_path), capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert tree(tmp_path) - before == {str(tmp_path / "grid.yaml")}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_download_into_a_data_dir_without_write_permission(ctx, tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    monkeypatch.syspath_prepend(str(REPO))
+    proc = run_in_process("run_prepare_data", ["--dataset", "ml-100k", "--download", "--data_dir", locked,
+                                               "--output_dir", tmp_path / "out"], capsys)
+    check_one_line(proc, ["--data_dir", "no permission to write in", "locked"])
+    assert not list(locked.iterdir())

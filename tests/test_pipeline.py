@@ -237,9 +237,9 @@ def test_cli_config_file_mappings_and_overrides(tmp_path):
         run_pipeline.parse_args(["--config", str(bad)])
     with pytest.raises(InputError, match="methods"):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), methods=["tlrec", "tallrec_v2"]))
-    with pytest.raises(InputError, match="lora_rank is not a run_tuning.py setting"):
+    with pytest.raises(InputError, match="lora_rank: not a run_tuning.py setting"):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), tuning={"lora_rank": 4}))
-    with pytest.raises(InputError, match="num_train_epochs is set by the pipeline"):
+    with pytest.raises(InputError, match="num_train_epochs: set by the pipeline"):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), kshot_tuning={"num_train_epochs": 4}))
     with pytest.raises(InputError, match="start_adapter needs LoRA"):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), start_adapter=str(tmp_path), tuning={"finetune": "full"}))

@@ -21,7 +21,7 @@ from transformers import HfArgumentParser
 from .baselines.registry import BASELINES, SEQUENTIAL_HYPERPARAMETERS, baseline_help
 from .errors import InputError
 from .metrics import NDCG_K, NUM_NEGATIVES
-from .validation import check_config_values, check_device, check_number, comma_list
+from .validation import check_device, check_number, check_seed, comma_list
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 CURRICULUM_MODES = ("ordered", "shuffled", "stagewise")  # --curriculum (implemented in curriculum.py)
@@ -45,14 +45,18 @@ class ModelArguments:
         default=None, metadata={"help": "Attention kernel passed to from_pretrained (eager, sdpa, flash_attention_2)."}
     )
 
+    def check_values(self):
+        """The checks that read no file (also run on settings handed on by run_pipeline / run_experiments)."""
+        if self.load_in_4bit and self.load_in_8bit:
+            raise InputError("--load_in_4bit and --load_in_8bit exclude each other")
+
     def __post_init__(self):
         if not str(self.base_model or "").strip():
             raise InputError("--base_model: empty (give a model directory or hub id)")
         from .validation import check_model_path
 
         check_model_path(self.base_model, "--base_model")
-        if self.load_in_4bit and self.load_in_8bit:
-            raise InputError("--load_in_4bit and --load_in_8bit exclude each other")
+        self.check_values()
 
 
 @dataclass
@@ -72,11 +76,14 @@ class LoraArguments:
         metadata={"help": "auto (by architecture), all-linear, or a comma-separated list such as q_proj,v_proj."},
     )
 
-    def __post_init__(self):
+    def check_values(self):
         check_number("--lora_r", self.lora_r, 1)
         check_number("--lora_alpha", self.lora_alpha, 0, exclusive_min=True)
         check_number("--lora_dropout", self.lora_dropout, 0, 0.999)
         self.lora_target_modules = ",".join(comma_list("--lora_target_modules", self.lora_target_modules))
+
+    def __post_init__(self):
+        self.check_values()
         if self.init_adapter is not None:
             from .validation import check_adapter_dir
 
@@ -112,6 +119,11 @@ class DataArguments:
                           "model, else tallrec. Saved to output_dir/tlrec_prompt.json."},
     )
 
+    def check_values(self):
+        check_number("--k_shot", self.k_shot, 1)
+        check_number("--max_length", self.max_length, 8)
+        check_number("--max_val_records", self.max_val_records, 1)
+
     def __post_init__(self):
         from .validation import check_input_file
 
@@ -121,9 +133,7 @@ class DataArguments:
             check_input_file(path, "--train_files")
         if self.val_file is not None:
             check_input_file(self.val_file, "--val_file")
-        check_number("--k_shot", self.k_shot, 1)
-        check_number("--max_length", self.max_length, 8)
-        check_number("--max_val_records", self.max_val_records, 1)
+        self.check_values()
 
 
 def _tuning_training_arguments():
@@ -154,7 +164,8 @@ def _tuning_training_arguments():
             default=False, metadata={"help": "Train again even when output_dir already holds a finished model."}
         )
 
-        def __post_init__(self):
+        def check_values(self):
+            """The checks that need neither a GPU nor a file (TrainingArguments' own come in __post_init__)."""
             check_number("--learning_rate", self.learning_rate, 0)
             if self.max_steps is None or self.max_steps <= 0:  # --max_steps overrides the epochs
                 check_number("--num_train_epochs", self.num_train_epochs, 0, exclusive_min=True)
@@ -163,6 +174,11 @@ def _tuning_training_arguments():
             check_number("--gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
             check_number("--warmup_steps", self.warmup_steps, 0)
             check_number("--early_stopping_patience", self.early_stopping_patience, 1)
+            check_seed("--seed", self.seed)
+            check_seed("--data_seed", self.data_seed)
+
+        def __post_init__(self):
+            self.check_values()
             super().__post_init__()
 
     TuningTrainingArguments.__module__ = __name__
@@ -224,9 +240,7 @@ class EvalArguments:
                           "(tlrec_prompt.json), else tallrec; a different explicit one is used with a warning."},
     )
 
-    def __post_init__(self):
-        from .validation import check_adapter_dir, check_input_file, check_output_dir
-
+    def check_values(self):
         self.metrics = ",".join(dict.fromkeys(comma_list("--metrics", self.metrics, EVAL_METRICS)))
         check_number("--num_negatives", self.num_negatives, 1)
         check_number("--ndcg_k", self.ndcg_k, 1)
@@ -234,6 +248,12 @@ class EvalArguments:
         check_number("--max_length", self.max_length, 8)
         check_number("--max_new_tokens", self.max_new_tokens, 1)
         check_number("--limit", self.limit, 1)
+        check_seed("--seed", self.seed)
+
+    def __post_init__(self):
+        from .validation import check_adapter_dir, check_input_file, check_output_dir
+
+        self.check_values()
         check_input_file(self.test_file, "--test_file")
         if self.items_file is not None:
             check_input_file(self.items_file, "--items_file")
@@ -249,6 +269,13 @@ class KShotArguments:
 
     k_shot: int | None = field(default=None, metadata={"help": "Draw K records from OUTPUT_DIR/train.json."})
     seed: int = field(default=0, metadata={"help": "K-shot sampling seed."})
+
+    def check_values(self):
+        check_number("--k_shot", self.k_shot, 1)
+        check_seed("--seed", self.seed)
+
+    def __post_init__(self):
+        self.check_values()
 
 
 @dataclass
@@ -288,15 +315,20 @@ class BaselineArguments:
     dro_beta: float = field(default=SEQUENTIAL_HYPERPARAMETERS["dro_beta"], metadata={"help": "DROS: beta."})
     dro_gamma: float = field(default=SEQUENTIAL_HYPERPARAMETERS["dro_gamma"], metadata={"help": "DROS: gamma."})
 
-    def __post_init__(self):
-        from .validation import check_input_file, check_output_dir
-
-        if self.model not in BASELINES:  # checked here, not by argparse `choices`, so the error stays one line
+    def check_values(self):
+        if self.model is not None and self.model not in BASELINES:  # not argparse `choices`: one line
             raise InputError(f"--model: unknown baseline {self.model!r} (one of {', '.join(BASELINES)})")
         for name in ("k_shot", "test_limit", "num_negatives", "ndcg_k", "epochs", "dim", "batch_size"):
             check_number(f"--{name}", getattr(self, name), 1)
         for name in ("lr", "dro_alpha", "dro_beta", "dro_gamma"):
             check_number(f"--{name}", getattr(self, name), 0, exclusive_min=name == "lr")
+        check_seed("--seed", self.seed)
+        check_seed("--negatives_seed", self.negatives_seed)
+
+    def __post_init__(self):
+        from .validation import check_input_file, check_output_dir
+
+        self.check_values()
         for name in ("train_file", "test_file", "valid_file", "items_file"):
             if getattr(self, name) is not None:
                 check_input_file(getattr(self, name), f"--{name}")
@@ -486,6 +518,7 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
 
 def _config_values(path, types, hints: dict, mappings: list[str], known_only: bool) -> dict:
     from .fileio import read_config_file
+    from .validation import check_settings
 
     values = read_config_file(path)
     if known_only:
@@ -493,7 +526,7 @@ def _config_values(path, types, hints: dict, mappings: list[str], known_only: bo
     for name in mappings:  # `eval:` with nothing under it
         if name in values and values[name] is None:
             values[name] = {}
-    return check_config_values(values, types, path)
+    return check_settings(types, values, path)  # every value, at any depth, now: named by file and key
 
 
 def parse_tuning_args(argv=None):

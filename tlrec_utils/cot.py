@@ -313,6 +313,10 @@ def check_config(cfg: CotConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise InputError(f"--{name} must be positive, got {value}")
+    from .validation import check_number, check_seed
+
+    check_number("--max_retries", cfg.max_retries, 0)
+    check_seed("--seed", cfg.seed)
 
 
 def run(cfg: CotConfig) -> dict:
@@ -324,6 +328,8 @@ def run(cfg: CotConfig) -> dict:
     if kind not in prompts.ITEM_KINDS:
         raise InputError(f"--kind must be one of {prompts.ITEM_KINDS} or auto, got {cfg.kind!r}")
     users, stats, interactions, code = build_users(records, cfg, kind)
+    if not len(users) and not cfg.dry_run:
+        raise InputError(no_users_message(train_path, stats, cfg))
     budget = Budget(cfg.max_requests, cfg.max_cost, cfg.price_per_1k_input, cfg.price_per_1k_output)
 
     if cfg.dry_run:  # reads what is there, writes and calls nothing
@@ -372,7 +378,8 @@ def run(cfg: CotConfig) -> dict:
 
             lines = list(responses.values())
             cot = cot_records(lines, kind, cfg.hit_match)
-            atomic_write_json(output_dir / "cot_train.json", cot, indent=1)
+            if cot:  # none: an error below, not an empty file a tuning run would take
+                atomic_write_json(output_dir / "cot_train.json", cot, indent=1)
             stage_entries = [e for stages in progress.values() for e in stages.values()]
             prompt_tokens = sum(e["prompt_tokens"] for e in stage_entries)
             completion_tokens = sum(e["completion_tokens"] for e in stage_entries)
@@ -406,6 +413,11 @@ def run(cfg: CotConfig) -> dict:
             failure = teacher_failure(state, cfg, todo, len(responses) - answered_before)
             if failure:
                 raise InputError(failure)
+            if not cot and not state.stop_reason and not summary["users_remaining"]:
+                raise InputError(
+                    f"{output_dir}: no CoT record written: none of the {len(lines)} answered users hit (--hit_match "
+                    f"{cfg.hit_match}: the true item in the teacher's Stage-3 answer); ask more users (raise "
+                    "--max_users) or use --hit_match recommended; the answers are kept, a rerun asks only new users")
             if state.stop_reason:
                 logger.warning("stopped early: %s (rerun with a higher cap to go on)", state.stop_reason)
             logger.info(
@@ -419,6 +431,18 @@ def run(cfg: CotConfig) -> dict:
 
                 shutil.rmtree(output_dir, ignore_errors=True)
             raise
+
+
+def no_users_message(train_path, stats: dict, cfg: CotConfig) -> str:
+    """Why no user can be asked (so no CoT record could be written), and what to raise."""
+    within = f" within --max_users {cfg.max_users}" if cfg.max_users else ""
+    if not stats.get("users_seen"):
+        return (f"{train_path}: no CoT user{within}: no liked window with a user id and a structured history "
+                f"({stats.get('liked_windows', 0)} liked windows); the source split needs liked records")
+    return (f"{train_path}: no CoT user{within}: for none of the {stats['users_seen']} users is the true next item "
+            f"among the {cfg.candidate_num} candidates of its {cfg.neighbor_num} most similar users, so no CoT "
+            "record could be written; raise --max_users, --neighbor_num or --candidate_num, or add --ensure_target "
+            "(insert the true item)")
 
 
 def teacher_failure(state: RunState, cfg: CotConfig, todo: list, answered: int) -> str | None:

@@ -31,6 +31,24 @@ def is_cot_file(records: list[dict]) -> bool:
     return "stage" in first or first.get("instruction") in prompts.COT_INSTRUCTION_STAGES
 
 
+def not_cot_message(path, record: dict) -> str:
+    """Why the first record of a file is not a CoT record: its instruction is none of the three stages'."""
+    instruction = str(record.get("instruction", ""))
+    shown = repr(instruction[:60]) + ("..." if len(instruction) > 60 else "")
+    return (f"{where(path, record=0)}: not a CoT record: no 'stage' field, and its instruction {shown} is not one "
+            "of the three CoT stage instructions of the TLRec authors' preprocess_data.py (a file of their format "
+            "must use them verbatim; or give every record a 'stage': 1, 2 or 3)")
+
+
+def looks_like_cot(records: list[dict]) -> bool:
+    """A file meant as CoT data whose stage cannot be told: its first record's output is free text (more than a
+    few words), not a Yes/No answer or a typo of one."""
+    if not records or is_cot_file(records):
+        return False
+    output = records[0].get("output")
+    return isinstance(output, str) and len(output.split()) > 3 and prompts.label_of(output) is None
+
+
 def cot_records_from(raw: list[dict], path) -> list[dict]:
     """Validated CoT records with an integer `stage`: our cot_train.json (a `stage` field) or the TLRec authors'
     released `cot_data/stage123.json` (instruction/input/output only: the stage is the one whose instruction the
@@ -66,7 +84,6 @@ def load_cot_records(path) -> list[dict]:
     if not raw:
         raise InputError(f"{path}: no records")
     if not is_cot_file(raw):
-        raise InputError(f"{where(path, record=0)}: not a CoT record (no 'stage' and not one of the three CoT "
-                         "stage instructions)")
+        raise InputError(not_cot_message(path, raw[0]))
     return cot_records_from(raw, path)
 

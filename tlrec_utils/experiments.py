@@ -82,13 +82,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def setting_key(setting) -> str:
+def setting_key(setting, where: str = "settings") -> str:
     s = str(setting).strip().lower()
     if s in ("zero-shot", "zero_shot", "zeroshot", "0"):
         return "zero-shot"
     s = s.lstrip("k")
     if not s.isdigit():
-        raise InputError(f"settings: {setting!r} is neither zero-shot nor a K")
+        raise InputError(f"{where}: {setting!r} is neither zero-shot nor a K")
+    if int(s) < 1:
+        raise InputError(f"{where}: {setting!r}: K must be at least 1 (the setting without target records is "
+                         "written zero-shot)")
     return f"k{int(s)}"
 
 
@@ -219,9 +222,10 @@ def load_config(path, overrides: list[str] | None = None) -> GridConfig:
 
 def grid_config(raw: dict, path: str) -> GridConfig:
     """A GridConfig from a config file's mapping (`path` names it in errors)."""
+    from .arguments import BaselineArguments
     from .baselines.registry import BASELINES
-    from .pipeline import PipelineConfig
-    from .validation import check_config_values, check_number, check_output_dir
+    from .pipeline import METHODS, PipelineConfig
+    from .validation import check_number, check_output_dir, check_seed, check_settings
 
     config = _typed(GridConfig, raw, path)
     config.path = path
@@ -237,8 +241,11 @@ def grid_config(raw: dict, path: str) -> GridConfig:
         config.seeds = list(range(config.seeds))
     elif not config.seeds:
         raise InputError(f"{path}: seeds must be a positive integer or a list of integers, got []")
-    config.settings = [setting_key(s) for s in config.settings]
-    config.backbone_settings = [setting_key(s) for s in (config.backbone_settings or config.settings)]
+    for seed in config.seeds:
+        check_seed(f"{path}: seeds", seed)
+    config.settings = [setting_key(s, f"{path}: settings") for s in config.settings]
+    config.backbone_settings = [setting_key(s, f"{path}: backbone_settings")
+                                for s in (config.backbone_settings or config.settings)]
     check_number(f"{path}: test_limit", config.test_limit, 1)
     check_output_dir(config.output_dir, f"{path}: output_dir")
     for group, methods in (("methods", config.methods), ("ablations", config.ablations)):
@@ -246,6 +253,11 @@ def grid_config(raw: dict, path: str) -> GridConfig:
             if method.baseline is not None and method.baseline not in BASELINES:
                 raise InputError(f"{path}: method {method.name!r}: unknown baseline {method.baseline!r} "
                                  f"(one of {', '.join(BASELINES)})")
+            if method.baseline is not None:  # its options: run_baselines flags, checked as run_baselines would
+                check_settings((BaselineArguments,), method.options, path, f"{group}: {method.name!r}: options.")
+            if method.variant is not None and method.variant not in METHODS:
+                raise InputError(f"{path}: {group}: method {method.name!r}: unknown variant {method.variant!r} "
+                                 f"(a run_pipeline method: {', '.join(METHODS)})")
             pipeline_method = method.pipeline is not None and method.variant is not None
             if method.same_as is None and method.baseline is None and not pipeline_method:
                 raise InputError(f"{path}: {group}: method {method.name!r} needs 'baseline', or 'pipeline' and "
@@ -257,8 +269,68 @@ def grid_config(raw: dict, path: str) -> GridConfig:
             if not isinstance(options, dict):
                 raise InputError(f"{path}: {where_} must be a mapping of run_pipeline settings")
             settings = {k: v for k, v in options.items() if k != "config"}  # `config`: run_pipeline's file
-            check_config_values(settings, (PipelineConfig,), f"{path}: {where_}")
+            check_settings((PipelineConfig,), settings, path, f"{where_}.")  # every value, mappings included
+    for n, step in enumerate(config.setup):
+        types_ = script_arguments(step.script)
+        if types_ is None and not (REPO_ROOT / step.script).is_file():
+            raise InputError(f"{path}: setup entry {n}: script {step.script!r} not found (setup runs an entry "
+                             f"script of {REPO_ROOT}: {', '.join(ENTRY_SCRIPTS)})")
+        if types_ is not None:
+            check_settings(types_, step.args, path, f"setup entry {n}: args.")
     return config
+
+
+ENTRY_SCRIPTS = ("run_prepare_data.py", "run_cot_generation.py", "run_tuning.py", "run_eval.py", "run_pipeline.py",
+                 "run_baselines.py")
+
+
+def script_arguments(script: str) -> tuple | None:
+    """The dataclasses an entry script parses its flags into (a setup step's args are checked against them);
+    None for another script."""
+    from . import arguments as A
+
+    if script == "run_prepare_data.py":
+        from .prepare import PrepareConfig
+
+        return PrepareConfig, A.KShotArguments
+    if script == "run_cot_generation.py":
+        from .cot import CotConfig
+
+        return (CotConfig,)
+    if script in ("run_tuning.py", "run_eval.py"):
+        from .pipeline import phase_argument_types
+
+        return phase_argument_types("tuning" if script == "run_tuning.py" else "eval")
+    if script == "run_baselines.py":
+        return (A.BaselineArguments,)
+    if script == "run_pipeline.py":
+        from .pipeline import PipelineConfig
+
+        return (PipelineConfig,)
+    return None
+
+
+def check_grid(config: GridConfig, cells: list[Cell], launcher: str = "local") -> None:
+    """What only the merged settings of a pipeline run show, before any cell or setup step runs: each pipeline
+    cell's run_pipeline config (the grid's `pipeline`, the run's and the backbone's settings over the file
+    `pipeline.config` names) parses and holds every variant a method asks of it. `launcher` local: the cells run
+    here, so `launcher: accelerate` needs the command now."""
+    from .pipeline import check_launcher, check_values
+
+    for cell in cells:
+        if cell.script != "run_pipeline.py":
+            continue
+        cfg = cell_pipeline_config(config, cell)
+        check_values(cfg)
+        for out in cell.outputs:
+            variant = out["metrics"].split("/", 1)[0]
+            if variant not in cfg.methods:
+                run = cell.name.removeprefix("pipeline-")
+                raise InputError(f"{config.path}: method {out['method']!r}: variant {variant!r} is not a method of "
+                                 f"pipeline run {run!r} (its methods: {', '.join(cfg.methods)}); add it to "
+                                 f"pipeline_runs.{run}.methods")
+        if launcher == "local":
+            check_launcher(cfg)
 
 
 def flags(options: dict, explicit_bools: bool = False) -> list[str]:
@@ -388,7 +460,9 @@ def is_finished(config, cell: Cell) -> bool:
 
 def cell_argv(config, cell: Cell) -> list[str]:
     out = str(cell_dir(config, cell))
-    return cell.args + (["--output_dir", out] if cell.script == "run_baselines.py" else ["--run_dir", out])
+    if cell.script == "run_baselines.py":
+        return cell.args + ["--output_dir", out]
+    return ["--run_dir", out] + cell.args  # first: a `tuning_args` list takes the rest of the line
 
 
 def write_cell_json(config, cell: Cell) -> None:
@@ -414,6 +488,8 @@ def run_setup(config, in_process: bool = True, download: bool = False, mirror: s
     for n, step in enumerate(config.setup):
         if Path(step.creates).exists():
             continue
+        if script_arguments(step.script) is None and not (REPO_ROOT / step.script).is_file():
+            raise InputError(f"{config.path}: setup entry {n}: script {step.script!r} not found")
         args = dict(step.args)
         if step.script == "run_prepare_data.py" and "k_shot" not in args:
             args.update({"download": True} if download else {}, **({"mirror": mirror} if mirror else {}))

@@ -58,6 +58,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -226,6 +227,11 @@ class PipelineConfig:
         default_factory=list, metadata={"help": "Extra `accelerate launch` flags, e.g. --main_process_port 29600."}
     )
 
+    def check_values(self):
+        """Every value checked without reading a file or building anything, the settings handed on to
+        run_tuning / run_eval / run_prepare_data included (`check_values` below)."""
+        check_values(self)
+
 
 MAPPINGS = ("tuning", "cot_tuning", "source_tuning", "kshot_tuning", "eval")
 
@@ -233,7 +239,8 @@ MAPPINGS = ("tuning", "cot_tuning", "source_tuning", "kshot_tuning", "eval")
 # ---- phase arguments from run_tuning's and run_eval's own dataclasses ---------------------------------------
 
 
-def _dataclass_fields(kind: str) -> dict[str, dataclasses.Field]:
+def phase_argument_types(kind: str) -> tuple:
+    """The dataclasses a tuning (run_tuning.py) or eval (run_eval.py) phase parses its flags into."""
     from .arguments import (
         DataArguments,
         EvalArguments,
@@ -242,10 +249,14 @@ def _dataclass_fields(kind: str) -> dict[str, dataclasses.Field]:
         TuningTrainingArguments,
     )
 
-    types = (ModelArguments, LoraArguments, DataArguments, TuningTrainingArguments) if kind == "tuning" else (
-        ModelArguments, EvalArguments)
+    if kind == "tuning":
+        return ModelArguments, LoraArguments, DataArguments, TuningTrainingArguments
+    return ModelArguments, EvalArguments
+
+
+def _dataclass_fields(kind: str) -> dict[str, dataclasses.Field]:
     out = {}
-    for t in types:
+    for t in phase_argument_types(kind):
         for f in dataclasses.fields(t):
             out.setdefault(f.name, f)
     return out
@@ -281,7 +292,13 @@ def to_flags(mapping: dict) -> list[str]:
     return flags({k: v for k, v in mapping.items() if v is not None}, explicit_bools=True)
 
 
-def check_config(cfg: PipelineConfig) -> None:
+def check_values(cfg: PipelineConfig) -> None:
+    """The config's values, every one, before any phase runs, reading no file: methods, K, seeds, numbers, and
+    what is handed on to the phases' scripts, parsed with the dataclasses those scripts parse them into
+    (`tuning`, `cot_tuning`, ..., `eval`: keys, types, choices, ranges; `tuning_args` and `*_prepare_args`:
+    their flags). Errors name the flag (`--tuning.learning_rate`); read from a config file, the file and key."""
+    from .validation import check_number, check_seed, check_settings
+
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
         raise InputError(f"--methods: unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
@@ -289,47 +306,93 @@ def check_config(cfg: PipelineConfig) -> None:
         raise InputError(f"--methods: {cfg.methods} names a method twice")
     if cfg.teacher not in ("heuristic", "openai", "published"):
         raise InputError(f"--teacher must be heuristic, openai or published, got {cfg.teacher!r}")
-    if any(k < 1 for k in cfg.k_shots):
-        raise InputError(f"--k_shots must be positive, got {cfg.k_shots}")
+    if not cfg.k_shots:
+        raise InputError("--k_shots: give at least one K")
+    for k in cfg.k_shots:
+        check_number("--k_shots", k, 1)
+    if not cfg.seeds:
+        raise InputError("--seeds: give at least one seed")
+    for seed in cfg.seeds:
+        check_seed("--seeds", seed)
     if cfg.launcher not in ("inprocess", "accelerate"):
         raise InputError(f"--launcher must be inprocess or accelerate, got {cfg.launcher!r}")
-    if cfg.num_processes is not None and cfg.num_processes < 1:
-        raise InputError(f"--num_processes must be >= 1, got {cfg.num_processes}")
-    if cfg.accelerate_config and not Path(cfg.accelerate_config).is_file():
-        raise InputError(f"--accelerate_config {cfg.accelerate_config}: file not found")
-    for name in MAPPINGS:
-        mapping = getattr(cfg, name)
-        if not isinstance(mapping, dict):
-            raise InputError(f"--{name}: expected a mapping of run_{'eval' if name == 'eval' else 'tuning'} "
-                             f"settings, got {type(mapping).__name__}")
-        known = _dataclass_fields("eval" if name == "eval" else "tuning")
-        reserved = PIPELINE_EVAL_KEYS if name == "eval" else PIPELINE_TUNING_KEYS
-        bad = sorted(set(mapping) - set(known))
-        if bad:
-            script = "run_eval.py" if name == "eval" else "run_tuning.py"
-            raise InputError(f"--{name}: {', '.join(bad)} {'is not a' if len(bad) == 1 else 'are not'} {script} "
-                             "setting(s)")
-        taken = sorted(set(mapping) & reserved)
-        if taken:
-            raise InputError(f"--{name}: {', '.join(taken)} is set by the pipeline itself (see PipelineConfig: "
-                             "base_model, start_adapter, *_epochs, k_shots, seeds, test_limit, validate)")
-    if cfg.start_adapter and setting(cfg, "tuning", "finetune") != "lora":
-        raise InputError("--start_adapter needs LoRA tuning (finetune: lora); for full fine-tuning give the merged "
-                         "start model as --base_model")
-    if cfg.cot_file and not Path(cfg.cot_file).is_file():
-        raise InputError(f"{cfg.cot_file}: CoT file not found (cot_file)")
-    if cfg.prompt_template is not None:
-        from .prompts import get_template
-
-        get_template(cfg.prompt_template)  # an unknown name fails before any phase runs
-    from .validation import check_number
-
     for name in ("tiny_vocab_size", "tiny_hidden_size", "test_limit", "source_records", "cot_max_users",
                  "cot_max_length", "num_processes"):
         check_number(f"--{name}", getattr(cfg, name), 1)
     check_number("--max_windows", cfg.max_windows, 0)
     for name in ("cot_epochs", "source_epochs", "kshot_epochs", "cot_max_cost"):
         check_number(f"--{name}", getattr(cfg, name), 0, exclusive_min=True)
+    for name in MAPPINGS:
+        mapping = getattr(cfg, name)
+        script = "run_eval.py" if name == "eval" else "run_tuning.py"
+        if not isinstance(mapping, dict):
+            raise InputError(f"--{name}: expected a mapping of {script} settings, got {type(mapping).__name__}")
+        known = _dataclass_fields("eval" if name == "eval" else "tuning")
+        bad = sorted(set(mapping) - set(known))
+        if bad:
+            raise InputError(f"--{name}.{bad[0]}: not a {script} setting (python {script} --help lists them)")
+        reserved = PIPELINE_EVAL_KEYS if name == "eval" else PIPELINE_TUNING_KEYS
+        taken = sorted(set(mapping) & reserved)
+        if taken:
+            raise InputError(f"--{name}.{taken[0]}: set by the pipeline itself (see PipelineConfig: "
+                             "base_model, start_adapter, *_epochs, k_shots, seeds, test_limit, validate)")
+        check_settings(phase_argument_types("eval" if name == "eval" else "tuning"), mapping, None, f"{name}.")
+    check_flags(phase_argument_types("tuning"), cfg.tuning_args, "--tuning_args", "run_tuning.py")
+    from .arguments import KShotArguments
+    from .prepare import PrepareConfig
+
+    for which in ("source", "target"):
+        check_flags((PrepareConfig, KShotArguments), getattr(cfg, f"{which}_prepare_args"),
+                    f"--{which}_prepare_args", "run_prepare_data.py")
+        files = getattr(cfg, f"{which}_files")
+        if files:
+            if not isinstance(files, dict) or sorted(files) != ["test", "train", "valid"]:
+                raise InputError(f"--{which}_files: expected a mapping with exactly train, valid and test, got "
+                                 f"{files!r}")
+            for split, name in files.items():
+                if not isinstance(name, str) or not name.strip():
+                    raise InputError(f"--{which}_files.{split}: expected a file path (under data_dir unless "
+                                     f"absolute), got {name!r}")
+    if cfg.start_adapter and setting(cfg, "tuning", "finetune") != "lora":
+        raise InputError("--start_adapter needs LoRA tuning (finetune: lora); for full fine-tuning give the merged "
+                         "start model as --base_model")
+    if cfg.prompt_template is not None:
+        from .prompts import get_template
+
+        get_template(cfg.prompt_template)  # an unknown name fails before any phase runs
+
+
+def check_flags(dataclass_types, argv: list[str], flag: str, script: str) -> dict:
+    """Extra flags handed on to a script (`--tuning_args`, `--source_prepare_args`) parsed now as that script
+    parses them (HfArgumentParser over its dataclasses) and their values checked: {field: value} given."""
+    if not argv:
+        return {}
+    from transformers import HfArgumentParser
+
+    from .arguments import _optional
+    from .errors import _one_line_argparse
+    from .validation import check_settings
+
+    parser = HfArgumentParser([_optional(t) for t in dataclass_types])
+    argv = [str(a) for a in argv]
+    dests = {option: action.dest for action in parser._actions for option in action.option_strings}
+    try:
+        with _one_line_argparse():
+            parsed, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise InputError(f"unrecognized arguments {' '.join(unknown)} (not {script} flags)")
+        given = {dests[a.split("=")[0]] for a in argv if a.split("=")[0] in dests} - {"help"}
+        return check_settings(dataclass_types, {name: getattr(parsed, name) for name in given})
+    except InputError as exc:
+        raise InputError(f"{flag}: {exc}") from None
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    check_values(cfg)
+    if cfg.accelerate_config and not Path(cfg.accelerate_config).is_file():
+        raise InputError(f"--accelerate_config {cfg.accelerate_config}: file not found")
+    if cfg.cot_file and not Path(cfg.cot_file).is_file():
+        raise InputError(f"{cfg.cot_file}: CoT file not found (cot_file)")
     # the raw data must be there before run_dir is made (not needed once a data phase is complete)
     for which, subdir, dataset in (("source", cfg.source_subdir, cfg.source_dataset),
                                    ("target", cfg.target_subdir, cfg.target_dataset)):
@@ -339,6 +402,10 @@ def check_config(cfg: PipelineConfig) -> None:
             split_links(cfg, which)  # checks the mapping and that every file exists
             continue
         raw = _raw_dir(cfg, subdir)
+        if not raw.is_dir() and cfg.download:  # --download will make it: a file or a locked folder fails now
+            from .validation import check_writable_dir
+
+            check_writable_dir(raw, "--data_dir" if cfg.data_dir else "data directory")
         if not raw.is_dir() and not cfg.download:
             flag = "--data_dir" if cfg.data_dir else "data directory"
             raise InputError(f"{flag}: {raw} not found (raw files of the {which} dataset {dataset}; "
@@ -373,6 +440,15 @@ class Phase:
         if self.launched and cfg.launcher == "accelerate":
             return [*launcher_prefix(cfg), script, *self.argv]
         return [sys.executable, script, *self.argv]
+
+
+def check_launcher(cfg: PipelineConfig) -> None:
+    """`launcher: accelerate` needs the `accelerate` command here (checked where the phases run, not in the plan:
+    a SLURM job's environment may differ from the login node's)."""
+    if cfg.launcher == "accelerate" and shutil.which("accelerate") is None:
+        raise InputError("--launcher accelerate: the `accelerate` command is not on PATH (pip install accelerate, "
+                         "or activate the environment that has it; --launcher inprocess runs every phase in this "
+                         "process)")
 
 
 def launcher_prefix(cfg: PipelineConfig) -> list[str]:
@@ -478,6 +554,11 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
                 source = Path(cfg.cot_file).resolve()
             else:  # DATA_DIR/tlrec-cot/stage123.json, fetched and verified with --download
                 from .download import release_file
+                from .paths import data_dir
+                from .validation import check_writable_dir
+
+                if cfg.download and not (data_dir(cfg.data_dir) / "tlrec-cot" / "stage123.json").is_file():
+                    check_writable_dir(data_dir(cfg.data_dir) / "tlrec-cot", "--data_dir")
 
                 source = release_file("tlrec-cot", "stage123.json", cfg.data_dir, download=cfg.download,
                                       mirror=cfg.mirror).resolve()
@@ -732,12 +813,51 @@ def _finished_earlier(phase: Phase) -> bool:
     return False
 
 
+def phase_outputs(phase: Phase) -> list[Path]:
+    """The files later phases read from a finished phase (checked when it is skipped as complete)."""
+    from .training import FINISHED_MARKER
+
+    if phase.kind == "tuning":
+        return [phase.dir / FINISHED_MARKER]
+    if phase.kind == "eval":
+        return [phase.dir / "metrics.json"]
+    if phase.kind == "prepare":
+        return [phase.dir / f"{split}.json" for split in ("train", "valid", "test", "items")]
+    if phase.kind == "cot":
+        return [phase.dir / "cot_train.json"]
+    if phase.kind == "model":
+        return [phase.dir / "config.json"]
+    return []
+
+
+def completed(phase: Phase) -> dict | None:
+    """What the phase's `phase_done.json` says, or None when the phase has not finished. A marker that cannot be
+    read, or whose phase's files are gone, is an InputError saying how to run the phase again."""
+    marker = phase.dir / PHASE_DONE
+    if not marker.is_file():
+        return None
+    rerun = f"delete {marker} (or the whole {phase.dir}) and rerun to run phase {phase.name!r} again"
+    try:
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if not isinstance(done, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{marker}: unreadable ({'empty' if not marker.stat().st_size else exc}): the phase may "
+                         f"be incomplete; {rerun}") from None
+    missing = [p.name for p in phase_outputs(phase) if not p.is_file()]
+    if missing:
+        raise InputError(f"{marker}: the phase is marked complete but {', '.join(missing)} is gone from "
+                         f"{phase.dir} (files deleted?): the phase is incomplete; {rerun}")
+    return done
+
+
 def run_phase(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None) -> dict:
     """Run `phase` unless its directory holds the marker; write the marker last."""
     marker = phase.dir / PHASE_DONE
-    if marker.is_file():
+    done = completed(phase)
+    if done is not None:
         logger.info("[%s] complete, skipped (%s)", phase.name, phase.dir)
-        return json.loads(marker.read_text())
+        return done
     started = time.time()
     if _finished_earlier(phase):
         note = {"note": "finished by an earlier run"}
@@ -773,6 +893,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or resume) every phase; returns {"variants": {method: {setting: metrics}}, "config": ...} and writes
     it to run_dir/results.json."""
     phases = pipeline_phases(cfg)
+    check_launcher(cfg)
+    for phase in phases:  # a damaged finished phase fails now, before any phase runs
+        completed(phase)
     started = time.time()
     run_dir = Path(cfg.run_dir).resolve()
     with run_dir_lock(run_dir), _Signals() as signals:

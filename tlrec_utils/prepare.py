@@ -119,6 +119,11 @@ def fetch_raw_files(cfg: PrepareConfig) -> Path:
         if name is None:
             raise missing_files_error(cfg.dataset, raw_dir, ["raw files"], what="--download has no published "
                                       f"release for this dataset (only for {', '.join(dl.RELEASES)})")
+        from .validation import check_writable_dir
+
+        if not cfg.raw_dir:  # the data directory itself first: a file there is named as --data_dir
+            check_writable_dir(raw_dir.parent, "--data_dir" if cfg.data_dir else "data directory")
+        check_writable_dir(raw_dir, "--raw_dir" if cfg.raw_dir else "--data_dir")
         dl.fetch_missing(name, raw_dir, cfg.mirror)
     return raw_dir
 

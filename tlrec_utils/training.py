@@ -39,13 +39,15 @@ def load_training_records(paths) -> list[dict]:
     """Records of all training files. CoT files (records with `stage`, or the TLRec authors' stage123.json whose
     records carry one of the three stage instructions) may have free-form outputs; every other record must be a
     Yes/No record."""
-    from .cot_records import cot_records_from, is_cot_file
+    from .cot_records import cot_records_from, is_cot_file, looks_like_cot, not_cot_message
 
     out = []
     for path in paths:
         raw = read_json_list(path)
         if is_cot_file(raw):
             out.extend(cot_records_from(raw, path))
+        elif looks_like_cot(raw):  # free-text answers: CoT data whose first instruction is not a stage's
+            raise InputError(not_cot_message(path, raw[0]))
         else:
             if any("stage" in r for r in raw):
                 raise InputError(f"{path}: some records have a 'stage' and some do not; keep CoT and Yes/No "

@@ -4,8 +4,10 @@ config-file values against the dataclass they fill. Each failure is an InputErro
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -28,6 +30,14 @@ def check_number(flag: str, value, minimum=None, maximum=None, allow_none: bool 
         high = "" if maximum is None else f"<= {maximum}"
         raise InputError(f"{flag} must be {' and '.join(p for p in (low, high) if p)}, got {value}")
     return value
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds
+
+
+def check_seed(flag: str, value):
+    """A seed numpy, torch and random all take: an integer in [0, 2**32 - 1] (None passes)."""
+    return check_number(flag, value, 0, SEED_MAX)
 
 
 def comma_list(flag: str, text, choices=None) -> list[str]:
@@ -59,8 +69,8 @@ def _check_creatable(flag: str, path: Path) -> None:
         raise InputError(f"{flag} {path}: no permission to write in {base}")
 
 
-def check_output_dir(path, flag: str = "--output_dir") -> Path:
-    """An output directory that exists or can be created and written, checked before any work starts."""
+def check_writable_dir(path, flag: str) -> Path:
+    """A directory that exists or can be created, and can be written (no crash-log side effect)."""
     if path is None or not str(path).strip():
         raise InputError(f"{flag}: empty path (give a directory)")
     path = Path(path).expanduser()
@@ -71,6 +81,12 @@ def check_output_dir(path, flag: str = "--output_dir") -> Path:
             raise InputError(f"{flag} {path}: no permission to write in this directory")
     else:
         _check_creatable(flag, path)
+    return path
+
+
+def check_output_dir(path, flag: str = "--output_dir") -> Path:
+    """An output directory that exists or can be created and written, checked before any work starts."""
+    path = check_writable_dir(path, flag)
     from .errors import note_output_dir
 
     note_output_dir(path)
@@ -227,6 +243,11 @@ def _conforms(value, tp) -> tuple[bool, object]:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; the flag would parse it
+            try:
+                value = float(value)
+            except ValueError:
+                return False, value
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
         return ok, float(value) if ok else value
     if tp is str:
@@ -246,25 +267,88 @@ def _type_name(tp) -> str:
         tp, _describe(tp))
 
 
-def check_config_values(values: dict, dataclass_types, path) -> dict:
+def check_config_values(values: dict, dataclass_types, path, prefix: str = "") -> dict:
     """Type- and choice-checked copy of `values` (a config file's mapping) for the fields of `dataclass_types`:
-    unknown keys, wrong types (`seeds: abc`) and values outside a field's choices name the key and the file."""
+    unknown keys, wrong types (`seeds: abc`) and values outside a field's choices name the key and the file
+    (`prefix`: the key path above these keys, e.g. `tuning.`; `path` None: no file, the keys are flags)."""
     fields = {}
     for dc in dataclass_types:
         hints = typing.get_type_hints(dc)
         for f in dataclasses.fields(dc):
             if f.init:
                 fields.setdefault(f.name, (hints.get(f.name, f.type), f.metadata.get("choices")))
-    unknown = sorted(k for k in values if k not in fields)
+    loc = f"{path}: " if path is not None else ""
+
+    def name(key) -> str:
+        return f"{prefix}{key}" if path is not None else f"--{prefix}{key}"
+
+    unknown = sorted(str(k) for k in values if k not in fields)
     if unknown:
-        raise InputError(f"{path}: unknown setting(s) {', '.join(map(str, unknown))}")
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        above = f"{name('')[:-1]}: " if prefix else ""  # `tuning: `, `--tuning: `
+        raise InputError(f"{loc}{above}unknown setting(s) {', '.join(unknown)}{hint}")
     out = {}
     for key, value in values.items():
         tp, choices = fields[key]
         ok, conv = _conforms(value, tp)
         if not ok:
-            raise InputError(f"{path}: {key}: expected {_type_name(tp)}, got {value!r}")
+            raise InputError(f"{loc}{name(key)}: expected {_type_name(tp)}, got {value!r}")
         if choices and conv is not None and conv not in choices:
-            raise InputError(f"{path}: {key}: {conv!r} is not one of {', '.join(map(str, choices))}")
+            raise InputError(f"{loc}{name(key)}: {conv!r} is not one of {', '.join(map(str, choices))}")
         out[key] = conv
     return out
+
+
+def relabel(message: str, names, path=None, prefix: str = "") -> str:
+    """An error message about flags (`--num_negatives must be >= 1`) as one about a config file's keys:
+    `PATH: PREFIXnum_negatives must be >= 1` (only the `names` given: the fields of the checked dataclasses).
+    Without `path` the names stay flags: `--PREFIXnum_negatives`."""
+    names = set(names)
+
+    def sub(m):
+        if m.group(1) not in names:
+            return m.group(0)
+        return f"{prefix}{m.group(1)}" if path is not None else f"--{prefix}{m.group(1)}"
+
+    text = re.sub(r"(?<![\w-])--([A-Za-z_]\w*)", sub, message)
+    return f"{path}: {text}" if path is not None else text
+
+
+def field_defaults(dataclass_types) -> dict:
+    """{field: default} of every init field (None where the field has no default)."""
+    out = {}
+    for dc in dataclass_types:
+        for f in dataclasses.fields(dc):
+            if not f.init or f.name in out:
+                continue
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+            else:
+                out[f.name] = None
+    return out
+
+
+def check_settings(dataclass_types, values: dict, path=None, prefix: str = "") -> dict:
+    """Every value of `values` (settings for these dataclasses: a config file's mapping, or a mapping handed on
+    to another script) checked now, without reading any file or building anything: unknown keys, types and
+    choices (check_config_values), then each dataclass's own `check_values` (ranges, comma lists, exclusions)
+    on the defaults overlaid with `values`. Errors name `path` and the key path (`PREFIXkey`). Returns the
+    type-checked values."""
+    if not isinstance(values, dict):
+        loc = f"{path}: " if path is not None else ""
+        raise InputError(f"{loc}{prefix.rstrip('.') or 'settings'}: expected a mapping, got {type(values).__name__}")
+    checked = check_config_values(values, dataclass_types, path, prefix)
+    merged = types.SimpleNamespace(**{**field_defaults(dataclass_types), **checked})
+    names = [f.name for dc in dataclass_types for f in dataclasses.fields(dc)]
+    for dc in dataclass_types:
+        check = dc.__dict__.get("check_values")
+        if check is None:
+            continue
+        try:
+            check(merged)
+        except InputError as exc:
+            raise InputError(relabel(str(exc), names, path, prefix)) from None
+    return checked

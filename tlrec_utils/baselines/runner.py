@@ -42,6 +42,9 @@ def run_baseline(
 ) -> dict:
     train = load_structured(train_file)
     test = load_structured(test_file)
+    for flag, path, records in (("--train_file", train_file, train), ("--test_file", test_file, test)):
+        if not records:
+            raise InputError(f"{flag} {path}: no records (an empty list); give a file of prepared records")
     if test_limit:  # the first N, as run_eval's --limit and the pipeline's test_limit take them
         test = test[:test_limit]
     valid = load_structured(valid_file) if valid_file else None
