@@ -118,6 +118,9 @@ class DataArguments:
                           "the summary's `effect`."},
     )
     effect_records: int = field(default=128, metadata={"help": "Score the first N records of each effect file."})
+    effect_max_length: int | None = field(
+        default=None, metadata={"help": "max_length of the effect files' prompts (default: --max_length)."}
+    )
     heldout_records: int = field(
         default=0,
         metadata={"help": "Hold out the last N training records of each CoT stage (of all records without stages) "
@@ -137,6 +140,7 @@ class DataArguments:
         check_number("--max_length", self.max_length, 8)
         check_number("--max_val_records", self.max_val_records, 1)
         check_number("--effect_records", self.effect_records, 1)
+        check_number("--effect_max_length", self.effect_max_length, 8)
         check_number("--heldout_records", self.heldout_records, 0)
         for spec in self.effect_files:
             name, sep, path = spec.partition("=")

@@ -275,7 +275,7 @@ def _model_keys() -> set[str]:
 # keys the pipeline sets itself (chaining, data, K, seed): not settable through the mappings
 PIPELINE_TUNING_KEYS = {"base_model", "output_dir", "train_files", "init_adapter", "k_shot", "val_file", "seed",
                         "num_train_epochs", "overwrite_output_dir", "resume_from_checkpoint", "effect_files",
-                        "effect_records", "heldout_records"}
+                        "effect_records", "effect_max_length", "heldout_records"}
 PIPELINE_EVAL_KEYS = {"base_model", "output_dir", "test_file", "items_file", "adapter", "limit"}
 
 
@@ -544,6 +544,7 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
                 "effect_files": [f"{w}={data[w] / 'valid.json'}"
                                  for w in (("target",) if phase_kind == "kshot" else ("source", "target"))],
                 "effect_records": cfg.effect_records,
+                "effect_max_length": setting(cfg, "tuning", "max_length"),  # the rec length, in the CoT phase too
                 "heldout_records": cfg.cot_heldout_records if phase_kind == "cot" else None}
         if cfg.validate:
             steps = kshot_eval_steps(k_shot if phase_kind == "kshot" else None)
@@ -890,10 +891,12 @@ def _fmt(value) -> str:
 
 
 def format_table(results: dict, k: int = NDCG_K) -> str:
-    """A Markdown table: one row per setting, AUC and NDCG@k (sampled and per user) per method."""
+    """A Markdown table: one row per setting, AUC and NDCG@k (sampled and per user, those measured) per method."""
     names = list(results["variants"])
     settings = list(dict.fromkeys(s for n in names for s in results["variants"][n]))
     cols = [("AUC", "auc"), (f"NDCG@{k}", ndcg_key(k)), (f"NDCG@{k} user", ndcg_key(k, per_user=True))]
+    measured = {key for n in names for m in results["variants"][n].values() for key in (m or {})}
+    cols = [c for c in cols if c[1] in measured] or cols  # e.g. no sampled-NDCG column under metrics=auc
     header = ["setting"] + [f"{n} {label}" for n in names for label, _ in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in settings:

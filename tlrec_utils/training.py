@@ -196,7 +196,8 @@ def effect_sets(data_args, tokenizer, answer, template, heldout: list[dict], tra
         records = load_records(path, require_label=True)[: data_args.effect_records]
         if not records:
             raise InputError(f"--effect_files {path}: no records")
-        scoring = RecordEncoder(tokenizer, data_args.max_length, answer, template=template)
+        scoring = RecordEncoder(tokenizer, data_args.effect_max_length or data_args.max_length, answer,
+                                template=template)
         sets[name] = (path, validation_dataset(records, scoring, path))
     if heldout:
         sets["heldout"] = (None, [train_encoder.training_features(r, f"held-out record {i}")
