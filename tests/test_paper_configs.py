@@ -19,13 +19,16 @@ def _last(argv, flag):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_paper_config_dry_run(name, data_dir, capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_paper_config_dry_run(name, data_dir, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # another working directory: the file's paths are read from its folder
     output_dir = REPO / "runs" / "experiments" / name
     existed = output_dir.exists()
-    assert run_experiments.main(["--config", f"configs/experiments/{name}.yaml", "--dry_run"]) == 0
+    assert run_experiments.main(["--config", str(REPO / f"configs/experiments/{name}.yaml"), "--dry_run"]) == 0
     out = capsys.readouterr().out
-    assert output_dir.exists() == existed  # nothing written
+    assert output_dir.exists() == existed and not list(tmp_path.iterdir())  # nothing written
+    assert f"--output_dir {output_dir}/runs/" in out  # output_dir: ../../runs/... of the file
+    if name != "paper_backbones":  # start_adapter: ../../models/... of paper_recipe.yaml, the file it names
+        assert f"--init_adapter {REPO / 'models' / 'alpaca-lora-7B'} " in out
     phases = [line.split("]  ", 1) for line in out.splitlines() if line.startswith("  todo  [")]
     commands = {}
     for key, cmd in phases:  # the first cell's phases (backbones: the main rows)

@@ -541,9 +541,10 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
 
 def _config_values(path, types, hints: dict, mappings: list[str], known_only: bool) -> dict:
     from .fileio import read_config_file
+    from .paths import resolve_config_paths
     from .validation import check_settings
 
-    values = read_config_file(path)
+    values = resolve_config_paths(read_config_file(path), path)  # relative paths: from the file's folder
     if known_only:
         values = {k: v for k, v in values.items() if k in hints}
     for name in mappings:  # `eval:` with nothing under it

@@ -2,8 +2,8 @@
 run directory; finished cells are skipped; local or SLURM array execution; then Table 1 and the figures.
 
 Config (YAML or JSON; typed by `GridConfig` and the dataclasses beside it: an unknown key or a wrong type is one
-error line naming the key and the file), e.g. configs/experiments/movie_tiny.yaml (paths relative to the working
-directory):
+error line naming the key and the file), e.g. configs/experiments/movie_tiny.yaml (relative paths are read from
+the config file's folder, see `resolve_grid_paths`):
 
     name: movie_tiny
     output_dir: experiments/movie_tiny
@@ -216,8 +216,35 @@ def load_config(path, overrides: list[str] | None = None) -> GridConfig:
     types, seeds, settings, baseline names and pipeline options fail here with the key and the file, before any
     cell runs."""
     path = Path(path)
-    raw = apply_overrides(read_config_file(path), overrides or [])
+    raw = apply_overrides(resolve_grid_paths(read_config_file(path), path), overrides or [])
     return grid_config(raw, str(path))
+
+
+def resolve_grid_paths(raw: dict, path) -> dict:
+    """A grid file's relative paths taken from its folder (paths.resolve_config_paths): output_dir, the target and
+    source files, setup steps (creates, their args), baseline options and every run_pipeline mapping (its
+    `config` file included)."""
+    from .paths import resolve_config_paths
+
+    out = resolve_config_paths(raw, path, keys={"output_dir"})
+    for domain in ("target", "source"):
+        out[domain] = resolve_config_paths(raw.get(domain), path, keys="all")
+    if isinstance(raw.get("setup"), list):
+        out["setup"] = [{**resolve_config_paths(step, path, keys={"creates"}),
+                         "args": resolve_config_paths(step.get("args"), path)} if isinstance(step, dict) else step
+                        for step in raw["setup"]]
+    for group in ("methods", "ablations"):
+        if isinstance(raw.get(group), list):
+            out[group] = [{**m, "options": resolve_config_paths(m["options"], path)}
+                          if isinstance(m, dict) and isinstance(m.get("options"), dict) else m for m in raw[group]]
+    out["pipeline"] = resolve_config_paths(raw.get("pipeline"), path)
+    if isinstance(raw.get("pipeline_runs"), dict):
+        out["pipeline_runs"] = {k: resolve_config_paths(v, path) for k, v in raw["pipeline_runs"].items()}
+    if isinstance(raw.get("backbones"), list):
+        out["backbones"] = [{**b, "pipeline": resolve_config_paths(b["pipeline"], path)}
+                            if isinstance(b, dict) and isinstance(b.get("pipeline"), dict) else b
+                            for b in raw["backbones"]]
+    return {k: v for k, v in out.items() if v is not None or k in raw}
 
 
 def grid_config(raw: dict, path: str) -> GridConfig:
@@ -654,7 +681,10 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             continue
         pipeline = config.setdefault("pipeline", {})
         if "config" in pipeline:  # inline the pipeline config file, so an override can also unset its values
-            inlined = read_config_file(Path(pipeline.pop("config")))
+            from .paths import resolve_config_paths
+
+            nested = Path(pipeline.pop("config"))
+            inlined = resolve_config_paths(read_config_file(nested), nested)
             for name, val in pipeline.items():
                 inlined[name] = {**inlined[name], **val} if isinstance(val, dict) and isinstance(
                     inlined.get(name), dict) else val
