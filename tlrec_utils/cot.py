@@ -378,7 +378,8 @@ def run(cfg: CotConfig) -> dict:
 
             lines = list(responses.values())
             cot = cot_records(lines, kind, cfg.hit_match)
-            if cot:  # none: an error below, not an empty file a tuning run would take
+            nothing = not cot and not state.stop_reason and not users.pending(responses)  # all asked, none hit
+            if not nothing:  # nothing: an error below, not an empty file a tuning run would take
                 atomic_write_json(output_dir / "cot_train.json", cot, indent=1)
             stage_entries = [e for stages in progress.values() for e in stages.values()]
             prompt_tokens = sum(e["prompt_tokens"] for e in stage_entries)
@@ -413,7 +414,7 @@ def run(cfg: CotConfig) -> dict:
             failure = teacher_failure(state, cfg, todo, len(responses) - answered_before)
             if failure:
                 raise InputError(failure)
-            if not cot and not state.stop_reason and not summary["users_remaining"]:
+            if nothing:
                 raise InputError(
                     f"{output_dir}: no CoT record written: none of the {len(lines)} answered users hit (--hit_match "
                     f"{cfg.hit_match}: the true item in the teacher's Stage-3 answer); ask more users (raise "
