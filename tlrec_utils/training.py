@@ -170,7 +170,6 @@ class TLRecTrainer(Trainer):
 # ---- the phase's effect: held-out records scored by the start model and by the trained model ----------------
 
 EFFECT_BEFORE = "effect_before.json"  # the start model's scores, kept so that a resumed run still reports them
-UNCHANGED = 1e-7  # a largest change of P(Yes) (or of the held-out loss) at most this: the model did not move
 
 
 def split_heldout(records: list[dict], n: int) -> tuple[list[dict], list[dict]]:
