@@ -66,7 +66,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, InputError
+from .errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
 from .fileio import atomic_write_json, atomic_write_text
 from .metrics import NDCG_K, ndcg_key
 from .paths import REPO_ROOT
@@ -657,7 +657,7 @@ def execute(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None):
             link.unlink()
         link.symlink_to(target)
         lines.append(shlex.join(["ln", "-sfn", str(target), str(link)]))
-    atomic_write_text(phase.dir / "command.txt", "\n".join(lines + [shlex.join(command)]) + "\n")
+    atomic_write_text(phase.dir / "command.txt", mask_secrets("\n".join(lines + [shlex.join(command)]) + "\n"))
     if phase.launched and cfg.launcher == "accelerate":
         log = phase.dir / "log.txt"
         logger.info("[%s] %s (output: %s)", phase.name, shlex.join(command[:4]) + " ...", log)
@@ -782,7 +782,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for phase in phases:
         if phase.kind == "eval":
             results[phase.method][phase.setting] = json.loads((phase.dir / "metrics.json").read_text())
-    out = {"variants": results, "config": asdict(cfg), "wall_time_s": round(time.time() - started, 1)}
+    out = {"variants": results, "config": mask_secrets_in(asdict(cfg)), "wall_time_s": round(time.time() - started, 1)}
     atomic_write_json(run_dir / "results.json", json.loads(json.dumps(out, default=str)))
     return out
 
