@@ -383,10 +383,12 @@ def test_error_after_a_progress_bar_starts_its_own_line(mirror, tmp_path):
     (split at newlines only, as a log file or grep sees it), and the failed download left no folder."""
     rel = download.RELEASES["netflix"]
     mirror.faults = {mirror_path(rel.url("train.csv")): "drop"}
-    proc = run_cli("--dataset", "windows-csv", "--data_dir", tmp_path / "data", "--output_dir", tmp_path / "out",
-                   "--download", "--mirror", mirror.url)
-    assert proc.returncode == 2, proc.stderr
-    assert "train.csv" in proc.stderr and "\r" in proc.stderr  # the bar was drawn
-    errors = [line for line in proc.stderr.split("\n") if line.startswith("error: ")]
-    assert len(errors) == 1 and "connection dropped after" in errors[0], repr(proc.stderr)
+    proc = subprocess.run([sys.executable, str(REPO / "run_prepare_data.py"), "--dataset", "windows-csv", "--data_dir",
+                           str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), "--download", "--mirror",
+                           mirror.url], capture_output=True, cwd=REPO, check=False)  # bytes: '\r' kept as it is
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert "\rtrain.csv:" in stderr  # the bar was drawn
+    errors = [line for line in stderr.split("\n") if line.startswith("error: ")]
+    assert len(errors) == 1 and "connection dropped after" in errors[0], repr(stderr)
     assert not (tmp_path / "data").exists()
