@@ -74,7 +74,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, InputError
+from .errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
 from .fileio import atomic_write_json, atomic_write_text
 from .metrics import NDCG_K, ndcg_key
 from .paths import REPO_ROOT
@@ -420,9 +420,9 @@ def check_config(cfg: PipelineConfig) -> None:
             continue
         raw = _raw_dir(cfg, subdir)
         if not raw.is_dir() and cfg.download:  # --download will make it: a file or a locked folder fails now
-            from .validation import check_writable_dir
+            from .validation import check_output_dir
 
-            check_writable_dir(raw, "--data_dir" if cfg.data_dir else "data directory")
+            check_output_dir(raw, "--data_dir" if cfg.data_dir else "data directory")
         if not raw.is_dir() and not cfg.download:
             flag = "--data_dir" if cfg.data_dir else "data directory"
             raise InputError(f"{flag}: {raw} not found (raw files of the {which} dataset {dataset}; "
@@ -573,10 +573,10 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
             else:  # DATA_DIR/tlrec-cot/stage123.json, fetched and verified with --download
                 from .download import release_file
                 from .paths import data_dir
-                from .validation import check_writable_dir
+                from .validation import check_output_dir
 
                 if cfg.download and not (data_dir(cfg.data_dir) / "tlrec-cot" / "stage123.json").is_file():
-                    check_writable_dir(data_dir(cfg.data_dir) / "tlrec-cot", "--data_dir")
+                    check_output_dir(data_dir(cfg.data_dir) / "tlrec-cot", "--data_dir")
 
                 source = release_file("tlrec-cot", "stage123.json", cfg.data_dir, download=cfg.download,
                                       mirror=cfg.mirror).resolve()
@@ -765,7 +765,7 @@ def execute(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None):
             link.unlink()
         link.symlink_to(target)
         lines.append(shlex.join(["ln", "-sfn", str(target), str(link)]))
-    atomic_write_text(phase.dir / "command.txt", "\n".join(lines + [shlex.join(command)]) + "\n")
+    atomic_write_text(phase.dir / "command.txt", mask_secrets("\n".join(lines + [shlex.join(command)]) + "\n"))
     if phase.launched and cfg.launcher == "accelerate":
         log = phase.dir / "log.txt"
         logger.info("[%s] %s (output: %s)", phase.name, shlex.join(command[:4]) + " ...", log)
@@ -1002,7 +1002,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for phase in phases:
         if phase.kind == "eval":
             results[phase.method][phase.setting] = json.loads((phase.dir / "metrics.json").read_text())
-    out = {"variants": results, "phases": effects, "warnings": warnings, "config": asdict(cfg),
+    out = {"variants": results, "phases": effects, "warnings": warnings, "config": mask_secrets_in(asdict(cfg)),
            "wall_time_s": round(time.time() - started, 1)}
     atomic_write_json(run_dir / "results.json", json.loads(json.dumps(out, default=str)))
     return out

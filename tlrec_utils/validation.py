@@ -69,8 +69,8 @@ def _check_creatable(flag: str, path: Path) -> None:
         raise InputError(f"{flag} {path}: no permission to write in {base}")
 
 
-def check_writable_dir(path, flag: str) -> Path:
-    """A directory that exists or can be created, and can be written (no crash-log side effect)."""
+def check_output_dir(path, flag: str = "--output_dir") -> Path:
+    """An output directory that exists or can be created and written, checked before any work starts."""
     if path is None or not str(path).strip():
         raise InputError(f"{flag}: empty path (give a directory)")
     path = Path(path).expanduser()
@@ -81,15 +81,6 @@ def check_writable_dir(path, flag: str) -> Path:
             raise InputError(f"{flag} {path}: no permission to write in this directory")
     else:
         _check_creatable(flag, path)
-    return path
-
-
-def check_output_dir(path, flag: str = "--output_dir") -> Path:
-    """An output directory that exists or can be created and written, checked before any work starts."""
-    path = check_writable_dir(path, flag)
-    from .errors import note_output_dir
-
-    note_output_dir(path)
     return path
 
 
