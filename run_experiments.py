@@ -33,7 +33,7 @@ def main(argv=None):
     if args.run_phase:
         return X.run_one_phase(config, cells, *args.run_phase)
     if args.cells_file is not None:
-        X.run_cell(config, X.cell_from_index(config, cells, args.cells_file, args.cell_index))
+        X.run_cell(config, X.cell_from_index(config, cells, args.cells_file, args.cell_index), on_change=args.on_change)
         return 0
     if args.dry_run and args.launcher == "slurm":  # the plan and its job scripts, nothing submitted
         X.submit_slurm_chains(config, cells, args.config, args.override, dry_run=True)
@@ -48,7 +48,7 @@ def main(argv=None):
             X.submit_slurm_chains(config, cells, args.config, args.override)
             return 0
         try:
-            failures = X.run_local(config, cells, in_process=not args.subprocess)
+            failures = X.run_local(config, cells, in_process=not args.subprocess, on_change=args.on_change)
         except X.GridInterrupted as exc:
             print(f"interrupted: {exc}; rerun the same command to resume", file=sys.stderr)
             return EXIT_INTERRUPTED
