@@ -42,7 +42,7 @@ def numbers(results: dict, run_dir: Path) -> dict:
 
 
 def statuses(results: dict) -> dict:
-    return {key: entry["status"] for key, entry in results["phases"].items()}
+    return {key: entry["status"] for key, entry in results["provenance"].items()}
 
 
 ALL = ["data/source", "data/target", "tallrec/eval/zero_shot", "tallrec/k16_seed3", "tallrec/eval/k16_seed3",
@@ -54,7 +54,7 @@ def test_each_kind_of_change_reruns_exactly_the_affected_phases(data_dir, tmp_pa
     caplog.set_level(logging.INFO)
     run_dir = tmp_path / "run"
     first = run(base_config(run_dir, data_dir, tiny_llama))
-    assert list(first["phases"]) == ALL and set(statuses(first).values()) == {"run"}
+    assert list(first["provenance"]) == ALL and set(statuses(first).values()) == {"run"}
 
     changes = [  # (what changes, the phases it must redo)
         ("kshot tuning", {"kshot_tuning": {"learning_rate": 5e-3}},
@@ -78,7 +78,7 @@ def test_each_kind_of_change_reruns_exactly_the_affected_phases(data_dir, tmp_pa
         assert len(reused_lines) == 1 and len(rerun_lines) == 1, what
         assert all(k in rerun_lines[0] for k in redo)
         on_disk = json.loads((run_dir / "results.json").read_text())
-        assert on_disk["phases"] == resumed["phases"] and on_disk["fingerprint"] == resumed["fingerprint"]
+        assert on_disk["provenance"] == resumed["provenance"] and on_disk["fingerprint"] == resumed["fingerprint"]
         fresh_dir = tmp_path / f"fresh-{len(settings)}"
         fresh = run(base_config(fresh_dir, data_dir, tiny_llama, **settings))
         got, want = numbers(resumed, run_dir), numbers(fresh, fresh_dir)
