@@ -7,7 +7,9 @@ results/table1.md + .csv (mean ± std, t-test stars) and the ablation / backbone
     python run_experiments.py --config configs/experiments/paper_movie.yaml --slurm         # dependent SLURM jobs
     python run_experiments.py --config configs/experiments/paper_movie.yaml --report_only   # table + figures
 
-Rerunning skips finished cells (a cell is finished when its metrics.json exists).
+Rerunning skips finished cells (a cell is finished when its metrics.json exists and was made from this config:
+fingerprints); a cell whose settings changed is redone (--on_change error refuses instead). Table 1 and
+results/results.json hold only the cells of this config; results left on disk by others are listed as stale.
 """
 
 import os
