@@ -367,6 +367,7 @@ def test_a_truncated_release_file_already_present_is_refused_or_fetched_again(mi
     assert meta["skipped"]["malformed_rows"] == 0
     assert set(meta["skipped"]["malformed_rows_by_file"]) == {str(folder / f) for f in (
         "item_mapping.csv", "train.csv", "valid.csv", "test.csv")}
+    assert download.verify_present("netflix", folder) == []  # the fetched copy checked once more, then cached
     cached = json.loads((folder / download.VERIFIED_FILE).read_text())
     assert set(cached) == set(download.RELEASES["netflix"].files)
 

@@ -807,10 +807,19 @@ def _external_inputs(phase: Phase, run_dir: Path) -> list[str]:
     adapter, CoT file, DeepSpeed config, ...) and the published files its links point to. Inside run_dir the
     upstream phases' fingerprints stand for their outputs."""
     paths = {str(t) for t in phase.links.values()}
-    for arg in phase.argv:
-        if os.sep in arg and not arg.startswith("-") and not arg.startswith(str(run_dir)):
-            paths.add(arg)
+    for path in _command_paths(phase):
+        if not path.startswith(str(run_dir)):
+            paths.add(path)
     return sorted(paths)
+
+
+def _command_paths(phase: Phase) -> list[str]:
+    """The values of a phase's command that may be paths: `PATH` or `NAME=PATH` (e.g. --effect_files)."""
+    out = []
+    for arg in phase.argv:
+        if os.sep in arg and not arg.startswith("-"):
+            out.append(arg.split("=", 1)[1] if "=" in arg and os.sep not in arg.split("=", 1)[0] else arg)
+    return out
 
 
 def phase_fingerprint(cfg: PipelineConfig, phase: Phase, upstream: dict[str, str]) -> tuple[str, dict]:
@@ -835,8 +844,9 @@ def phase_fingerprint(cfg: PipelineConfig, phase: Phase, upstream: dict[str, str
         if cfg.accelerate_config:
             launch["accelerate_config"] = path_fingerprint(cfg.accelerate_config)
     # the phases whose output it reads (a phase's directory is run_dir/<key>): named in its command
-    reads = [key for key in phase.after if any(arg == str(run_dir / key) or arg.startswith(f"{run_dir / key}{os.sep}")
-                                               for arg in phase.argv)]
+    paths = _command_paths(phase)
+    reads = [key for key in phase.after
+             if any(path == str(run_dir / key) or path.startswith(f"{run_dir / key}{os.sep}") for path in paths)]
     what = {"script": phase.script, "argv": _normalized_argv(phase.argv, run_dir), "inputs": inputs,
             "after": {key: upstream.get(key) for key in reads}, "launch": launch}
     return fingerprint(what), what

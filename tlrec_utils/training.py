@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -386,14 +387,24 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     """Train and save to `training_args.output_dir` (one run_tuning per output_dir at a time: an exclusive lock,
     taken by the first process of a launch). Returns the exit status: 0, or EXIT_INTERRUPTED after a SIGTERM
     (a checkpoint was saved; rerunning the same command resumes from it)."""
+    from .validation import check_output_dir
+
+    check_output_dir(training_args.output_dir, "--output_dir")
+    with contextlib.ExitStack() as held:
+        return _tune(model_args, lora_args, data_args, training_args, held)
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path):
+    """The exclusive lock on OUTPUT/.tuning.lock (fileio.exclusive_lock), saying who holds it; taken after every
+    check and before the first write, by the first process of a launch only."""
     import socket
 
     from .fileio import exclusive_lock
-    from .validation import check_output_dir
 
-    output_dir = check_output_dir(training_args.output_dir, "--output_dir")
     if not _is_main_launch_process():
-        return _tune(model_args, lora_args, data_args, training_args)
+        yield
+        return
 
     def busy(holder: str) -> str:
         return f"{output_dir} is in use by another run_tuning ({holder or 'another process'}); wait for it or stop it"
@@ -403,10 +414,10 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
         f.truncate()
         f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
         f.flush()
-        return _tune(model_args, lora_args, data_args, training_args)
+        yield
 
 
-def _tune(model_args, lora_args, data_args, training_args) -> int:
+def _tune(model_args, lora_args, data_args, training_args, held) -> int:
     import json
     import time
 
@@ -499,6 +510,7 @@ def _tune(model_args, lora_args, data_args, training_args) -> int:
     if training_args.gradient_checkpointing:
         training_args.gradient_checkpointing = False  # already enabled (with input grads for LoRA)
 
+    held.enter_context(output_dir_lock(output_dir))  # every check passed: from here on this run writes
     sigterm = SaveOnSigterm()
     callbacks = [sigterm, RecordFingerprint({"fingerprint": fp, "what": what})]
     if training_args.early_stopping_patience:
