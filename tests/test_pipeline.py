@@ -187,7 +187,8 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     assert {entry["status"] for entry in again["provenance"].values()} == {"reused"}
     # the resumed source rec-tuning says so, and its phase was this run's (same fingerprint)
     assert results["provenance"]["tlrec/source_tuning"]["status"] == "resumed"
-    assert summary["resumed_from"]["same_run"] is True and summary["resumed_from"]["forced"] is False
+    resumed_from = json.loads((source_tuning / "tuning_summary.json").read_text())["resumed_from"]
+    assert resumed_from["same_run"] is True and resumed_from["forced"] is False
 
 
 def test_a_phase_that_changes_nothing_warns_and_a_broken_chain_stops_the_run(data_dir, tmp_path, monkeypatch, caplog):

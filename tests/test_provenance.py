@@ -69,7 +69,9 @@ def test_each_kind_of_change_reruns_exactly_the_affected_phases(data_dir, tmp_pa
     for what, change, redo in changes:
         settings.update(change)
         caplog.clear()
-        resumed = run(base_config(run_dir, data_dir, tiny_llama, **settings))
+        options = dict(settings)
+        model = options.pop("base_model", tiny_llama)
+        resumed = run(base_config(run_dir, data_dir, model, **options))
         got = statuses(resumed)
         assert {k for k, s in got.items() if s == "rerun"} == redo, what
         assert {k for k, s in got.items() if s == "reused"} == set(ALL) - redo, what
@@ -80,7 +82,7 @@ def test_each_kind_of_change_reruns_exactly_the_affected_phases(data_dir, tmp_pa
         on_disk = json.loads((run_dir / "results.json").read_text())
         assert on_disk["provenance"] == resumed["provenance"] and on_disk["fingerprint"] == resumed["fingerprint"]
         fresh_dir = tmp_path / f"fresh-{len(settings)}"
-        fresh = run(base_config(fresh_dir, data_dir, tiny_llama, **settings))
+        fresh = run(base_config(fresh_dir, data_dir, model, **options))
         got, want = numbers(resumed, run_dir), numbers(fresh, fresh_dir)
         assert {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)} == {}, what
         assert fresh["fingerprint"] == resumed["fingerprint"], what  # the same settings: the same fingerprint

@@ -485,9 +485,6 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
     explicit = resume is not None
     if resume is None and not training_args.overwrite_output_dir:
         resume = last_checkpoint(output_dir)  # like run_clm.py: a rerun continues where it stopped
-    resumed = None
-    if resume and Path(resume).is_dir():
-        resumed = check_resume(resume, fp, what, explicit, training_args.force_resume, output_dir)
     if lora_args.init_adapter or resume:
         from .modeling import check_weights_fit, model_skeleton
 
@@ -499,6 +496,7 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
                 raise InputError(f"--resume_from_checkpoint {resume}: directory not found")
             check_weights_fit(resume, model_args, "checkpoint", skeleton)
         del skeleton
+    resumed = check_resume(resume, fp, what, explicit, training_args.force_resume, output_dir) if resume else None
 
     if training_args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         deepspeed_safe_arch_list()
