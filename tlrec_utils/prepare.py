@@ -124,17 +124,18 @@ def fetch_raw_files(cfg: PrepareConfig) -> Path:
         raise InputError(f"--raw_dir is required for --dataset {cfg.dataset} (no published release to read)")
     else:
         raw_dir = resolve_data_dir(cfg.data_dir) / name
+    if cfg.download and name is not None:  # the folder --download fills: a file or a locked folder fails now
+        from .validation import check_output_dir
+
+        if not cfg.raw_dir:  # the data directory itself first: a file there is named as --data_dir
+            check_output_dir(raw_dir.parent, "--data_dir" if cfg.data_dir else "data directory")
+        check_output_dir(raw_dir, "--raw_dir" if cfg.raw_dir else "--data_dir")
     if name is not None and (cfg.download or cfg.release or not cfg.raw_dir):  # the release's own folder
         dl.verify_present(name, raw_dir, cfg.download)
     if cfg.download:
         if name is None:
             raise missing_files_error(cfg.dataset, raw_dir, ["raw files"], what="--download has no published "
                                       f"release for this dataset (only for {', '.join(dl.RELEASES)})")
-        from .validation import check_output_dir
-
-        if not cfg.raw_dir:  # the data directory itself first: a file there is named as --data_dir
-            check_output_dir(raw_dir.parent, "--data_dir" if cfg.data_dir else "data directory")
-        check_output_dir(raw_dir, "--raw_dir" if cfg.raw_dir else "--data_dir")
         dl.fetch_missing(name, raw_dir, cfg.mirror, stall_s=cfg.download_stall_s, deadline_s=cfg.download_deadline_s)
     return raw_dir
 
