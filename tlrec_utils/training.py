@@ -56,6 +56,18 @@ def load_training_records(paths) -> list[dict]:
     return out
 
 
+def stage_records(records: list[dict], stages, source: str) -> list[dict]:
+    """The CoT records of `stages` (--stages): the authors train on the Stage-3 records only."""
+    if "stage" not in records[0]:
+        raise InputError(f"--stages: {source} holds Yes/No records, not CoT records with a stage")
+    kept = [r for r in records if r["stage"] in set(stages)]
+    if not kept:
+        found = sorted({r["stage"] for r in records})
+        raise InputError(f"--stages {' '.join(map(str, stages))}: {source} has no record of these stages "
+                         f"(it has stages {', '.join(map(str, found))})")
+    return kept
+
+
 def training_dataset(records: list[dict], encoder, source: str) -> list[dict]:
     features = [encoder.training_features(r, where(source, record=i)) for i, r in enumerate(records)]
     encoder.report(source, len(records))
@@ -230,7 +242,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     from transformers import EarlyStoppingCallback
 
     from .fileio import atomic_write_json, move_contents
-    from .kshot import sample_k_shot
+    from .kshot import authors_order, sample_k_shot
     from .modeling import load_base_model, load_tokenizer, prepare_for_training
     from .prompts import resolve_template, save_template
     from .tokenization import RecordEncoder, derive_answer_tokens
@@ -247,9 +259,12 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
 
     # data first: bad input fails before the model loads
     train_records = load_training_records(data_args.train_files)
+    if data_args.stages:
+        train_records = stage_records(train_records, data_args.stages, ", ".join(data_args.train_files))
+    k_shot_seed = training_args.seed if data_args.k_shot_seed is None else data_args.k_shot_seed
     if data_args.k_shot:
-        train_records = sample_k_shot(train_records, data_args.k_shot, training_args.seed,
-                                      source=", ".join(data_args.train_files))
+        train_records = authors_order(sample_k_shot(train_records, data_args.k_shot, k_shot_seed,
+                                                    source=", ".join(data_args.train_files)), k_shot_seed)
     val_records = None
     if data_args.val_file:
         val_records = load_records(data_args.val_file, require_label=True)
@@ -270,7 +285,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     tokenizer = load_tokenizer(model_args.base_model, model_args.trust_remote_code)
     answer = derive_answer_tokens(tokenizer, template) if val_records is not None else None
     encoder = RecordEncoder(tokenizer, data_args.max_length, answer, train_on_inputs=data_args.train_on_inputs,
-                            template=template)
+                            template=template, truncation=data_args.truncation)
     train_features = training_dataset(train_records, encoder, ", ".join(data_args.train_files))
     train_truncations = dict(encoder.truncations)
     val_features = None
@@ -280,11 +295,14 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
         loss_encoder = None
         if training_args.metric_for_best_model in ("loss", "eval_loss"):
             loss_encoder = RecordEncoder(tokenizer, data_args.max_length, answer,
-                                         train_on_inputs=data_args.train_on_inputs, template=template)
+                                         train_on_inputs=data_args.train_on_inputs, template=template,
+                                         truncation=data_args.truncation)
         val_features = validation_dataset(val_records, val_encoder, data_args.val_file, loss_encoder)
-    stages = [r["stage"] for r in train_records] if "stage" in train_records[0] else None
-    if stages is not None:
-        logger.info("CoT records with stages %s: curriculum %s", sorted(set(stages)), data_args.curriculum)
+    staged = "stage" in train_records[0]
+    stages = [r["stage"] for r in train_records] if staged and data_args.curriculum != "trainer" else None
+    if staged:
+        logger.info("CoT records with stages %s: curriculum %s", sorted({r["stage"] for r in train_records}),
+                    data_args.curriculum)
 
     # adapter and checkpoint against the base model (from file headers), before any weight loads
     resume = training_args.resume_from_checkpoint
@@ -352,13 +370,16 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
             "train_files": list(data_args.train_files),
             "train_records": len(train_records),
             "k_shot": data_args.k_shot,
+            "k_shot_seed": k_shot_seed if data_args.k_shot else None,
             "seed": training_args.seed,
+            "stages": sorted({r["stage"] for r in train_records}) if staged else None,
+            "truncation": data_args.truncation,
             "val_file": data_args.val_file,
             "val_records": len(val_records) if val_records is not None else 0,
             "max_length": data_args.max_length,
             "prompt_template": template.name,
             "truncated_train_records": train_truncations,
-            "curriculum": data_args.curriculum if stages is not None else None,
+            "curriculum": data_args.curriculum if staged else None,
             "global_step": trainer.state.global_step,
             "train_loss": result.training_loss,
             "best_metric": trainer.state.best_metric,
