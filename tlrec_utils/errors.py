@@ -134,7 +134,7 @@ def setup_logging(level=None) -> None:
     """Plain logging on stderr; `TLREC_LOG_LEVEL` (e.g. WARNING) quiets it."""
     if level is None:
         level = os.environ.get("TLREC_LOG_LEVEL", "INFO").upper()
-    if not isinstance(level, int) and level not in logging.getLevelNamesMapping():
+    if not isinstance(level, int) and not isinstance(logging.getLevelName(level), int):  # a name it knows: its number
         level = logging.INFO
     root = logging.getLogger()
     if not root.handlers:
