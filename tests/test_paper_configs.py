@@ -156,7 +156,7 @@ def test_paper_commands_keep_the_old_effective_values(no_data_machine):
                 assert not repeated, f"{config_name} {cell.path} {key}: {repeated} given twice"
                 assert values == _issue18_changes(config_name, cell.path, key, old), f"{config_name} {cell.path} {key}"
                 checked += 1
-    assert checked >= 80
+    assert checked == sum(len(c) for cells in old_all.values() for c in cells.values()) > 70
 
 
 def test_override_without_value_is_input_error(monkeypatch):

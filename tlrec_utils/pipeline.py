@@ -124,6 +124,12 @@ class PipelineConfig:
         default_factory=list,
         metadata={"help": "Extra run_prepare_data flags for the source (e.g. --target_style item)."},
     )
+    source_target_style: str | None = field(
+        default=None,
+        metadata={"help": "run_prepare_data --target_style of the source records: item keeps an item text as it is "
+                          "(the authors' Amazon-Book targets `\"Title\" written by Author`), wrap quotes it; "
+                          "default: run_prepare_data's."},
+    )
     source_files: dict = field(
         default_factory=dict,
         metadata={"help": "Published records as the source splits, {train: F, valid: F, test: F} (paths under "
@@ -509,6 +515,8 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
 
             argv += ["--download"] + (["--release", subdir] if subdir in RELEASES else [])
             argv += ["--mirror", cfg.mirror] if cfg.mirror else []
+        if which == "source" and cfg.source_target_style:
+            argv += ["--target_style", cfg.source_target_style]
         argv += list(cfg.source_prepare_args if which == "source" else cfg.target_prepare_args)
         phases.append(Phase(f"data/{which}", f"prepare {which}", "prepare", data[which], "run_prepare_data.py", argv,
                             links={raw / name: target for name, target in links.items()}))
