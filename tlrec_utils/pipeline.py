@@ -325,6 +325,8 @@ def check_config(cfg: PipelineConfig, check_data: bool = True) -> None:
         raise InputError(f"--teacher must be heuristic, openai or published, got {cfg.teacher!r}")
     if any(k < 1 for k in cfg.k_shots):
         raise InputError(f"--k_shots must be positive, got {cfg.k_shots}")
+    if cfg.source_target_style not in (None, "wrap", "item"):
+        raise InputError(f"--source_target_style must be wrap or item, got {cfg.source_target_style!r}")
     if not cfg.cot_stages or any(s not in (1, 2, 3) for s in cfg.cot_stages):
         raise InputError(f"--cot_stages must be CoT stages (1, 2, 3), got {cfg.cot_stages}")
     from .arguments import CURRICULUM_MODES
