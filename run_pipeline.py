@@ -24,7 +24,15 @@ def parse_args(argv=None):
 @cli_entry
 def main(argv=None):
     from tlrec_utils.errors import EXIT_INTERRUPTED
-    from tlrec_utils.pipeline import PhaseFailed, PhaseInterrupted, format_table, run_pipeline, setting
+    from tlrec_utils.pipeline import (
+        PhaseFailed,
+        PhaseInterrupted,
+        format_effects,
+        format_table,
+        method_lines,
+        run_pipeline,
+        setting,
+    )
 
     cfg = parse_args(argv)
     from tlrec_utils.validation import check_output_dir
@@ -39,6 +47,14 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_table(results, setting(cfg, "eval", "ndcg_k")))
+    if results["phases"]:
+        print("\nEach tuning phase on held-out records (first the start model, then the trained one):\n")
+        print(format_effects(results))
+    print("\nWhat this run shows (AUC with its 95% interval):")
+    for line in method_lines(results):
+        print(f"- {line}")
+    for warning in results["warnings"]:
+        print(f"warning: {warning}")
     print(f"wall time {results['wall_time_s']:.0f} s; results in {cfg.run_dir}/results.json")
     return 0
 

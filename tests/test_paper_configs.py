@@ -134,8 +134,9 @@ def _issue18_changes(config: str, cell: str, key: str, old: dict) -> dict:
 
 
 def test_paper_commands_keep_the_old_effective_values(no_data_machine):
-    """Each flag once, and its value the one the old repeated form gave (last wins), except what issue 18
-    changes (listed in _issue18_changes); checked on the same phases of every pipeline cell of the three configs."""
+    """Each flag once, and every flag of the old repeated form still there with the value it had (last wins),
+    except what issue 18 changes (listed in _issue18_changes); checked on the same phases of every pipeline cell of
+    the three configs."""
     from tlrec_utils import experiments as X
     from tlrec_utils.paths import data_dir
 
@@ -154,7 +155,9 @@ def test_paper_commands_keep_the_old_effective_values(no_data_machine):
                 argv = [a.replace(str(REPO), "<REPO>").replace(data, "<DATA>") for a in argv]
                 values, repeated = _flag_values(argv)
                 assert not repeated, f"{config_name} {cell.path} {key}: {repeated} given twice"
-                assert values == _issue18_changes(config_name, cell.path, key, old), f"{config_name} {cell.path} {key}"
+                expected = _issue18_changes(config_name, cell.path, key, old)
+                # flags added by later features (absent from the old commands) are not compared
+                assert {k: values.get(k) for k in expected} == expected, f"{config_name} {cell.path} {key}"
                 checked += 1
     assert checked == sum(len(c) for cells in old_all.values() for c in cells.values()) > 70
 

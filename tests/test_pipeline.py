@@ -18,9 +18,12 @@ from tlrec_utils.errors import InputError
 from tlrec_utils.metrics import auc
 from tlrec_utils.pipeline import (
     PHASE_DONE,
+    PhaseFailed,
     PhaseInterrupted,
     PipelineConfig,
+    format_effects,
     format_table,
+    method_lines,
     pipeline_phases,
     run_dir_lock,
 )
@@ -146,6 +149,29 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
             scores[variant, setting] = tuple(p["p_yes"] for p in preds)
     assert len(set(scores.values())) == len(scores)  # each setting scored by its own model: no two alike
     assert json.loads((run_dir / "results.json").read_text())["variants"] == results["variants"]
+    # each tuning phase moved its held-out figure: the same records scored by its start model and its trained model
+    effects = results["phases"]
+    assert set(effects) == {"tlrec/cot_tuning", "tlrec/source_tuning", "tlrec/k16_seed3", "tallrec/k16_seed3"}
+    assert effects["tlrec/cot_tuning"]["held_out"] == "held-out CoT loss"
+    assert effects["tlrec/cot_tuning"]["after"] < effects["tlrec/cot_tuning"]["before"]  # it learned the CoT text
+    assert effects["tlrec/source_tuning"]["held_out"] == "source valid AUC"
+    assert effects["tallrec/k16_seed3"]["held_out"] == "target valid AUC"
+    assert not any(e["unchanged"] for e in effects.values()) and results["warnings"] == []
+    for key in effects:
+        summary = json.loads((run_dir / key / "tuning_summary.json").read_text())["effect"]
+        expected = {"cot_tuning": {"source", "target", "heldout"}, "source_tuning": {"source", "target"}}
+        assert set(summary) == expected.get(key.split("/")[1], {"target"})  # K-shot: the target records only
+        # the first effect_records (128) of each valid split: the Movie one has 30 here (300 windows)
+        assert summary["target"]["records"] == 30 and summary.get("source", {"records": 128})["records"] == 128
+        assert json.loads((run_dir / key / PHASE_DONE).read_text())["effect"] == summary
+    # the chain, figure by figure: a phase starts where the one it continues ended (on the same records), and
+    # every phase from the start model starts alike; the interrupted source phase kept its start figures
+    for key, parent in chain.items():
+        mine = json.loads((run_dir / key / "tuning_summary.json").read_text())["effect"]["target"]["before"]
+        ref = (json.loads((run_dir / parent / "tuning_summary.json").read_text())["effect"]["target"]["after"]
+               if parent else json.loads((run_dir / "tlrec/cot_tuning/tuning_summary.json").read_text())
+               ["effect"]["target"]["before"])
+        assert mine == pytest.approx(ref, abs=1e-6)
     table = format_table(results)
     assert table.count("\n") == 3 and "tlrec AUC" in table and "tallrec NDCG@10" in table
 
@@ -156,6 +182,45 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     assert phase_markers(run_dir) == after
     skipped = [r for r in caplog.records if "complete, skipped" in r.getMessage()]
     assert len(skipped) == len(after)
+
+
+def test_a_phase_that_changes_nothing_warns_and_a_broken_chain_stops_the_run(data_dir, tmp_path, monkeypatch, caplog):
+    """A K-shot phase at learning rate 0 (its LoRA adapter stays zero) scores its held-out records exactly as its
+    start model: a warning naming the phase. A K-shot phase fed the start model instead of the source rec-tuned
+    one (a chain that dropped a phase) is caught by its start figures and stops the run."""
+    run_dir = tmp_path / "chain"
+    cfg = small_config(run_dir, data_dir, methods=["wo_cot"], source_records=64, eval={"metrics": "auc"},
+                       tuning_args=[], kshot_tuning={"learning_rate": 0.0})
+    caplog.set_level(logging.WARNING)
+    results = run(cfg)
+    source = results["phases"]["wo_cot/source_tuning"]
+    assert not source["unchanged"] and source["after"] != source["before"]
+    assert results["phases"]["wo_cot/k16_seed3"]["unchanged"]
+    (warning,) = results["warnings"]
+    assert warning.startswith("wo_cot: 16-shot target rec-tuning (seed 3): ") and "changed nothing" in warning
+    assert any(warning in r.getMessage() for r in caplog.records)
+    assert format_effects(results).count("(unchanged)") == 1
+    lines = method_lines(results)
+    assert len(lines) == 1 and lines[0].startswith("wo_cot: source valid AUC ") and "zero-shot test AUC" in lines[0]
+
+    # the K-shot phase rerun from the start model instead of wo_cot/source_tuning
+    planned = pipeline_module.pipeline_phases
+
+    def dropped_source_phase(cfg):
+        phases = planned(cfg)
+        for phase in phases:
+            if phase.key == "wo_cot/k16_seed3":
+                i = phase.argv.index("--init_adapter")
+                del phase.argv[i:i + 2]
+        return phases
+
+    monkeypatch.setattr(pipeline_module, "pipeline_phases", dropped_source_phase)
+    import shutil
+
+    shutil.rmtree(run_dir / "wo_cot" / "k16_seed3")
+    with pytest.raises(PhaseFailed, match="'wo_cot: 16-shot target rec-tuning \\(seed 3\\)' did not start from the "
+                                          "model wo_cot/source_tuning ended with"):
+        run(cfg)
 
 
 def test_ablation_methods_share_phases_and_cut_cot(data_dir, tmp_path):

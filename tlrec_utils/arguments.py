@@ -132,6 +132,21 @@ class DataArguments:
                           "or alpaca (clean alpaca-lora). Default: the one saved with --init_adapter / the base "
                           "model, else tallrec. Saved to output_dir/tlrec_prompt.json."},
     )
+    effect_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "The phase's effect: NAME=FILE ... Yes/No records scored by the start model before "
+                          "training and by the trained model after (AUC, loss, largest change of P(Yes)), into "
+                          "the summary's `effect`."},
+    )
+    effect_records: int = field(default=128, metadata={"help": "Score the first N records of each effect file."})
+    effect_max_length: int | None = field(
+        default=None, metadata={"help": "max_length of the effect files' prompts (default: --max_length)."}
+    )
+    heldout_records: int = field(
+        default=0,
+        metadata={"help": "Hold out the last N training records of each CoT stage (of all records without stages) "
+                          "from training; their loss before and after is the summary's effect `heldout`."},
+    )
 
     def __post_init__(self):
         from .validation import check_input_file
@@ -149,6 +164,14 @@ class DataArguments:
                 raise InputError(f"--stages: {stage} is not a CoT stage (1, 2 or 3)")
         check_number("--max_length", self.max_length, 8)
         check_number("--max_val_records", self.max_val_records, 1)
+        check_number("--effect_records", self.effect_records, 1)
+        check_number("--effect_max_length", self.effect_max_length, 8)
+        check_number("--heldout_records", self.heldout_records, 0)
+        for spec in self.effect_files:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise InputError(f"--effect_files: {spec!r} is not NAME=FILE")
+            check_input_file(path, "--effect_files")
 
 
 def _tuning_training_arguments():

@@ -253,6 +253,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
         for fn in score_fns:
             sfx, p_yes = key_suffix(fn), p_yes_from_stats(stats, fn)
             result[f"auc{sfx}"] = M.auc(labels, p_yes)
+            result[f"auc_ci95{sfx}"] = list(M.auc_interval(labels, result[f"auc{sfx}"]))
             value, users_ranked, reason = M.user_ndcg_or_reason(users, labels, p_yes, k)
             user_key = M.ndcg_key(k, per_user=True) + sfx
             result[user_key] = value

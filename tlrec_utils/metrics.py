@@ -35,6 +35,22 @@ def auc(labels, scores) -> float:
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
+def auc_interval(labels, value: float, z: float = 1.96) -> tuple[float, float]:
+    """The 95% interval (z = 1.96) of an AUC over independent records, from Hanley and McNeil's standard error
+    (Radiology 143, 1982): var = (A(1-A) + (P-1)(Q1-A^2) + (N-1)(Q2-A^2)) / (P N), Q1 = A/(2-A), Q2 = 2A^2/(1+A),
+    with P liked and N not-liked records; clipped to [0, 1]. NaN when the AUC is undefined."""
+    labels = np.asarray(labels)
+    n_pos = int((labels == 1).sum())
+    n_neg = int(labels.size - n_pos)
+    if not n_pos or not n_neg or math.isnan(value):
+        return float("nan"), float("nan")
+    q1, q2 = value / (2 - value), 2 * value * value / (1 + value)
+    var = (value * (1 - value) + (n_pos - 1) * (q1 - value * value) + (n_neg - 1) * (q2 - value * value)) / (
+        n_pos * n_neg)
+    half = z * math.sqrt(max(var, 0.0))
+    return max(0.0, value - half), min(1.0, value + half)
+
+
 def sampled_ndcg(target_score: float, negative_scores, k: int = NDCG_K) -> float:
     """NDCG@k of one relevant item ranked among sampled negatives (ties averaged)."""
     from sklearn.metrics import ndcg_score
@@ -88,4 +104,6 @@ def json_safe(value):
     """NaN -> None so metrics.json stays valid JSON."""
     if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value

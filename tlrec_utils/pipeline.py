@@ -38,7 +38,14 @@ Phases, each in its own directory under `run_dir`, each one command (`pipeline_p
     <method>/source_tuning/       run_tuning.py on source records: the zero-shot model
     <method>/k{K}_seed{S}/        run_tuning.py on K target records, for every K in k_shots and S in seeds
     <method>/eval/<setting>/      run_eval.py on the target test split: metrics.json, predictions.jsonl
-    results.json                  every method's metrics per setting (zero_shot, k16_seed0, ...)
+    results.json                  every method's metrics per setting (zero_shot, k16_seed0, ...); `phases`: each
+                                  tuning phase's held-out figure before and after it; `warnings`
+
+Each tuning phase's effect: run_tuning scores fixed held-out records before its first step and after its last
+(`effect_files`): CoT tuning the loss on held-out CoT records (`cot_heldout_records` per stage, kept out of
+training), source rec-tuning the source valid AUC, K-shot rec-tuning the target valid AUC (the first
+`effect_records` of each valid split). A phase whose model scores them exactly as its start model did is a
+warning naming it; one whose start figures are not those the model it continues ended with stops the run.
 
 Phase arguments: the run_tuning / run_eval flags come from the `tuning` and `eval` mappings (keys = the fields of
 tlrec_utils.arguments' dataclasses, checked against them; their defaults are those of run_tuning/run_eval) plus
@@ -217,6 +224,14 @@ class PipelineConfig:
     k_shots: list[int] = field(default_factory=lambda: [16, 64, 256])
     seeds: list[int] = field(default_factory=lambda: [0])
     kshot_epochs: float = field(default=10.0)
+    effect_records: int = field(
+        default=128,
+        metadata={"help": "Each tuning phase's effect: the first N records of the source and target valid splits, "
+                          "scored before and after it (AUC; run_tuning --effect_files)."},
+    )
+    cot_heldout_records: int = field(
+        default=8, metadata={"help": "CoT records per stage held out of CoT tuning: their loss before and after."},
+    )
     prompt_template: str | None = field(
         default=None, metadata={"help": "Alpaca template of every tuning and evaluation phase: tallrec (default), "
                                         "tlrec or alpaca (tlrec_utils/prompts.py)."},
@@ -291,7 +306,8 @@ def _model_keys() -> set[str]:
 # keys the pipeline sets itself (chaining, data, K, seed): not settable through the mappings
 # (`seed`, the Trainer's seed, may be set: default the K-shot seed; the authors' recipe: 42, see paper_recipe.yaml)
 PIPELINE_TUNING_KEYS = {"base_model", "output_dir", "train_files", "init_adapter", "k_shot", "k_shot_seed",
-                        "val_file", "num_train_epochs", "overwrite_output_dir", "resume_from_checkpoint", "stages"}
+                        "val_file", "num_train_epochs", "overwrite_output_dir", "resume_from_checkpoint", "stages",
+                        "effect_files", "effect_records", "effect_max_length", "heldout_records"}
 PIPELINE_EVAL_KEYS = {"base_model", "output_dir", "test_file", "items_file", "adapter", "limit"}
 
 
@@ -367,9 +383,10 @@ def check_config(cfg: PipelineConfig, check_data: bool = True) -> None:
     from .validation import check_number
 
     for name in ("tiny_vocab_size", "tiny_hidden_size", "test_limit", "source_records", "cot_max_users",
-                 "cot_max_length", "num_processes"):
+                 "cot_max_length", "num_processes", "effect_records"):
         check_number(f"--{name}", getattr(cfg, name), 1)
     check_number("--max_windows", cfg.max_windows, 0)
+    check_number("--cot_heldout_records", cfg.cot_heldout_records, 0)
     for name in ("cot_epochs", "source_epochs", "kshot_epochs", "cot_max_cost"):
         check_number(f"--{name}", getattr(cfg, name), 0, exclusive_min=True)
     # the raw data must be there before run_dir is made (not needed once a data phase is complete)
@@ -403,6 +420,7 @@ class Phase:
     after: list[str] = field(default_factory=list)  # keys of the phases whose outputs it reads
     method: str | None = None
     setting: str | None = None  # eval phases: zero_shot | k16_seed0 | ...
+    start: str | None = None  # tuning phases: the key of the tuning phase whose model it continues (None: start model)
     links: dict = field(default_factory=dict)  # symlink -> file, made before the command runs (split files)
 
     @property
@@ -582,7 +600,14 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
                 "num_train_epochs": epochs, "seed": seed, "init_adapter": adapter, "k_shot": k_shot,
                 "k_shot_seed": seed if k_shot else None,
                 # checkpoints for resumption (SIGTERM); the mappings may change these
-                "save_strategy": "steps", "save_steps": 50, "save_total_limit": 1, "dataloader_num_workers": 0}
+                "save_strategy": "steps", "save_steps": 50, "save_total_limit": 1, "dataloader_num_workers": 0,
+                # the phase's effect: held-out records scored before and after (phase_effect, check_start); a
+                # K-shot phase, which no phase continues, scores the target records only
+                "effect_files": [f"{w}={data[w] / 'valid.json'}"
+                                 for w in (("target",) if phase_kind == "kshot" else ("source", "target"))],
+                "effect_records": cfg.effect_records,
+                "effect_max_length": setting(cfg, "tuning", "max_length"),  # the rec length, in the CoT phase too
+                "heldout_records": cfg.cot_heldout_records if phase_kind == "cot" else None}
         if cfg.validate:
             steps = kshot_eval_steps(k_shot if phase_kind == "kshot" else None)
             opts.update(AUTHORS_VALIDATION, val_file=str(data["target"] / "valid.json"), eval_steps=steps,
@@ -627,7 +652,8 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
                     after = list(data_after)
                 after += [state_key] if state_key else []
                 key = f"{method}/{sub}"
-                phases.append(Phase(key, f"{method}: {label}", "tuning", out, "run_tuning.py", argv, after, method))
+                phases.append(Phase(key, f"{method}: {label}", "tuning", out, "run_tuning.py", argv, after, method,
+                                    start=state_key))
                 owners[chain] = (key, out)
             state_key, out = owners[chain]
             state = (str(out), None) if full else (base_model, str(out))
@@ -646,7 +672,8 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
                                    k_shot=k, seed=seed)
                 key = f"{method}/{name}"
                 phases.append(Phase(key, f"{method}: {k}-shot target rec-tuning (seed {seed})", "tuning", out,
-                                    "run_tuning.py", argv, data_after + ([state_key] if state_key else []), method))
+                                    "run_tuning.py", argv, data_after + ([state_key] if state_key else []), method,
+                                    start=state_key))
                 add_eval(name, (str(out), None) if full else (base_model, str(out)), [key])
     return phases
 
@@ -756,7 +783,8 @@ def _phase_info(cfg: PipelineConfig, phase: Phase) -> dict:
         info = {"train_loss": s.get("train_loss"), "global_step": s.get("global_step"),
                 "train_records": s.get("train_records"), "max_length": s.get("max_length"),
                 "truncated_records": sum((s.get("truncated_train_records") or {}).values()),
-                "best_metric": s.get("best_metric"), "best_checkpoint": s.get("best_checkpoint")}
+                "best_metric": s.get("best_metric"), "best_checkpoint": s.get("best_checkpoint"),
+                "effect": s.get("effect")}
         if phase.key.endswith("cot_tuning") and info["truncated_records"]:
             logger.warning("[%s] %d of %d CoT records were longer than max_length %s and were cut", phase.name,
                            info["truncated_records"], info["train_records"], info["max_length"])
@@ -830,20 +858,91 @@ def run_dir_lock(run_dir: Path):
         yield
 
 
+# ---- each tuning phase's effect on held-out records ------------------------------------------------------
+
+# the held-out figure that tells what a tuning phase did: CoT tuning the loss on held-out CoT records, source
+# rec-tuning the source valid AUC, K-shot rec-tuning the target valid AUC (run_tuning's summary `effect`)
+EFFECT_SETS = {"cot_tuning": ("heldout", "held-out CoT loss"), "source_tuning": ("source", "source valid AUC"),
+               "kshot": ("target", "target valid AUC")}
+CHAIN_TOLERANCE = 1e-3  # start figures vs the figures the previous phase ended with (same model, same records)
+
+
+def phase_effect(phase: Phase, done: dict) -> dict | None:
+    """{phase, held_out, metric, records, before, after, unchanged} of a finished tuning phase (None when it
+    reported no effect: an earlier version's phase, or cot_heldout_records 0 for CoT tuning)."""
+    from .training import UNCHANGED
+
+    kind = phase.key.rsplit("/", 1)[1]
+    which, label = EFFECT_SETS.get(kind, EFFECT_SETS["kshot"])
+    entry = (done.get("effect") or {}).get(which)
+    if not entry:
+        return None
+    metric = entry["metric"]
+    change = entry.get("max_p_yes_change", entry.get("loss_change"))
+    return {"phase": phase.name, "held_out": label, "metric": metric, "records": entry["records"],
+            "before": (entry["before"] or {}).get(metric), "after": entry["after"].get(metric),
+            "unchanged": change is not None and abs(change) <= UNCHANGED}
+
+
+def check_start(phase: Phase, done: dict[str, dict], start_figures: dict) -> None:
+    """A tuning phase started from the model its method names: its figures before training equal those its
+    start phase ended with (or, from the start model, those every other phase from the start model began with),
+    on the same held-out records; otherwise PhaseFailed naming both."""
+    effect = done[phase.key].get("effect") or {}
+    for name, entry in effect.items():
+        if name == "heldout" or not entry.get("before"):
+            continue
+        if phase.start:
+            ref = ((done[phase.start].get("effect") or {}).get(name) or {}).get("after")
+            what = f"the model {phase.start} ended with"
+        else:
+            ref, owner = start_figures.setdefault(name, (entry["before"], phase.key))
+            what = f"the start model (as {owner} began)"
+        if not ref:
+            continue
+        for key, value in entry["before"].items():
+            expected = ref.get(key)
+            if value is None or expected is None:
+                continue
+            if abs(value - expected) > CHAIN_TOLERANCE * max(1.0, abs(expected)):
+                raise PhaseFailed(
+                    f"phase {phase.name!r} did not start from {what}: before training it scores {key} "
+                    f"{value:.4f} on {entry['records']} records of {entry['file']}, that model {expected:.4f} "
+                    f"[{phase.dir / 'tuning_summary.json'}]")
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Run (or resume) every phase; returns {"variants": {method: {setting: metrics}}, "config": ...} and writes
-    it to run_dir/results.json."""
+    """Run (or resume) every phase; returns {"variants": {method: {setting: metrics}}, "phases": {key: effect},
+    "warnings": [...], "config": ...} and writes it to run_dir/results.json. A tuning phase that did not start
+    from the model its method names stops the run (PhaseFailed); one whose model scores its held-out records
+    exactly as its start model did is a warning."""
     phases = pipeline_phases(cfg)
     started = time.time()
     run_dir = Path(cfg.run_dir).resolve()
+    done: dict[str, dict] = {}
+    start_figures: dict = {}
+    effects: dict[str, dict] = {}
+    warnings: list[str] = []
     with run_dir_lock(run_dir), _Signals() as signals:
         for phase in phases:
-            run_phase(cfg, phase, signals)
+            done[phase.key] = run_phase(cfg, phase, signals)
+            if phase.kind != "tuning":
+                continue
+            check_start(phase, done, start_figures)
+            effect = phase_effect(phase, done[phase.key])
+            if effect is None:
+                continue
+            effects[phase.key] = effect
+            if effect["unchanged"]:
+                warnings.append(f"{phase.name}: the trained model scores the {effect['records']} held-out records "
+                                f"({effect['held_out']}) exactly as its start model did: the phase changed nothing")
+                logger.warning("[%s] %s", phase.name, warnings[-1])
     results: dict[str, dict] = {m: {} for m in cfg.methods}
     for phase in phases:
         if phase.kind == "eval":
             results[phase.method][phase.setting] = json.loads((phase.dir / "metrics.json").read_text())
-    out = {"variants": results, "config": asdict(cfg), "wall_time_s": round(time.time() - started, 1)}
+    out = {"variants": results, "phases": effects, "warnings": warnings, "config": asdict(cfg),
+           "wall_time_s": round(time.time() - started, 1)}
     atomic_write_json(run_dir / "results.json", json.loads(json.dumps(out, default=str)))
     return out
 
@@ -853,16 +952,63 @@ def _fmt(value) -> str:
 
 
 def format_table(results: dict, k: int = NDCG_K) -> str:
-    """A Markdown table: one row per setting, AUC and NDCG@k (sampled and per user) per method."""
+    """A Markdown table: one row per setting, AUC and NDCG@k (sampled and per user, those measured) per method."""
     names = list(results["variants"])
     settings = list(dict.fromkeys(s for n in names for s in results["variants"][n]))
     cols = [("AUC", "auc"), (f"NDCG@{k}", ndcg_key(k)), (f"NDCG@{k} user", ndcg_key(k, per_user=True))]
+    measured = {key for n in names for m in results["variants"][n].values() for key in (m or {})}
+    cols = [c for c in cols if c[1] in measured] or cols  # e.g. no sampled-NDCG column under metrics=auc
     header = ["setting"] + [f"{n} {label}" for n in names for label, _ in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in settings:
         row = [s] + [_fmt((results["variants"][n].get(s) or {}).get(key)) for n in names for _, key in cols]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def format_effects(results: dict) -> str:
+    """A Markdown table of every tuning phase's held-out figure before and after it."""
+    lines = ["| phase | held-out records | before | after |", "|---|---|---|---|"]
+    for effect in results.get("phases", {}).values():
+        flag = " (unchanged)" if effect["unchanged"] else ""
+        lines.append(f"| {effect['phase']} | {effect['held_out']} ({effect['records']}) | {_fmt(effect['before'])} "
+                     f"| {_fmt(effect['after'])}{flag} |")
+    return "\n".join(lines)
+
+
+def _auc_with_interval(metrics: dict | None) -> str:
+    metrics = metrics or {}
+    lo, hi = metrics.get("auc_ci95") or (None, None)
+    text = _fmt(metrics.get("auc"))
+    return text if lo is None else f"{text} [{lo:.3f}, {hi:.3f}]"
+
+
+def method_lines(results: dict, baseline: str = "tallrec") -> list[str]:
+    """One line per method: what its phases did on held-out records and where its zero-shot test AUC (95%
+    interval) stands against the untuned start model's (TALLRec's zero-shot cell)."""
+    variants = results["variants"]
+    ref = (variants.get(baseline) or {}).get(SETTING_ZERO_SHOT)
+    out = []
+    for method, settings in variants.items():
+        parts = [f"{e['held_out']} {_fmt(e['before'])} -> {_fmt(e['after'])}" + (" (UNCHANGED)" if e["unchanged"]
+                                                                                 else "")
+                 for key, e in results.get("phases", {}).items()
+                 if key.startswith(f"{method}/") and not key.rsplit("/", 1)[1].startswith("k")]
+        zero = settings.get(SETTING_ZERO_SHOT)
+        line = f"{method}: " + ("; ".join(parts) + "; " if parts else "")
+        line += f"zero-shot test AUC {_auc_with_interval(zero)}"
+        if method != baseline and ref and zero and zero.get("auc_ci95") and ref.get("auc_ci95"):
+            (lo, hi), (rlo, rhi) = zero["auc_ci95"], ref["auc_ci95"]
+            if None not in (lo, hi, rlo, rhi):
+                verdict = ("above" if lo > rhi else "below" if hi < rlo else "not told apart from (intervals overlap)")
+                line += f", {verdict} the untuned start model's {_auc_with_interval(ref)}"
+        kshot = [e for key, e in results.get("phases", {}).items()
+                 if key.startswith(f"{method}/") and key.rsplit("/", 1)[1].startswith("k")]
+        if kshot:
+            moved = sum(e["after"] is not None and e["before"] is not None and e["after"] > e["before"] for e in kshot)
+            line += f"; K-shot rec-tuning raised the target valid AUC in {moved} of {len(kshot)} runs"
+        out.append(line)
+    return out
 
 
 def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineConfig:

@@ -166,8 +166,8 @@ class TLRecTrainer(Trainer):
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        if "label" not in inputs:  # a training-style batch: the default (loss) step
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if "label" not in inputs:  # a training-style batch (held-out CoT records): its loss only, no logits
+            return super().prediction_step(model, inputs, True, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         loss = None
         with torch.no_grad():
@@ -177,6 +177,80 @@ class TLRecTrainer(Trainer):
                 loss = model(input_ids=inputs["loss_input_ids"], attention_mask=inputs["loss_attention_mask"],
                              labels=inputs["loss_labels"], use_cache=False).loss.detach()
         return loss, two, inputs["label"]
+
+
+# ---- the phase's effect: held-out records scored by the start model and by the trained model ----------------
+
+EFFECT_BEFORE = "effect_before.json"  # the start model's scores, kept so that a resumed run still reports them
+UNCHANGED = 1e-7  # a largest change of P(Yes) (or of the held-out loss) at most this: the model did not move
+
+
+def split_heldout(records: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """(training records, held-out records): the last `n` records of each CoT stage in file order (of all records
+    when they have no stages), leaving at least one training record per stage."""
+    if not n:
+        return records, []
+    by_stage: dict = {}
+    for i, r in enumerate(records):
+        by_stage.setdefault(r.get("stage"), []).append(i)
+    held = {i for idx in by_stage.values() for i in idx[len(idx) - min(n, len(idx) - 1):]}
+    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
+
+
+def effect_sets(data_args, tokenizer, answer, template, heldout: list[dict], train_encoder) -> dict:
+    """{name: (file, features)} of --effect_files (the first --effect_records Yes/No records: their prompts, scored
+    by P(Yes) in one forward pass each) and of the held-out training records (`heldout`: their training loss)."""
+    from .tokenization import RecordEncoder
+
+    sets = {}
+    for spec in data_args.effect_files:
+        name, _, path = spec.partition("=")
+        records = load_records(path, require_label=True)[: data_args.effect_records]
+        if not records:
+            raise InputError(f"--effect_files {path}: no records")
+        scoring = RecordEncoder(tokenizer, data_args.effect_max_length or data_args.max_length, answer,
+                                template=template)
+        sets[name] = (path, validation_dataset(records, scoring, path))
+    if heldout:
+        sets["heldout"] = (None, [train_encoder.training_features(r, f"held-out record {i}")
+                                  for i, r in enumerate(heldout)])
+    return sets
+
+
+def score_effect(trainer, sets: dict) -> dict:
+    """{name: {records, loss[, auc, p_yes]}}: the model's scores of every effect set (on every process). Yes/No
+    records: AUC and log loss of P(Yes) (softmax over the two answer logits); held-out training records: their
+    training loss."""
+    out = {}
+    for name, (_, features) in sets.items():
+        pred = trainer.predict(features, metric_key_prefix="effect")
+        entry = {"records": len(features), "loss": pred.metrics.get("effect_loss")}
+        if "label" in features[0]:
+            logits = np.asarray(pred.predictions, dtype=np.float64)
+            p_yes = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))
+            labels = np.asarray(pred.label_ids)
+            p_true = np.clip(np.where(labels == 1, p_yes, 1.0 - p_yes), 1e-12, 1.0)
+            entry.update(auc=M.auc(labels, p_yes), loss=float(-np.log(p_true).mean()), p_yes=p_yes.tolist())
+        out[name] = entry
+    return out
+
+
+def effect_summary(sets: dict, before: dict | None, after: dict) -> dict:
+    """The summary's `effect`: per set, its file, the figures before and after, and how far the model moved
+    (largest change of P(Yes) on Yes/No records; change of the loss on held-out training records)."""
+    out = {}
+    for name, (path, _) in sets.items():
+        b, a = (before or {}).get(name), after[name]
+        figures = ("auc", "loss") if "auc" in a else ("loss",)
+        entry = {"file": path, "records": a["records"], "metric": figures[0],
+                 "before": {k: M.json_safe(b[k]) for k in figures} if b else None,
+                 "after": {k: M.json_safe(a[k]) for k in figures}}
+        if b and "p_yes" in a:
+            entry["max_p_yes_change"] = float(np.max(np.abs(np.asarray(a["p_yes"]) - np.asarray(b["p_yes"]))))
+        elif b and a["loss"] is not None and b["loss"] is not None:
+            entry["loss_change"] = a["loss"] - b["loss"]
+        out[name] = entry
+    return out
 
 
 # ---- preemption ------------------------------------------------------------------------------------------
@@ -265,6 +339,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     if data_args.k_shot:
         train_records = authors_order(sample_k_shot(train_records, data_args.k_shot, k_shot_seed,
                                                     source=", ".join(data_args.train_files)), k_shot_seed)
+    train_records, heldout = split_heldout(train_records, data_args.heldout_records)
     val_records = None
     if data_args.val_file:
         val_records = load_records(data_args.val_file, require_label=True)
@@ -283,7 +358,8 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     # the template the previous phase trained with (adapter, or a full model's directory) unless told otherwise
     template = resolve_template(data_args.prompt_template, [lora_args.init_adapter, model_args.base_model])
     tokenizer = load_tokenizer(model_args.base_model, model_args.trust_remote_code)
-    answer = derive_answer_tokens(tokenizer, template) if val_records is not None else None
+    wants_answer = val_records is not None or data_args.effect_files
+    answer = derive_answer_tokens(tokenizer, template) if wants_answer else None
     encoder = RecordEncoder(tokenizer, data_args.max_length, answer, train_on_inputs=data_args.train_on_inputs,
                             template=template, truncation=data_args.truncation)
     train_features = training_dataset(train_records, encoder, ", ".join(data_args.train_files))
@@ -298,6 +374,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
                                          train_on_inputs=data_args.train_on_inputs, template=template,
                                          truncation=data_args.truncation)
         val_features = validation_dataset(val_records, val_encoder, data_args.val_file, loss_encoder)
+    effects = effect_sets(data_args, tokenizer, answer, template, heldout, encoder)
     staged = "stage" in train_records[0]
     stages = [r["stage"] for r in train_records] if staged and data_args.curriculum != "trainer" else None
     if staged:
@@ -346,6 +423,13 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     )
     if resume:
         logger.info("resuming from %s", resume)
+    before = None
+    if effects and resume is None:  # the start model's scores, before any step
+        before = score_effect(trainer, effects)
+        if trainer.is_world_process_zero():
+            atomic_write_json(output_dir / EFFECT_BEFORE, before)
+    elif effects and (output_dir / EFFECT_BEFORE).is_file():
+        before = json.loads((output_dir / EFFECT_BEFORE).read_text())
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     finally:
@@ -355,6 +439,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
                        trainer.state.global_step, output_dir)
         return EXIT_INTERRUPTED
 
+    effect = effect_summary(effects, before, score_effect(trainer, effects)) if effects else {}
     # final model: staged, then moved in; the summary marker is written last
     stage = output_dir / ".final-staging"
     trainer.save_model(str(stage))
@@ -369,6 +454,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
             "init_adapter": lora_args.init_adapter,
             "train_files": list(data_args.train_files),
             "train_records": len(train_records),
+            "heldout_records": len(heldout),
             "k_shot": data_args.k_shot,
             "k_shot_seed": k_shot_seed if data_args.k_shot else None,
             "seed": training_args.seed,
@@ -384,6 +470,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
             "train_loss": result.training_loss,
             "best_metric": trainer.state.best_metric,
             "best_checkpoint": trainer.state.best_model_checkpoint,
+            "effect": effect,
             "log_history": trainer.state.log_history,
             "wall_time_s": round(time.time() - started, 1),
         }
