@@ -2,6 +2,7 @@
 
 import ast
 import csv
+import functools
 import json
 import logging
 
@@ -164,3 +165,70 @@ def test_published_netflix_text_matches_its_csv(data_dir):
         assert [h["title"] for h in parsed["history"]] == want
         assert parsed["target"]["title"] == catalog[row["movie_id"]]
         assert [catalog[h["item_id"]] for h in parsed["history"]] == want
+
+
+def _every_reading(text: str, accept):
+    """Brute force (the definition in the module docstring): every way to cut `text` at ', "' into accepted
+    items, as (items, clean items) -> the readings with that score."""
+    import itertools
+
+    from tlrec_utils.record_parsing import _title_is_clean
+
+    pieces = text.split(', "')
+    pieces = [pieces[0]] + ['"' + p for p in pieces[1:]]
+    readings = {}
+    for cuts in itertools.product((False, True), repeat=len(pieces) - 1):
+        items, current = [], pieces[0]
+        for cut, piece in zip(cuts, pieces[1:]):
+            if cut:
+                items.append(current)
+                current = piece
+            else:
+                current += ", " + piece
+        items.append(current)
+        if all(accept(s) for s in items):
+            score = (len(items), sum(_title_is_clean(s) for s in items))
+            readings.setdefault(score, []).append(items)
+    return readings
+
+
+def test_segmentation_equals_brute_force_on_random_lists():
+    """The linear-time readings equal the exhaustive search over every cut, with and without a catalog, on
+    random texts made of quotes, author marks, separators and commas (ties and no reading included)."""
+    import random
+
+    from tlrec_utils import record_parsing as rp
+
+    tokens = ['"', ', "', '" written by ', "a", ", ", "'", " ", 'x"', '"y', ",", " written by "]
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(20_000):
+        text = "".join(rng.choice(tokens) for _ in range(rng.randint(1, 12)))
+        readings = _every_reading(text, rp._plausible)
+        top = max(readings, default=None)
+        want = readings[top][0] if top and len(readings[top]) == 1 else None
+        assert rp._plausible_segmentation(text) == want, text
+        outcomes.add("none" if want is None else "unique")
+        # a catalog of some of the spans' texts: readings whose items it all holds
+        spans = {s for reading in readings.values() for items in reading for s in items if rng.random() < 0.5}
+        texts = sorted(c for s in spans for c in rp._text_candidates(s))
+        catalog = rp._Catalog({str(n): t for n, t in enumerate(texts)})
+        known = functools.partial(lambda cat, s: len(cat.known(s)) == 1, catalog)
+        readings = _every_reading(text, known)
+        top = max(readings, default=None)
+        want = readings[top][0] if top and len(readings[top]) == 1 else None
+        assert rp._catalog_segmentation(text, known, catalog.longest) == want, text
+    assert outcomes == {"none", "unique"}
+
+
+@pytest.mark.parametrize("kind,titles", [("movie", TRICKY_MOVIES), ("book", TRICKY_BOOKS)])
+def test_long_histories_round_trip(kind, titles):
+    """20,000 items (the tricky titles among plain ones), with and without a catalog: every item back in order."""
+    items = [titles[n % len(titles)] if n % 4 == 0 else
+             (f"Plain {n}, Part {n % 5} ({1950 + n % 60})" if kind == "movie" else f'"Plain {n}" written by A {n}')
+             for n in range(20_000)]
+    rec = _record(items[1:], [n % 3 > 0 for n in range(1, len(items))], items[0], kind)
+    for catalog in (None, {str(n): t for n, t in enumerate(items)}):
+        parsed = parse_rec_input(rec["input"], catalog=catalog)
+        assert [h["title"] for h in parsed["history"]] == _expected_order(rec)
+        assert parsed["target"]["title"] == items[0]

@@ -69,40 +69,114 @@ def _title_is_clean(shown: str) -> int:
     return int(mark < 0 or _SEPARATOR not in shown[1:mark])
 
 
-def _best_segmentation(text: str, accept) -> list[str] | None:
-    """The way to cut a list text at ', "' into items accepted by `accept` with the most items (the reading
-    in which no item text contains the separator), ties broken by `_title_is_clean`; None when there is no
-    such way or two remain tied."""
-    if text == "":
-        return []
+def _pieces(text: str) -> tuple[list[int], list[int]]:
+    """Start and end of each piece of `text` between the separators ', "' (a piece after one starts with its quote)."""
     starts = [0] + [m.start() + 2 for m in re.finditer(re.escape(_SEPARATOR), text)]
-    ends = [s - 2 for s in starts[1:]] + [len(text)]
-    n = len(starts)
-    # best[i] = (score, ways to reach that score (capped at 2), end index of the first item) for the text
-    # from starts[i]; score = (items, clean items)
-    best: list[tuple | None] = [None] * (n + 1)
-    best[n] = ((0, 0), 1, -1)
-    for i in range(n - 1, -1, -1):
-        top = None
-        for j in range(i, n):
-            rest = best[j + 1]
-            shown = text[starts[i] : ends[j]]
-            if rest is None or not accept(shown):
-                continue
-            score = (rest[0][0] + 1, rest[0][1] + _title_is_clean(shown))
-            if top is None or score > top[0]:
-                top = (score, rest[1], j)
-            elif score == top[0]:
-                top = (score, min(2, top[1] + rest[1]), top[2])
-        best[i] = top
+    return starts, [s - 2 for s in starts[1:]] + [len(text)]
+
+
+# A reading of the pieces from piece i on: ((items, clean items), ways to reach that score (capped at 2), index
+# of the last piece of its first item), or None when the pieces from i cannot be cut into accepted items.
+def _merge(top, option):
+    if option is None or (top is not None and option[0] < top[0]):
+        return top
+    if top is None or option[0] > top[0]:
+        return option
+    return top[0], min(2, top[1] + option[1]), top[2]
+
+
+def _rest(best, j: int):
+    """What follows a first item that ends at piece j: the best reading after j, marked with j."""
+    return None if best[j + 1] is None else (best[j + 1][0], best[j + 1][1], j)
+
+
+def _first_item(rests, clean: int):
+    """The best reading made of a first item (`clean` or not) and the best of `rests` (merged `_rest`s)."""
+    return None if rests is None else ((rests[0][0] + 1, rests[0][1] + clean), rests[1], rests[2])
+
+
+def _unique_reading(text: str, starts, ends, best) -> list[str] | None:
+    """The items of the best reading from piece 0; None when there is none or two remain tied."""
+    if not text:
+        return []
     if best[0] is None or best[0][1] > 1:
         return None
     items, i = [], 0
-    while i < n:
+    while i < len(starts):
         j = best[i][2]
         items.append(text[starts[i] : ends[j]])
         i = j + 1
     return items
+
+
+def _plausible_segmentation(text: str) -> list[str] | None:
+    """The reading of a list text as `_plausible` items with the most items (no item text contains the separator),
+    ties broken by `_title_is_clean`; None when there is none or two remain tied.
+
+    Linear in the number of pieces: whether pieces i..j make a plausible item depends only on the first piece, the
+    last one, and the quotes and author marks in between (prefix counts; the separator holds neither), so the
+    best reading from piece i is the best over a few ranges of j, kept as running aggregates, not a loop over j."""
+    starts, ends = _pieces(text)
+    n = len(starts)
+    pieces = [text[a:b] for a, b in zip(starts, ends)]
+    marks = [p.count(_BOOK_MARK) for p in pieces]  # from a piece's start: where the piece follows another
+    next_marked = [n] * (n + 1)  # next_marked[k]: the first piece >= k holding an author mark
+    for k in range(n - 1, -1, -1):
+        next_marked[k] = k if marks[k] else next_marked[k + 1]
+    odd_quotes = [0] * (n + 1)  # parity of the quotes in the pieces before k
+    for k, p in enumerate(pieces):
+        odd_quotes[k + 1] = odd_quotes[k] ^ (p.count('"') & 1)
+    best: list = [None] * (n + 1)
+    best[n] = ((0, 0), 1, -1)
+    unmarked = [None, None]  # _rest(j) for j in i+1 .. the next marked piece - 1, by the quote parity before j + 1
+    rests_to_next_mark: dict[int, object] = {}  # marked piece m: _rest(j) for j in m .. the next marked piece - 1
+    for i in range(n - 1, -1, -1):
+        if marks[i]:
+            rests_to_next_mark[i] = None
+            for j in range(i, next_marked[i + 1]):
+                rests_to_next_mark[i] = _merge(rests_to_next_mark[i], _rest(best, j))
+        with_i = list(unmarked)
+        if pieces[i].endswith('"'):
+            with_i[odd_quotes[i + 1]] = _merge(with_i[odd_quotes[i + 1]], _rest(best, i))
+        unmarked = [None, None] if marks[i] else with_i  # an unmarked item cannot reach across a marked piece
+        if not pieces[i].startswith('"'):
+            continue
+        own = pieces[i].count(_BOOK_MARK, 1)  # the marks of piece i when it starts an item: after its first quote
+        if own == 0:
+            # an unmarked item, its quotes balanced (a piece of one '"' alone is not), or a book item whose mark
+            # lies in a later piece m: its title holds the separator (not clean) unless m is the next piece and
+            # starts with the mark (the separator's quote is then the mark's)
+            top = _first_item(with_i[odd_quotes[i]], 1)
+            m = next_marked[i + 1]
+            if m < n and marks[m] == 1:
+                clean = int(m == i + 1 and pieces[m].startswith(_BOOK_MARK))
+                top = _merge(top, _first_item(rests_to_next_mark[m], clean))
+        elif own == 1:  # a book item marked in its first piece: its title is clean
+            top = _first_item(rests_to_next_mark[i], 1)
+        else:
+            top = None
+        best[i] = top
+    return _unique_reading(text, starts, ends, best)
+
+
+def _catalog_segmentation(text: str, accept, longest: int) -> list[str] | None:
+    """The reading of a list text as items that `accept` takes with the most items, ties broken by
+    `_title_is_clean`; an item is at most `longest` characters (the longest catalog text and its quotes), so
+    each piece starts only the few items that fit: linear in the number of pieces."""
+    starts, ends = _pieces(text)
+    n = len(starts)
+    best: list = [None] * (n + 1)
+    best[n] = ((0, 0), 1, -1)
+    for i in range(n - 1, -1, -1):
+        top = None
+        for j in range(i, n):
+            if ends[j] - starts[i] > longest:
+                break
+            shown = text[starts[i] : ends[j]]
+            if best[j + 1] is not None and accept(shown):
+                top = _merge(top, _first_item(_rest(best, j), _title_is_clean(shown)))
+        best[i] = top
+    return _unique_reading(text, starts, ends, best)
 
 
 class _Catalog:
@@ -110,6 +184,7 @@ class _Catalog:
         self.id_of: dict[str, str] = {}
         for item_id, text in (catalog or {}).items():
             self.id_of.setdefault(text, str(item_id))  # duplicate texts (ml-100k has a few): first id
+        self.longest = max(map(len, self.id_of), default=0) + 2  # shown with its quotes
 
     def __bool__(self):
         return bool(self.id_of)
@@ -121,10 +196,10 @@ class _Catalog:
 def _parse_list(text: str, catalog: _Catalog) -> list[str] | None:
     """Item texts of a list; with a catalog, a reading whose items are all in it wins."""
     if catalog:
-        shown = _best_segmentation(text, lambda s: len(catalog.known(s)) == 1)
+        shown = _catalog_segmentation(text, lambda s: len(catalog.known(s)) == 1, catalog.longest)
         if shown is not None:
             return [catalog.known(s)[0] for s in shown]
-    shown = _best_segmentation(text, _plausible)
+    shown = _plausible_segmentation(text)
     return None if shown is None else [_text_candidates(s)[0] for s in shown]
 
 
