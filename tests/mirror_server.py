@@ -1,8 +1,9 @@
 """A real HTTP file server on 127.0.0.1 standing in for the internet: a `--mirror` serving ROOT/HOST/PATH.
 
 Faults per URL path (`faults[path] = ...`): "corrupt" (the file with its first byte changed), "drop" (the
-full Content-Length announced, half the body sent, then the connection closed), "404". Every request path is
-recorded. The server only listens on the loopback interface and shuts itself down after `max_seconds`.
+full Content-Length announced, half the body sent, then the connection closed), "404", "stall" (half the body
+sent, then nothing more), "trickle" (one byte every 0.2 s). Every request path is recorded. The server only
+listens on the loopback interface and shuts itself down after `max_seconds`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ class MirrorServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                if fault in ("stall", "trickle"):
+                    sent = len(body) // 2 if fault == "stall" else 0
+                    self.wfile.write(body[:sent])
+                    self.wfile.flush()
+                    while not server.stopping.wait(0.2):  # until the client gives up or the server stops
+                        if fault == "trickle" and sent < len(body):
+                            try:
+                                self.wfile.write(body[sent : sent + 1])
+                                self.wfile.flush()
+                            except OSError:
+                                break
+                            sent += 1
+                    self.close_connection = True
+                    return
                 self.wfile.write(body)
 
             def log_message(self, *args):
@@ -51,6 +66,7 @@ class MirrorServer:
         self._timer = threading.Timer(max_seconds, self.stop)
         self._timer.daemon = True
         self._stopped = threading.Lock()
+        self.stopping = threading.Event()
 
     def __enter__(self):
         self._thread.start()
@@ -64,5 +80,6 @@ class MirrorServer:
         if not self._stopped.acquire(blocking=False):
             return  # already stopped (by the timer or the caller)
         self._timer.cancel()
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()

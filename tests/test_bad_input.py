@@ -313,6 +313,22 @@ ROWS = [
      ["unrecognized arguments: --lora_rank 4"]),
     ("eval-base-model-missing", "run_eval", lambda c, t: ["--base_model", str(t / "nomodel"), *eval_args(c, t)[2:]],
      ["--base_model", "nomodel", "directory not found"]),
+    # issue 21: timeouts must be positive; a failed download leaves no folder in the data directory
+    ("cot-request-timeout-0", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--request_timeout", "0"],
+     ["--request_timeout must be positive, got 0"]),
+    ("prepare-download-stall-0", "run_prepare_data",
+     lambda c, t: ["--dataset", "windows-csv", "--data_dir", str(t / "data"), "--output_dir", str(t / "out"),
+                   "--download", "--download_stall_s", "0"],
+     ["--download_stall_s must be a positive number of seconds, got 0"]),
+    ("prepare-download-deadline-negative", "run_prepare_data",
+     lambda c, t: ["--dataset", "windows-csv", "--data_dir", str(t / "data"), "--output_dir", str(t / "out"),
+                   "--download", "--download_deadline_s", "-5"],
+     ["--download_deadline_s must be a positive number of seconds, got -5"]),
+    ("prepare-download-offline-no-empty-folder", "run_prepare_data",
+     lambda c, t: ["--dataset", "windows-csv", "--data_dir", str(t / "data"), "--output_dir", str(t / "out"),
+                   "--download", "--mirror", f"http://127.0.0.1:{closed_port()}"],
+     ["train.csv: cannot download", "download it by hand to"]),
 ]
 
 
@@ -369,6 +385,65 @@ def test_cot_401_is_a_failure_with_the_key_masked(ctx, tmp_path):
     assert tree(tmp_path) == before  # nothing obtained: no output directory left behind
 
 
+def test_credentials_in_urls_are_masked_in_errors_and_outputs(ctx, tmp_path):
+    """user:password@ and secret query values of --mirror / --base_url: masked in the error line and in
+    summary.json; the rest of the URL stays readable."""
+    mirror = f"http://bob:hunter2@127.0.0.1:{closed_port()}/m?token=tok123&region=eu"
+    before = tree(tmp_path)
+    proc = run("run_prepare_data", ["--dataset", "windows-csv", "--data_dir", tmp_path / "data", "--output_dir",
+                                    tmp_path / "out", "--download", "--mirror", mirror], ctx)
+    line = check_one_line(proc, ["error: http://***@127.0.0.1:", "/m?token=***&region=eu/raw.githubusercontent.com/",
+                                 "cannot download"])
+    assert "hunter2" not in proc.stderr and "tok123" not in proc.stderr and line.startswith("error: ")
+    assert tree(tmp_path) == before
+
+    base_url = "https://alice:s3cret@llm.example/v1?api_key=KEY123"
+    out = tmp_path / "cot"
+    proc = run("run_cot_generation", ["--data_dir", ctx.prepared, "--output_dir", out, "--teacher", "heuristic",
+                                      "--base_url", base_url, "--max_users", "2", "--ensure_target", "--no-progress"],
+               ctx, TLREC_LOG_LEVEL="INFO")
+    assert proc.returncode == 0, proc.stderr
+    stored = "".join(p.read_text() for p in out.iterdir() if p.is_file())
+    assert "s3cret" not in stored + proc.stderr and "KEY123" not in stored + proc.stderr
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["base_url"] == "https://***@llm.example/v1?api_key=***"
+
+
+def test_logs_and_crash_logs_mask_credentials(tmp_path, monkeypatch, capsys):
+    import logging
+
+    from tlrec_utils import errors
+
+    assert errors.mask_secrets("see https://u:p@h.example:8080/x?sig=abc&author=Ann&Token=t9#f, a@b.c") == (
+        "see https://***@h.example:8080/x?sig=***&author=Ann&Token=***#f, a@b.c")
+    assert errors.mask_secrets_in({"a": ["ftp://me@h/"], "b": 3}) == {"a": ["ftp://***@h/"], "b": 3}
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "fetching %s", ("https://u:pw@h/f",), None)
+    assert errors._MaskingFormatter("%(message)s").format(record) == "fetching https://***@h/f"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("TLREC_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["run_x.py", "--mirror", "https://u:pw@h/"])
+
+    @errors.cli_entry
+    def broken(argv=None):
+        raise RuntimeError("cannot reach https://u:pw@h/")
+
+    with pytest.raises(SystemExit):
+        broken([])
+    err = capsys.readouterr().err
+    log = Path(err.split("traceback and command line in ")[1].strip())
+    assert "pw@" not in err + log.read_text() and "https://***@h/" in log.read_text()
+
+
+def test_a_pipeline_that_fails_leaves_no_lock(ctx, tmp_path):
+    """The data phase fails (nothing to download from): one line, exit 2, no .pipeline.lock in the run dir and
+    no folder in the data directory."""
+    (tmp_path / "data").mkdir()
+    proc = run("run_pipeline", ["--run_dir", tmp_path / "run", "--data_dir", tmp_path / "data", "--download",
+                                "--mirror", f"http://127.0.0.1:{closed_port()}"], ctx)
+    check_one_line(proc, ["cannot download"])
+    assert not list(tmp_path.rglob(".pipeline.lock")) and list((tmp_path / "data").iterdir()) == []
+
+
 def test_ctrl_c_is_one_line_exit_130(ctx, tmp_path):
     """A teacher that never answers; Ctrl-C while the request hangs."""
     listener = socket.socket()
@@ -404,7 +479,6 @@ def test_internal_error_is_one_line_with_a_crash_log(tmp_path, monkeypatch, caps
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("TLREC_DEBUG", raising=False)
-    monkeypatch.setattr(errors, "_crash_dir", None)
 
     @errors.cli_entry
     def broken(argv=None):
@@ -424,21 +498,24 @@ def test_internal_error_is_one_line_with_a_crash_log(tmp_path, monkeypatch, caps
         broken([])
 
 
-def test_crash_log_goes_to_the_known_output_dir(tmp_path, monkeypatch, capsys):
+def test_crash_log_only_in_the_crash_folder(tmp_path, monkeypatch, capsys):
+    """A crash after the output directory was checked leaves nothing in it: the log is in the crash folder."""
     from tlrec_utils import errors
     from tlrec_utils.validation import check_output_dir
 
     monkeypatch.delenv("TLREC_DEBUG", raising=False)
-    monkeypatch.setattr(errors, "_crash_dir", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "out").mkdir()
 
     @errors.cli_entry
     def broken(argv=None):
-        check_output_dir(tmp_path, "--output_dir")
+        check_output_dir(tmp_path / "out", "--output_dir")
         raise RuntimeError("boom")
 
     with pytest.raises(SystemExit):
         broken([])
-    assert str(tmp_path) in capsys.readouterr().err and list(tmp_path.glob("tlrec-crash-*.log"))
+    assert str(tmp_path / "cache" / "tlrec" / "crashes") in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == [] and list((tmp_path / "cache").rglob("tlrec-crash-*.log"))
 
 
 def test_metrics_list_with_spaces_keeps_ndcg_and_items_file(ctx, tmp_path):

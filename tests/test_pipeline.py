@@ -294,7 +294,7 @@ def test_cli_config_file_mappings_and_overrides(tmp_path):
     assert cfg.teacher == "heuristic" and cfg.methods == ["tlrec", "tallrec", "wo_cot"]  # from the file
     assert cfg.tuning == {"finetune": "full", "learning_rate": 1e-4, "per_device_train_batch_size": 16,
                           "max_length": 384, "lora_r": 16}
-    assert cfg.eval == {"num_negatives": 50, "batch_size": 8}
+    assert cfg.eval == {"metrics": "auc", "batch_size": 8} and cfg.source_tuning == {"per_device_train_batch_size": 8}
     assert cfg.tuning_args == ["--bf16", "--logging_steps", "5"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("run_dir: x\nk_shot: 3\n")

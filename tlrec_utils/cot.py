@@ -27,7 +27,7 @@ from . import prompts
 from .cot_records import cot_records
 from .cot_replies import HIT_RULES, hits, line_hits, parse_recommendations
 from .cot_users import CONTEXT_STYLES, CotUser, LazyUsers, build_users, detect_kind
-from .errors import InputError
+from .errors import InputError, mask_secrets_in
 from .fileio import append_jsonl, atomic_write_json, exclusive_lock, read_jsonl, sha256_file
 from .records import load_records
 from .teacher import Budget, BudgetExceeded, HeuristicTeacher, OpenAITeacher, TeacherError, cooccurrence_matrix
@@ -309,9 +309,9 @@ def check_config(cfg: CotConfig) -> None:
         raise InputError(f"--context_style must be one of {', '.join(CONTEXT_STYLES)}, got {cfg.context_style!r}")
     if cfg.hit_match not in HIT_RULES:
         raise InputError(f"--hit_match must be one of {', '.join(HIT_RULES)}, got {cfg.hit_match!r}")
-    for name in ("max_requests", "max_cost", "max_users", "requests_per_minute"):
+    for name in ("max_requests", "max_cost", "max_users", "requests_per_minute", "request_timeout"):
         value = getattr(cfg, name)
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # NaN too
             raise InputError(f"--{name} must be positive, got {value}")
 
 
@@ -400,7 +400,7 @@ def run(cfg: CotConfig) -> dict:
                 "estimated_cost": round(budget.cost_of(prompt_tokens, completion_tokens), 6),
                 "price_per_1k_input": cfg.price_per_1k_input,
                 "price_per_1k_output": cfg.price_per_1k_output,
-                "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+                "settings": mask_secrets_in({k: v for k, v in asdict(cfg).items() if k not in ("progress",)}),
             }
             atomic_write_json(output_dir / "summary.json", summary)
             failure = teacher_failure(state, cfg, todo, len(responses) - answered_before)

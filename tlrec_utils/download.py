@@ -8,6 +8,9 @@ release a dataset reads by default is in dataset_registry.DATASETS.
 download leaves nothing behind and rerunning continues. A mirror (`--mirror URL` or `$TLREC_MIRROR`) serves
 `https://HOST/PATH` as `URL/HOST/PATH`. Where each file came from is recorded in the folder's
 `.downloads.json` (source URL, commit, verified hash), which run_prepare_data copies into meta.json.
+A download gives up when no byte arrives for `stall_s` seconds or the file is not complete after `deadline_s`
+(`--download_stall_s` / `$TLREC_DOWNLOAD_STALL_S`, `--download_deadline_s` / `$TLREC_DOWNLOAD_DEADLINE_S`), and
+a failed download leaves no folder it made.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,13 +33,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import InputError
-from .fileio import atomic_write_json, sha256_file
+from .fileio import atomic_write_json, made_dirs, sha256_file
 
 logger = logging.getLogger(__name__)
 
 MIRROR_ENV = "TLREC_MIRROR"
 PROVENANCE_FILE = ".downloads.json"
-TIMEOUT_S = 60
+# giving up: no byte for STALL seconds (also the connect timeout), or a file not complete after DEADLINE seconds
+STALL_ENV, STALL_S = "TLREC_DOWNLOAD_STALL_S", 60.0
+DEADLINE_ENV, DEADLINE_S = "TLREC_DOWNLOAD_DEADLINE_S", 3600.0
 
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 ML100K_FILES = ("u.data", "u.item", "u.user", "u.genre", "u.occupation", "README")
@@ -134,6 +140,25 @@ def mirrored(url: str, mirror: str | None = None) -> str:
     return f"{mirror.rstrip('/')}/{parts.netloc}{parts.path}"
 
 
+def download_limits(stall_s: float | None = None, deadline_s: float | None = None) -> tuple[float, float]:
+    """(stall, deadline) in seconds: the flags' values, else the environment's, else the defaults; each must be a
+    positive number (InputError naming the flag or variable)."""
+    out = []
+    for value, flag, env, default in ((stall_s, "--download_stall_s", STALL_ENV, STALL_S),
+                                      (deadline_s, "--download_deadline_s", DEADLINE_ENV, DEADLINE_S)):
+        source = flag
+        if value is None and os.environ.get(env, "").strip():
+            value, source = os.environ[env], f"${env}"
+        try:
+            value = default if value is None else float(value)
+        except ValueError:
+            raise InputError(f"{source}: {value!r} is not a number of seconds") from None
+        if not 0 < value < float("inf"):
+            raise InputError(f"{source} must be a positive number of seconds, got {value:g}")
+        out.append(value)
+    return out[0], out[1]
+
+
 def git_blob_id(path) -> str:
     """`git hash-object`: SHA-1 of 'blob <size>\\0' followed by the content."""
     path = Path(path)
@@ -152,19 +177,32 @@ def _one_line(exc) -> str:
     return " ".join(str(getattr(exc, "reason", None) or exc or type(exc).__name__).split())
 
 
-def _stream(url: str, out, desc: str, hand_copy: Path, progress: bool) -> None:
-    """Write the body at `url` to the open file `out` with a progress bar; one-line InputErrors."""
+def _stream(url: str, out, desc: str, hand_copy: Path, progress: bool, stall_s: float | None = None,
+            deadline_s: float | None = None) -> None:
+    """Write the body at `url` to the open file `out` with a progress bar; one-line InputErrors. Gives up when no
+    byte comes for `stall_s` seconds or the body is not complete after `deadline_s` (see `download_limits`)."""
     where = f"download it by hand to {hand_copy}, or use --mirror / ${MIRROR_ENV}"
+    stall_s, deadline_s = download_limits(stall_s, deadline_s)
     got = total = 0
+    started = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=stall_s) as response:  # the timeout of every socket read
             total = response.length  # Content-Length, None when the server does not say
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress,
                       leave=False) as bar:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
+                # read1: what one socket read brings, so a trickle cannot hold a 64 KiB read past the deadline
+                for chunk in iter(lambda: response.read1(1 << 16), b""):
                     out.write(chunk)
                     got += len(chunk)
                     bar.update(len(chunk))
+                    if time.monotonic() - started > deadline_s:
+                        raise InputError(
+                            f"{url}: not complete after {deadline_s:g} s ({got} of {total or '?'} bytes; "
+                            f"--download_deadline_s / ${DEADLINE_ENV}); nothing was kept: rerun to try again, "
+                            f"or {where}")
+    except TimeoutError:
+        raise InputError(f"{url}: no data for {stall_s:g} s after {got} bytes (--download_stall_s / ${STALL_ENV}); "
+                         f"nothing was kept: rerun to try again, or {where}") from None
     except urllib.error.HTTPError as exc:
         raise InputError(f"{url}: HTTP {exc.code} {_one_line(exc.reason)}; {where}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
@@ -178,16 +216,22 @@ def _stream(url: str, out, desc: str, hand_copy: Path, progress: bool) -> None:
 
 
 def download_verified(url: str, dest, kind: str, expected: str, progress: bool = True, fetch_url: str | None = None,
-                      hand_copy=None) -> str:
+                      hand_copy=None, limits: tuple = (None, None)) -> str:
     """Download `url` (from `fetch_url`, a mirror, when given) to `dest`: temporary file beside it, hash
     checked, then renamed. A mismatch raises an InputError naming the file and both hashes; nothing is kept.
-    Errors name `hand_copy` (default `dest`) as the place for a hand-downloaded copy."""
+    Errors name `hand_copy` (default `dest`) as the place for a hand-downloaded copy; `limits`: (stall, deadline)
+    seconds (`download_limits`)."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with made_dirs(dest.parent):
+        _download_verified(url, dest, kind, expected, progress, fetch_url, hand_copy, limits)
+    return expected
+
+
+def _download_verified(url, dest: Path, kind, expected, progress, fetch_url, hand_copy, limits) -> None:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
-            _stream(fetch_url or url, out, dest.name, Path(hand_copy or dest), progress)
+            _stream(fetch_url or url, out, dest.name, Path(hand_copy or dest), progress, *limits)
         got = file_hash(tmp, kind)
         if got != expected:
             label = "SHA-256" if kind == "sha256" else "git blob id"
@@ -198,7 +242,6 @@ def download_verified(url: str, dest, kind: str, expected: str, progress: bool =
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return expected
 
 
 def is_complete(name: str, folder) -> bool:
@@ -214,31 +257,34 @@ def missing_files(name: str, folder) -> list[str]:
     return [f for f in rel.files if not (folder / f).is_file()]
 
 
-def fetch_missing(name: str, folder, mirror: str | None = None, progress: bool = True) -> list[str]:
-    """Download (verified) the files of release `name` that `folder` lacks; returns their names."""
+def fetch_missing(name: str, folder, mirror: str | None = None, progress: bool = True, stall_s: float | None = None,
+                  deadline_s: float | None = None) -> list[str]:
+    """Download (verified) the files of release `name` that `folder` lacks; returns their names. A failure
+    before any file arrived leaves no folder this made."""
     rel, folder = release(name), Path(folder)
     missing = missing_files(name, folder)
     if not missing:
         return []
-    folder.mkdir(parents=True, exist_ok=True)
-    provenance = read_provenance(folder)
-    if rel.archive_url:
-        provenance.update(_fetch_archive(rel, folder, mirror, progress))
-    else:
-        for fname in missing:
-            url = rel.url(fname)
-            logger.info("downloading %s -> %s", url, folder / fname)
-            verified = download_verified(url, folder / fname, "git_blob", rel.files[fname], progress,
-                                         fetch_url=mirrored(url, mirror))
-            provenance[fname] = {"url": url, "repo": rel.repo, "commit": rel.commit, "git_blob": verified,
-                                 "sha256": sha256_file(folder / fname)}
-            atomic_write_json(folder / PROVENANCE_FILE, provenance)  # after each file: an interrupted run keeps it
-    atomic_write_json(folder / PROVENANCE_FILE, provenance)
+    limits = download_limits(stall_s, deadline_s)
+    with made_dirs(folder):
+        provenance = read_provenance(folder)
+        if rel.archive_url:
+            provenance.update(_fetch_archive(rel, folder, mirror, progress, limits))
+        else:
+            for fname in missing:
+                url = rel.url(fname)
+                logger.info("downloading %s -> %s", url, folder / fname)
+                verified = download_verified(url, folder / fname, "git_blob", rel.files[fname], progress,
+                                             fetch_url=mirrored(url, mirror), limits=limits)
+                provenance[fname] = {"url": url, "repo": rel.repo, "commit": rel.commit, "git_blob": verified,
+                                     "sha256": sha256_file(folder / fname)}
+                atomic_write_json(folder / PROVENANCE_FILE, provenance)  # after each file: a rerun keeps it
+        atomic_write_json(folder / PROVENANCE_FILE, provenance)
     logger.info("%s: %s verified in %s", name, ", ".join(missing), folder)
     return missing
 
 
-def _fetch_archive(rel: Release, folder: Path, mirror, progress) -> dict:
+def _fetch_archive(rel: Release, folder: Path, mirror, progress, limits) -> dict:
     """Verify the archive (a hand-downloaded copy at FOLDER/NAME.zip, else downloaded), then extract its
     members flat into `folder`, the required ones last (they decide whether the folder is complete)."""
     (zip_name, sha256), = rel.files.items()
@@ -254,7 +300,7 @@ def _fetch_archive(rel: Release, folder: Path, mirror, progress) -> dict:
         else:
             logger.info("downloading %s -> %s", rel.archive_url, folder)
             download_verified(rel.archive_url, archive, "sha256", sha256, progress,
-                              fetch_url=mirrored(rel.archive_url, mirror), hand_copy=hand_copy)
+                              fetch_url=mirrored(rel.archive_url, mirror), hand_copy=hand_copy, limits=limits)
         staged = Path(tmp) / "files"
         staged.mkdir()
         try:

@@ -2,7 +2,8 @@
 
 - `InputError` (bad input the user can fix) and argparse errors: `error: ...` on one line, exit 2.
 - Ctrl-C: one line, exit 130 (outputs are written atomically, so nothing partial is left).
-- Anything else is a bug: one line naming the crash log (full traceback and command line), exit 1.
+- Anything else is a bug: one line naming the crash log (full traceback and command line), exit 1. Crash logs
+  go only into the crash folder (`crash_log_dir`), never among a run's outputs.
   `TLREC_DEBUG=1` lets every exception propagate with its traceback instead.
 """
 
@@ -13,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -23,9 +25,6 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_CTRL_C = 130
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped after saving a checkpoint (SLURM preemption); rerunning resumes
-
-_crash_dir: Path | None = None  # an output directory that already exists, once a script knows it
-
 
 class InputError(Exception):
     """Bad input the user can fix: printed as one line (no traceback), exit code 2.
@@ -44,14 +43,42 @@ def where(path, record=None, line=None) -> str:
     return loc
 
 
-def note_output_dir(path) -> None:
-    """Crash logs go into this directory when it exists (else the user cache directory)."""
-    global _crash_dir
-    _crash_dir = Path(path)
-
-
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return mask_secrets(" ".join(str(text).split()))
+
+
+# credentials in a URL: its user info (user:password@, token@) and the values of query parameters whose names
+# say secret (api_key, token, sig, password, ...): masked wherever a URL is printed, logged or stored
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]+@")
+_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&;][^=&;#\s]*(?:key|token|secret|passw|pwd|sig|auth(?!or)|credential|session)[^=&;#\s]*=)[^&;#\s]+",
+    re.IGNORECASE,
+)
+MASK = "***"
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by ***: `https://user:pass@host/p?api_key=K` ->
+    `https://***@host/p?api_key=***`."""
+    if "://" not in text and "=" not in text:
+        return text
+    return _SECRET_QUERY.sub(rf"\g<name>{MASK}", _URL_USERINFO.sub(rf"\g<scheme>{MASK}@", text))
+
+
+def mask_secrets_in(value):
+    """`mask_secrets` applied to every string of a JSON-like value (settings before they are stored)."""
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, dict):
+        return {k: mask_secrets_in(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(mask_secrets_in(v) for v in value)
+    return value
+
+
+class _MaskingFormatter(logging.Formatter):
+    def format(self, record):
+        return mask_secrets(super().format(record))
 
 
 def _argparse_error(self, message):  # ArgumentParser.error without the usage block: one line, exit 2
@@ -68,9 +95,37 @@ def _one_line_argparse():
         argparse.ArgumentParser.error = original
 
 
+class _LineTrackingStream:
+    """sys.stderr as progress bars and logs see it, remembering whether its last write ended a line: a bar left
+    mid-line (its '\r' redraws, an interrupted download) must not swallow the error line that follows."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.mid_line = False
+
+    def write(self, text):
+        if text:
+            self.mid_line = not text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _print_last_line(text: str) -> None:
+    """Close the progress bars still open, then print `text` on stderr at the start of a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        with contextlib.suppress(Exception):
+            bar.close()
+    stream = sys.stderr
+    if getattr(stream, "mid_line", False):
+        stream.write("\n")
+    print(text, file=stream)
+
+
 def crash_log_dir() -> Path:
-    if _crash_dir is not None and _crash_dir.is_dir() and os.access(_crash_dir, os.W_OK):
-        return _crash_dir
+    """~/.cache/tlrec/crashes (under $XDG_CACHE_HOME when set), else the temporary directory."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlrec" / "crashes"
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -82,8 +137,8 @@ def crash_log_dir() -> Path:
 def write_crash_log(exc: BaseException) -> Path:
     script = Path(sys.argv[0]).stem or "tlrec"
     path = crash_log_dir() / f"tlrec-crash-{script}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    text = (f"command: {' '.join([sys.executable, *sys.argv])}\ncwd: {os.getcwd()}\n\n"
-            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    text = mask_secrets(f"command: {' '.join([sys.executable, *sys.argv])}\ncwd: {os.getcwd()}\n\n"
+                        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -95,34 +150,44 @@ def cli_entry(main):
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        setup_logging()
-        debug = os.environ.get("TLREC_DEBUG", "").lower() not in ("", "0", "false", "no")
+        stderr = sys.stderr
+        sys.stderr = _LineTrackingStream(stderr)
         try:
-            with _one_line_argparse():
-                return main(*args, **kwargs)
-        except InputError as exc:
-            if debug:
-                raise
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
-            raise SystemExit(EXIT_BAD_INPUT) from None
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            print("interrupted (Ctrl-C): stopped; finished outputs are kept, nothing half-written", file=sys.stderr)
-            raise SystemExit(EXIT_CTRL_C) from None
-        except Exception as exc:
-            if debug:
-                raise
-            try:
-                log = write_crash_log(exc)
-                where_log = f"traceback and command line in {log}"
-            except OSError as log_exc:
-                where_log = f"could not write a crash log ({log_exc}); rerun with TLREC_DEBUG=1 for the traceback"
-            print(f"internal error (a bug, not your input): {type(exc).__name__}: {_one_line(exc)[:300]}; "
-                  f"{where_log}", file=sys.stderr)
-            raise SystemExit(EXIT_INTERNAL) from None
+            return _guarded(main, *args, **kwargs)
+        finally:
+            sys.stderr = stderr
 
     return wrapper
+
+
+def _guarded(main, *args, **kwargs):
+    """`main` under the guard (see the module docstring); every last line starts a line of its own."""
+    setup_logging()
+    debug = os.environ.get("TLREC_DEBUG", "").lower() not in ("", "0", "false", "no")
+    try:
+        with _one_line_argparse():
+            return main(*args, **kwargs)
+    except InputError as exc:
+        if debug:
+            raise
+        _print_last_line(f"error: {_one_line(exc)}")
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _print_last_line("interrupted (Ctrl-C): stopped; finished outputs are kept, nothing half-written")
+        raise SystemExit(EXIT_CTRL_C) from None
+    except Exception as exc:
+        if debug:
+            raise
+        try:
+            log = write_crash_log(exc)
+            where_log = f"traceback and command line in {log}"
+        except OSError as log_exc:
+            where_log = f"could not write a crash log ({log_exc}); rerun with TLREC_DEBUG=1 for the traceback"
+        _print_last_line(f"internal error (a bug, not your input): {type(exc).__name__}: "
+                         f"{_one_line(exc)[:300]}; {where_log}")
+        raise SystemExit(EXIT_INTERNAL) from None
 
 
 def exit_status(value) -> int:
@@ -138,9 +203,7 @@ def setup_logging(level=None) -> None:
         level = logging.INFO
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            datefmt="%H:%M:%S",
-            level=level,
-            stream=sys.stderr,
-        )
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(level)

@@ -56,7 +56,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, InputError
+from .errors import EXIT_INTERRUPTED, InputError, mask_secrets
 from .fileio import atomic_write_json, atomic_write_text, read_config_file
 from .metrics import NUM_NEGATIVES
 from .paths import REPO_ROOT
@@ -393,7 +393,7 @@ def cell_argv(config, cell: Cell) -> list[str]:
 
 def write_cell_json(config, cell: Cell) -> None:
     info = {k: v for k, v in asdict(cell).items() if k in ("group", "seed", "backbone", "outputs")}
-    info["command"] = shlex.join([sys.executable, cell.script, *cell_argv(config, cell)])
+    info["command"] = mask_secrets(shlex.join([sys.executable, cell.script, *cell_argv(config, cell)]))
     atomic_write_json(cell_dir(config, cell) / "cell.json", info)
 
 
@@ -744,8 +744,8 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
     for cell in cells:
         state = "done" if is_finished(config, cell) else "todo"
         if cell.script != "run_pipeline.py":
-            print(f"{state}  {cell.path}\n      {shlex.join([sys.executable, cell.script, *cell_argv(config, cell)])}",
-                  file=out)
+            command = mask_secrets(shlex.join([sys.executable, cell.script, *cell_argv(config, cell)]))
+            print(f"{state}  {cell.path}\n      {command}", file=out)
             continue
         pipeline_config = cell_pipeline_config(config, cell)
         phases = cell_phases(config, cell, check_data=False)
@@ -761,7 +761,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
         train = forward = 0.0
         for phase in phases:
             done = "done" if (phase.dir / PHASE_DONE).is_file() else "todo"
-            print(f"  {done}  [{phase.key}]  {shlex.join(phase.command_line(pipeline_config))}",
+            print(f"  {done}  [{phase.key}]  {mask_secrets(shlex.join(phase.command_line(pipeline_config)))}",
                   file=out)
             t, f = phase_tokens(phase, est, cache, subdirs)
             train, forward = train + t, forward + f

@@ -143,18 +143,58 @@ def read_jsonl(path, repair: bool = True) -> list[dict]:
 
 
 @contextlib.contextmanager
+def made_dirs(path, keep_on_success: bool = True):
+    """Create the directory `path` and its missing parents for the with-block; afterwards (on an error, or
+    always when not `keep_on_success`) remove those it created that are empty: a failed command leaves no
+    empty folders behind."""
+    path = Path(path)
+    created, p = [], path
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    failed = True
+    try:
+        yield path
+        failed = False
+    finally:
+        if failed or not keep_on_success:
+            for d in created:  # the deepest first
+                try:
+                    d.rmdir()
+                except OSError:  # not empty (or gone): what is above it stays too
+                    break
+
+
+@contextlib.contextmanager
 def exclusive_lock(path, busy):
     """Hold an exclusive `fcntl.flock` on `path` (created, with its folder) for the with-block; the OS releases
     it when the holder dies. Taken already: InputError(busy(text the holder wrote into the file)). Yields the
-    open file, for the holder to say who it is."""
+    open file, for the holder to say who it is. On leaving, the lock file (and the folders made for it, when
+    still empty) are removed, so a failed command leaves no lock behind."""
     import fcntl
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with made_dirs(path.parent, keep_on_success=False):
+        while True:
+            f = open(path, "a+")
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip()
+                f.close()
+                raise InputError(busy(holder)) from None
+            try:  # the holder before us removed the file after we opened it: lock the file now at `path`
+                same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            f.close()
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise InputError(busy(f.read().strip())) from None
-        yield f
+            yield f
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # still holding the lock: whoever opened the old file retries on the new one
+            f.close()

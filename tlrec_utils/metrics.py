@@ -1,7 +1,9 @@
 """AUC and NDCG, shared by run_eval and every baseline so all methods are scored identically.
 
 Ties are averaged (scikit-learn's `ndcg_score` with `ignore_ties=False`), so a constant predictor gets the
-expected score of a random ordering instead of a lucky or unlucky one.
+expected score of a random ordering instead of a lucky or unlucky one. The definitions are scikit-learn's
+(`roc_auc_score`, `ndcg_score(ignore_ties=False)`; tests/test_metrics.py checks equality, ties included),
+computed here with numpy alone: importing scikit-learn takes longer than scoring a test split (issue 21).
 """
 
 from __future__ import annotations
@@ -25,14 +27,49 @@ def ndcg_key(k: int = NDCG_K, per_user: bool = False) -> str:
 NDCG_KEY = ndcg_key()
 
 
-def auc(labels, scores) -> float:
-    """ROC AUC; NaN when only one class is present (undefined)."""
-    from sklearn.metrics import roc_auc_score  # on first use: the entry scripts read the constants above early
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of `values`, tied values sharing their average rank (scipy.stats.rankdata's 'average')."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]  # the first of each run of equal values
+    run = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = ((starts + 1 + ends) / 2)[run]  # the mean of the 1-based ranks starts+1 .. ends
+    return ranks
 
+
+def auc(labels, scores) -> float:
+    """ROC AUC (scikit-learn's `roc_auc_score`) as the Mann-Whitney statistic: the chance that a liked record
+    scores above a disliked one, ties counting half; NaN when only one class is present (undefined)."""
     labels = np.asarray(labels)
     if labels.size == 0 or len(np.unique(labels)) < 2:
         return float("nan")
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError("AUC of scores that are NaN or infinite")
+    positive = labels == labels.max()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    ranks = _average_ranks(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ndcg(relevance: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """scikit-learn's `ndcg_score(ignore_ties=False)` of one ranking: tied scores share the mean gain of their
+    group at the group's positions; 0 when nothing is relevant."""
+    if len(scores) < 2:
+        raise ValueError("NDCG needs at least two scored items")
+    discount = 1 / np.log2(np.arange(len(scores)) + 2)
+    discount[k:] = 0
+    ideal = float(np.sort(relevance)[::-1] @ discount)
+    if ideal == 0:
+        return 0.0
+    values, group, counts = np.unique(-scores, return_inverse=True, return_counts=True)  # best score first
+    mean_gain = np.bincount(group.ravel(), weights=relevance, minlength=len(values)) / counts
+    cumulative = np.r_[0.0, np.cumsum(discount)]
+    ends = np.cumsum(counts)
+    return float(mean_gain @ (cumulative[ends] - cumulative[ends - counts]) / ideal)
 
 
 def auc_interval(labels, value: float, z: float = 1.96) -> tuple[float, float]:
@@ -53,12 +90,10 @@ def auc_interval(labels, value: float, z: float = 1.96) -> tuple[float, float]:
 
 def sampled_ndcg(target_score: float, negative_scores, k: int = NDCG_K) -> float:
     """NDCG@k of one relevant item ranked among sampled negatives (ties averaged)."""
-    from sklearn.metrics import ndcg_score
-
     scores = np.concatenate([[target_score], np.asarray(negative_scores, dtype=np.float64)])
     relevance = np.zeros_like(scores)
     relevance[0] = 1.0
-    return float(ndcg_score(relevance[None, :], scores[None, :], k=k, ignore_ties=False))
+    return _ndcg(relevance, scores, k)
 
 
 def mean_sampled_ndcg(rankings: list[tuple[float, list[float]]], k: int = NDCG_K) -> float:
@@ -71,8 +106,6 @@ def mean_sampled_ndcg(rankings: list[tuple[float, list[float]]], k: int = NDCG_K
 def user_ndcg(user_ids, labels, scores, k: int = NDCG_K) -> tuple[float, int]:
     """NDCG@k of each user's own test records ranked by score with labels as relevance, averaged over
     users with at least two records and at least one like. Returns (mean, number of users)."""
-    from sklearn.metrics import ndcg_score
-
     by_user = defaultdict(list)
     for u, y, s in zip(user_ids, labels, scores):
         by_user[u].append((float(y), float(s)))
@@ -84,7 +117,7 @@ def user_ndcg(user_ids, labels, scores, k: int = NDCG_K) -> tuple[float, int]:
         if y.sum() <= 0:
             continue
         s = np.array([r[1] for r in rows])
-        values.append(ndcg_score(y[None, :], s[None, :], k=k, ignore_ties=False))
+        values.append(_ndcg(y, s, k))
     if not values:
         return float("nan"), 0
     return float(np.mean(values)), len(values)

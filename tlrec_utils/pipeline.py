@@ -79,7 +79,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, InputError
+from .errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
 from .fileio import atomic_write_json, atomic_write_text
 from .metrics import NDCG_K, ndcg_key
 from .paths import REPO_ROOT
@@ -745,7 +745,7 @@ def execute(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None):
             link.unlink()
         link.symlink_to(target)
         lines.append(shlex.join(["ln", "-sfn", str(target), str(link)]))
-    atomic_write_text(phase.dir / "command.txt", "\n".join(lines + [shlex.join(command)]) + "\n")
+    atomic_write_text(phase.dir / "command.txt", mask_secrets("\n".join(lines + [shlex.join(command)]) + "\n"))
     if phase.launched and cfg.launcher == "accelerate":
         log = phase.dir / "log.txt"
         logger.info("[%s] %s (output: %s)", phase.name, shlex.join(command[:4]) + " ...", log)
@@ -865,13 +865,12 @@ def run_dir_lock(run_dir: Path):
 EFFECT_SETS = {"cot_tuning": ("heldout", "held-out CoT loss"), "source_tuning": ("source", "source valid AUC"),
                "kshot": ("target", "target valid AUC")}
 CHAIN_TOLERANCE = 1e-3  # start figures vs the figures the previous phase ended with (same model, same records)
+UNCHANGED = 1e-7  # a largest change of P(Yes) (or of the held-out loss) at most this: the model did not move
 
 
 def phase_effect(phase: Phase, done: dict) -> dict | None:
     """{phase, held_out, metric, records, before, after, unchanged} of a finished tuning phase (None when it
     reported no effect: an earlier version's phase, or cot_heldout_records 0 for CoT tuning)."""
-    from .training import UNCHANGED
-
     kind = phase.key.rsplit("/", 1)[1]
     which, label = EFFECT_SETS.get(kind, EFFECT_SETS["kshot"])
     entry = (done.get("effect") or {}).get(which)
@@ -941,14 +940,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for phase in phases:
         if phase.kind == "eval":
             results[phase.method][phase.setting] = json.loads((phase.dir / "metrics.json").read_text())
-    out = {"variants": results, "phases": effects, "warnings": warnings, "config": asdict(cfg),
+    out = {"variants": results, "phases": effects, "warnings": warnings, "config": mask_secrets_in(asdict(cfg)),
            "wall_time_s": round(time.time() - started, 1)}
     atomic_write_json(run_dir / "results.json", json.loads(json.dumps(out, default=str)))
     return out
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+def _fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def format_table(results: dict, k: int = NDCG_K) -> str:
@@ -968,7 +967,7 @@ def format_table(results: dict, k: int = NDCG_K) -> str:
 
 def format_effects(results: dict) -> str:
     """A Markdown table of every tuning phase's held-out figure before and after it."""
-    lines = ["| phase | held-out records | before | after |", "|---|---|---|---|"]
+    lines = ["| phase | held-out figure (records) | before | after |", "|---|---|---|---|"]
     for effect in results.get("phases", {}).values():
         flag = " (unchanged)" if effect["unchanged"] else ""
         lines.append(f"| {effect['phase']} | {effect['held_out']} ({effect['records']}) | {_fmt(effect['before'])} "
@@ -979,7 +978,7 @@ def format_effects(results: dict) -> str:
 def _auc_with_interval(metrics: dict | None) -> str:
     metrics = metrics or {}
     lo, hi = metrics.get("auc_ci95") or (None, None)
-    text = _fmt(metrics.get("auc"))
+    text = _fmt(metrics.get("auc"), 3)
     return text if lo is None else f"{text} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -990,8 +989,8 @@ def method_lines(results: dict, baseline: str = "tallrec") -> list[str]:
     ref = (variants.get(baseline) or {}).get(SETTING_ZERO_SHOT)
     out = []
     for method, settings in variants.items():
-        parts = [f"{e['held_out']} {_fmt(e['before'])} -> {_fmt(e['after'])}" + (" (UNCHANGED)" if e["unchanged"]
-                                                                                 else "")
+        parts = [f"{e['held_out']} {_fmt(e['before'], 3)} -> {_fmt(e['after'], 3)}" + (" (UNCHANGED)"
+                                                                                       if e["unchanged"] else "")
                  for key, e in results.get("phases", {}).items()
                  if key.startswith(f"{method}/") and not key.rsplit("/", 1)[1].startswith("k")]
         zero = settings.get(SETTING_ZERO_SHOT)

@@ -82,6 +82,14 @@ class PrepareConfig:
         default=None, metadata={"help": "Download from MIRROR/HOST/PATH instead of https://HOST/PATH (default: "
                                         "$TLREC_MIRROR)."},
     )
+    download_stall_s: float | None = field(
+        default=None, metadata={"help": f"Give a download up when no byte came for this many seconds (default: "
+                                        f"${dl.STALL_ENV}, else {dl.STALL_S:g})."},
+    )
+    download_deadline_s: float | None = field(
+        default=None, metadata={"help": f"Give a file's download up when not complete after this many seconds "
+                                        f"(default: ${dl.DEADLINE_ENV}, else {dl.DEADLINE_S:g})."},
+    )
 
 
 def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
@@ -96,6 +104,7 @@ def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
         raise InputError(f"--target_style must be wrap or item, got {cfg.target_style!r}")
     if not 0 <= cfg.bad_row_tolerance <= 1:
         raise InputError(f"--bad_row_tolerance must be a fraction in [0, 1], got {cfg.bad_row_tolerance}")
+    dl.download_limits(cfg.download_stall_s, cfg.download_deadline_s)
     return parse_split_ratio(cfg.split_ratio)
 
 
@@ -119,7 +128,7 @@ def fetch_raw_files(cfg: PrepareConfig) -> Path:
         if name is None:
             raise missing_files_error(cfg.dataset, raw_dir, ["raw files"], what="--download has no published "
                                       f"release for this dataset (only for {', '.join(dl.RELEASES)})")
-        dl.fetch_missing(name, raw_dir, cfg.mirror)
+        dl.fetch_missing(name, raw_dir, cfg.mirror, stall_s=cfg.download_stall_s, deadline_s=cfg.download_deadline_s)
     return raw_dir
 
 
@@ -217,7 +226,8 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
 
     params = asdict(cfg)
     params.update(like_threshold=like_threshold, split_ratio=":".join(map(str, ratio)))
-    for key in ("raw_dir", "output_dir", "download", "data_dir", "mirror") + spec.unused_params:
+    for key in ("raw_dir", "output_dir", "download", "data_dir", "mirror", "download_stall_s",
+                "download_deadline_s") + spec.unused_params:
         params.pop(key)
     all_records = [r for s in SPLITS for r in splits[s]]
     meta = {

@@ -182,7 +182,6 @@ class TLRecTrainer(Trainer):
 # ---- the phase's effect: held-out records scored by the start model and by the trained model ----------------
 
 EFFECT_BEFORE = "effect_before.json"  # the start model's scores, kept so that a resumed run still reports them
-UNCHANGED = 1e-7  # a largest change of P(Yes) (or of the held-out loss) at most this: the model did not move
 
 
 def split_heldout(records: list[dict], n: int) -> tuple[list[dict], list[dict]]:
@@ -233,6 +232,24 @@ def score_effect(trainer, sets: dict) -> dict:
             entry.update(auc=M.auc(labels, p_yes), loss=float(-np.log(p_true).mean()), p_yes=p_yes.tolist())
         out[name] = entry
     return out
+
+
+class ScoreStartModel(TrainerCallback):
+    """Scores the effect sets with the start model when training begins: after accelerate or DeepSpeed has set
+    the model up and before the first step (where `eval_on_start` evaluates), and saves the scores to `path`."""
+
+    def __init__(self, sets: dict, path: Path):
+        self.sets, self.path = sets, path
+        self.trainer = None  # set once the trainer exists
+        self.scores = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from .fileio import atomic_write_json
+
+        if self.scores is None:
+            self.scores = score_effect(self.trainer, self.sets)
+            if self.trainer.is_world_process_zero():
+                atomic_write_json(self.path, self.scores)
 
 
 def effect_summary(sets: dict, before: dict | None, after: dict) -> dict:
@@ -406,6 +423,10 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
 
     sigterm = SaveOnSigterm()
     callbacks = [sigterm]
+    start_scores = None
+    if effects and resume is None:  # the start model's scores, before any step
+        start_scores = ScoreStartModel(effects, output_dir / EFFECT_BEFORE)
+        callbacks.append(start_scores)
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(training_args.early_stopping_patience))
     trainer = TLRecTrainer(
@@ -423,13 +444,8 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     )
     if resume:
         logger.info("resuming from %s", resume)
-    before = None
-    if effects and resume is None:  # the start model's scores, before any step
-        before = score_effect(trainer, effects)
-        if trainer.is_world_process_zero():
-            atomic_write_json(output_dir / EFFECT_BEFORE, before)
-    elif effects and (output_dir / EFFECT_BEFORE).is_file():
-        before = json.loads((output_dir / EFFECT_BEFORE).read_text())
+    if start_scores is not None:
+        start_scores.trainer = trainer
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     finally:
@@ -439,7 +455,12 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
                        trainer.state.global_step, output_dir)
         return EXIT_INTERRUPTED
 
-    effect = effect_summary(effects, before, score_effect(trainer, effects)) if effects else {}
+    effect = {}
+    if effects:
+        before = start_scores.scores if start_scores is not None else None
+        if before is None and (output_dir / EFFECT_BEFORE).is_file():  # resumed: scored by the first run
+            before = json.loads((output_dir / EFFECT_BEFORE).read_text())
+        effect = effect_summary(effects, before, score_effect(trainer, effects))
     # final model: staged, then moved in; the summary marker is written last
     stage = output_dir / ".final-staging"
     trainer.save_model(str(stage))

@@ -71,9 +71,6 @@ def check_output_dir(path, flag: str = "--output_dir") -> Path:
             raise InputError(f"{flag} {path}: no permission to write in this directory")
     else:
         _check_creatable(flag, path)
-    from .errors import note_output_dir
-
-    note_output_dir(path)
     return path
 
 

@@ -1,0 +1,72 @@
+"""The metrics (tlrec_utils/metrics.py) equal scikit-learn's definitions, ties included, and run_eval's timed
+path does not import scikit-learn (issue 21: its import cost more than scoring the test split)."""
+
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import ndcg_score, roc_auc_score
+
+from tlrec_utils import metrics as M
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("n,levels", [(2, 2), (7, 3), (50, 4), (400, 10), (1000, 0)])
+def test_auc_equals_sklearn_with_ties(n, levels):
+    rng = np.random.default_rng(n)
+    for _ in range(30):
+        labels = rng.integers(0, 2, n)
+        labels[:2] = [0, 1]
+        # few score levels: many ties, within and across the classes (levels 0: continuous scores)
+        scores = rng.integers(0, levels, n) / max(levels, 1) if levels else rng.random(n)
+        assert M.auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        assert M.auc(labels.astype(bool), scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert M.auc([0, 1, 0, 1], [0.5] * 4) == 0.5  # a constant predictor: chance
+    assert M.auc([1, 0], [0.9, 0.1]) == 1.0 and M.auc([1, 0], [0.1, 0.9]) == 0.0
+
+
+def test_auc_undefined_or_invalid():
+    assert np.isnan(M.auc([], [])) and np.isnan(M.auc([1, 1], [0.2, 0.3]))
+    with pytest.raises(ValueError, match="NaN"):
+        M.auc([0, 1], [0.1, float("nan")])
+
+
+def test_sampled_ndcg_equals_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    for k in (1, 3, 10, 60):
+        for levels in (2, 5, 0):
+            for _ in range(40):
+                scores = rng.integers(0, levels, 51) / levels if levels else rng.random(51)
+                relevance = np.zeros(51)
+                relevance[0] = 1
+                want = ndcg_score(relevance[None], scores[None], k=k, ignore_ties=False)
+                assert M.sampled_ndcg(scores[0], scores[1:], k) == pytest.approx(want, abs=1e-12)
+    assert M.sampled_ndcg(0.5, [0.5] * 9, k=10) == pytest.approx(np.mean(1 / np.log2(np.arange(10) + 2)))
+
+
+def test_user_ndcg_equals_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 40, 300).tolist()
+    labels = rng.integers(0, 2, 300)
+    scores = rng.integers(0, 4, 300) / 4
+    for k in (2, 10):
+        by_user = defaultdict(list)
+        for u, y, s in zip(users, labels, scores):
+            by_user[u].append((y, s))
+        want = [ndcg_score([[y for y, _ in rows]], [[s for _, s in rows]], k=k, ignore_ties=False)
+                for rows in by_user.values() if len(rows) >= 2 and sum(y for y, _ in rows) > 0]
+        value, n_users = M.user_ndcg(users, labels, scores, k)
+        assert n_users == len(want) > 20 and value == pytest.approx(np.mean(want), abs=1e-12)
+
+
+def test_the_evaluation_path_does_not_import_sklearn():
+    code = ("import sys; from tlrec_utils import evaluation, metrics as M; "
+            "M.auc([0, 1, 1], [0.2, 0.2, 0.9]); M.user_ndcg([1, 1, 2], [1, 0, 1], [0.3, 0.3, 0.1]); "
+            "M.mean_sampled_ndcg([(0.5, [0.5, 0.1])]); print('sklearn' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
