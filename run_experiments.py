@@ -7,7 +7,9 @@ results/table1.md + .csv (mean ± std, t-test stars) and the ablation / backbone
     python run_experiments.py --config configs/experiments/paper_movie.yaml --slurm         # dependent SLURM jobs
     python run_experiments.py --config configs/experiments/paper_movie.yaml --report_only   # table + figures
 
-Rerunning skips finished cells (a cell is finished when its metrics.json exists).
+Rerunning skips finished cells (a cell is finished when its metrics.json exists and was made from this config:
+fingerprints); a cell whose settings changed is redone (--on_change error refuses instead). Table 1 and
+results/results.json hold only the cells of this config; results left on disk by others are listed as stale.
 """
 
 import os
@@ -33,7 +35,7 @@ def main(argv=None):
     if args.run_phase:
         return X.run_one_phase(config, cells, *args.run_phase)
     if args.cells_file is not None:
-        X.run_cell(config, X.cell_from_index(config, cells, args.cells_file, args.cell_index))
+        X.run_cell(config, X.cell_from_index(config, cells, args.cells_file, args.cell_index), on_change=args.on_change)
         return 0
     if args.dry_run and args.launcher == "slurm":  # the plan and its job scripts, nothing submitted
         X.submit_slurm_chains(config, cells, args.config, args.override, dry_run=True)
@@ -48,7 +50,7 @@ def main(argv=None):
             X.submit_slurm_chains(config, cells, args.config, args.override)
             return 0
         try:
-            failures = X.run_local(config, cells, in_process=not args.subprocess)
+            failures = X.run_local(config, cells, in_process=not args.subprocess, on_change=args.on_change)
         except X.GridInterrupted as exc:
             print(f"interrupted: {exc}; rerun the same command to resume", file=sys.stderr)
             return EXIT_INTERRUPTED

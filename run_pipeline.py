@@ -7,7 +7,9 @@ target rec-tuning, evaluation; prints AUC and NDCG@10 per setting for every meth
         --accelerate_config configs/accelerate/multi_gpu.yaml    # every PipelineConfig field is a flag
     python run_pipeline.py configs/experiments/quickstart.yaml --run_dir runs/qs --k_shots 16   # file, then flags
 
-Rerunning the same command skips finished phases and resumes an interrupted one. Layout: see tlrec_utils/pipeline.py.
+Rerunning the same command skips finished phases and resumes an interrupted one; a rerun with other settings
+redoes exactly the phases they change and what follows them (--on_change error refuses instead).
+Layout: see tlrec_utils/pipeline.py.
 """
 
 import sys

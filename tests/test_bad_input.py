@@ -110,7 +110,7 @@ def baseline_args(ctx, t, *extra):
 def grid(ctx, t, **changes):
     config = {"output_dir": str(t / "grid"), "target": {"train": str(ctx.prepared / "train.json"),
                                                         "test": str(ctx.prepared / "test.json")},
-              "settings": [16], "seeds": 1, "methods": [{"name": "Pop", "baseline": "item-popularity"}]}
+              "settings": [16], "seeds": [0], "methods": [{"name": "Pop", "baseline": "item-popularity"}]}
     config.update(changes)
     return ["--config", str(write(t / "grid.yaml", yaml.safe_dump(config)))]
 

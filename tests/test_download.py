@@ -392,3 +392,39 @@ def test_error_after_a_progress_bar_starts_its_own_line(mirror, tmp_path):
     errors = [line for line in stderr.split("\n") if line.startswith("error: ")]
     assert len(errors) == 1 and "connection dropped after" in errors[0], repr(stderr)
     assert not (tmp_path / "data").exists()
+
+
+def test_a_truncated_release_file_already_present_is_refused_or_fetched_again(mirror, data_dir, tmp_path):
+    """Issue 19 case 6: a half-truncated netflix/train.csv in the data directory is not used as it is: without
+    --download one line names it and the fix; with --download it is fetched again (all 8,000 training records),
+    and a file checked once is not hashed again (cached by size and mtime). Skipped malformed rows are counted
+    in meta.json per file."""
+    folder = tmp_path / "data" / "netflix"
+    shutil.copytree(data_dir / "netflix", folder)
+    text = (folder / "train.csv").read_text()
+    (folder / "train.csv").write_text(text[: len(text) // 2])  # cut mid-row: one malformed row
+    common = ["--dataset", "windows-csv", "--release", "netflix", "--data_dir", tmp_path / "data"]
+    proc = run_cli(*common, "--output_dir", tmp_path / "out")
+    assert_one_line_error(proc, f"{folder / 'train.csv'}: not the published netflix file (git blob id",
+                          "rerun with --download to fetch it again")
+    assert not (tmp_path / "out").exists()
+    meta = run_prepare_data.main([*map(str, common), "--output_dir", str(tmp_path / "out"), "--download",
+                                  "--mirror", mirror.url])
+    assert meta["counts"]["train"] == 8000
+    assert mirror.requests == [mirror_path(download.RELEASES["netflix"].url("train.csv"))]
+    assert meta["skipped"]["malformed_rows"] == 0
+    assert set(meta["skipped"]["malformed_rows_by_file"]) == {str(folder / f) for f in (
+        "item_mapping.csv", "train.csv", "valid.csv", "test.csv")}
+    assert download.verify_present("netflix", folder) == []  # the fetched copy checked once more, then cached
+    cached = json.loads((folder / download.VERIFIED_FILE).read_text())
+    assert set(cached) == set(download.RELEASES["netflix"].files)
+
+    # a file of our own with one malformed row (not a release folder): counted in meta.json
+    own = tmp_path / "own"
+    shutil.copytree(data_dir / "netflix", own)
+    lines = (own / "valid.csv").read_text().splitlines(keepends=True)
+    (own / "valid.csv").write_text("".join(lines[:5] + ["u1,not a list,[1],5,1,0\n"] + lines[5:]))
+    meta = run_prepare_data.main(["--dataset", "windows-csv", "--raw_dir", str(own), "--output_dir",
+                                  str(tmp_path / "own-out")])
+    assert meta["skipped"]["malformed_rows"] == 1
+    assert meta["skipped"]["malformed_rows_by_file"][str(own / "valid.csv")] == 1

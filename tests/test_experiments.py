@@ -12,7 +12,7 @@ from helpers import synthetic_records
 
 import run_experiments
 from tlrec_utils import experiments as X
-from tlrec_utils.errors import InputError
+from tlrec_utils.errors import InputError, cli_entry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def grid_config(tmp_path):
         | {"items": str(data / "items.json")},
         "source": {"train": str(data / "source_train.json")},
         "settings": ["zero-shot", 16, 64],
-        "seeds": 2,
+        "seeds": [0, 1],
         "ours": "LogReg",
         "methods": [
             {"name": "LogReg", "baseline": "heuristic-logreg"},
@@ -226,3 +226,94 @@ def test_override_to_an_empty_list_reaches_run_pipeline_as_its_default():
     assert parsed.source_prepare_args == [] and parsed.source_files["train"] == "amazon-book/valid.json"
     assert parsed.methods == ["tlrec", "tallrec", "wo_cot", "wo_curriculum", "wo_rec_tuning"]
     assert X.flags({"a": [], "b": [1, 2], "c": None}) == ["--b", "1", "2"]
+
+
+def test_duplicate_method_names_and_seed_counts_are_config_errors(grid_config, tmp_path, capsys):
+    """Issue 19 cases 2 and 7: two methods named alike would be averaged as seeds of one; `seeds: 3` meant a
+    count in a grid and one seed in a pipeline config. Both are one line, exit 2, in every config."""
+    path, config = grid_config
+    cases = [
+        ({**config, "methods": config["methods"] + [{"name": "LogReg", "baseline": "sasrec"}]},
+         "methods: the name 'LogReg' is given twice"),
+        ({**config, "seeds": 3}, "seeds: a list of seeds is needed, got the number 3; write [3] for seed 3 only, "
+                                 "or [0, 1, 2] for 3 seeds"),
+    ]
+    for values, message in cases:
+        path.write_text(yaml.safe_dump(values))
+        with pytest.raises(SystemExit) as exc:
+            cli_entry(run_experiments.main)(["--config", str(path)])
+        assert exc.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: ") and message in line
+    import run_pipeline
+
+    pipeline_file = tmp_path / "pl.yaml"
+    pipeline_file.write_text("seeds: 3\n")
+    with pytest.raises(SystemExit) as exc:
+        run_pipeline.main(["--config", str(pipeline_file), "--run_dir", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{pipeline_file}: seeds: a list of seeds is needed, got the number 3" in line
+    assert not (tmp_path / "r").exists() and not Path(config["output_dir"]).exists()
+
+
+def test_report_tables_only_the_cells_of_this_config(grid_config):
+    """Issue 19 case 3: a rerun with fewer methods (even none) tables only what this config runs; the cells left
+    on disk are listed as stale in results.json, never tabled; a cell whose settings changed is rerun."""
+    path, config = grid_config
+    config = {**config, "settings": ["zero-shot", 16], "seeds": [0], "ablations": [], "setup": []}
+    path.write_text(yaml.safe_dump(config))
+    assert run_experiments.main(["--config", str(path)]) == 0
+    results = X.runs_dir(X.load_config(path)).parent / "results"
+    assert {r["method"] for r in json.loads((results / "results.json").read_text())["rows"]} == {
+        "LogReg", "Popularity", "User share"}
+
+    path.write_text(yaml.safe_dump({**config, "methods": config["methods"][:1]}))
+    assert run_experiments.main(["--config", str(path)]) == 0
+    table = (results / "table1.md").read_text()
+    assert "| LogReg |" in table and "Popularity" not in table and "User share" not in table
+    report = json.loads((results / "results.json").read_text())
+    assert {r["method"] for r in report["rows"]} == {"LogReg"}
+    assert sorted(report["stale"]) == sorted(f"main/{m}/{s}/seed0 (not a cell of this config)"
+                                             for m in ("Popularity", "User_share") for s in ("zero-shot", "k16"))
+    test_file = config["target"]["test"]
+    assert report["test_file"]["path"] == test_file and table.rstrip().endswith(
+        f"Every row is scored on the test records of {test_file} ({report['test_file']['fingerprint']}).")
+
+    # LogReg with other options: its old results are stale, the cell reruns
+    changed = {**config, "methods": [{**config["methods"][0], "options": {"test_limit": 20}}]}
+    path.write_text(yaml.safe_dump(changed))
+    cfg = X.load_config(path)
+    cells = X.build_cells(cfg)
+    assert not any(X.is_finished(cfg, c) for c in cells)
+    assert any("made from other settings" in s for s in X.stale_cells(cfg, cells))
+    with pytest.raises(InputError, match="--on_change error: cell main/LogReg/zero-shot/seed0 holds results made"):
+        run_experiments.main(["--config", str(path), "--on_change", "error"])
+    assert run_experiments.main(["--config", str(path)]) == 0
+    report = json.loads((results / "results.json").read_text())
+    assert [r["metrics"]["counts"]["records"] for r in report["rows"]] == [20, 20]
+
+    path.write_text(yaml.safe_dump({**config, "methods": []}))
+    assert run_experiments.main(["--config", str(path)]) == 0
+    assert not (results / "table1.md").exists() and json.loads((results / "results.json").read_text())["rows"] == []
+
+
+def test_one_test_set_per_grid(grid_config, data_dir, tiny_llama):
+    """Issue 19 case 4: a pipeline cell's prepared test set differs from the grid's `target:` files: the grid
+    refuses with one line before running any cell; pointing `target:` at the same records reports it once."""
+    path, config = grid_config
+    config = {**config, "settings": ["zero-shot", 16], "seeds": [0], "ablations": [], "setup": [],
+              "pipeline": {"data_dir": str(data_dir), "base_model": str(tiny_llama), "max_windows": 300},
+              "pipeline_runs": {"main": {"methods": ["tallrec"]}},
+              "methods": config["methods"][:1] + [{"name": "TALLRec", "pipeline": "main", "variant": "tallrec"}]}
+    path.write_text(yaml.safe_dump(config))
+    assert run_experiments.main(["--config", str(path), "--run_phase", "main/pipeline-main", "data/target"]) == 0
+    with pytest.raises(InputError, match=r"target.test .* differs from .*pipeline-main/data/target/test.json"):
+        run_experiments.main(["--config", str(path)])
+    assert not (X.runs_dir(X.load_config(path)) / "main" / "LogReg").exists()  # nothing ran
+    prepared = X.runs_dir(X.load_config(path)).resolve() / "main" / "pipeline-main" / "data" / "target"
+    config["target"] = {split: str(prepared / f"{split}.json") for split in ("train", "valid", "test", "items")}
+    path.write_text(yaml.safe_dump(config))
+    assert run_experiments.main(["--config", str(path), "--report_only"]) == 0
+    report = json.loads((X.runs_dir(X.load_config(path)).parent / "results" / "results.json").read_text())
+    assert report["test_file"]["path"] == str(prepared / "test.json")

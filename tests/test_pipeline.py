@@ -180,8 +180,15 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     again = run(cfg)
     assert again["variants"] == results["variants"]
     assert phase_markers(run_dir) == after
-    skipped = [r for r in caplog.records if "complete, skipped" in r.getMessage()]
-    assert len(skipped) == len(after)
+    (reused,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reused ")]
+    assert reused.startswith(f"reused {len(after)} phase(s), fingerprints match: ")
+    assert not [r for r in caplog.records if r.getMessage().startswith(("rerun ", "running"))]
+    assert len(again["provenance"]) == len(after)
+    assert {entry["status"] for entry in again["provenance"].values()} == {"reused"}
+    # the resumed source rec-tuning says so, and its phase was this run's (same fingerprint)
+    assert results["provenance"]["tlrec/source_tuning"]["status"] == "resumed"
+    resumed_from = json.loads((source_tuning / "tuning_summary.json").read_text())["resumed_from"]
+    assert resumed_from["same_run"] is True and resumed_from["forced"] is False
 
 
 def test_a_phase_that_changes_nothing_warns_and_a_broken_chain_stops_the_run(data_dir, tmp_path, monkeypatch, caplog):

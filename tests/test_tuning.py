@@ -205,10 +205,13 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tiny_llama, data, tmp_pa
     checkpoints = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     stopped_at = checkpoints[-1]
     assert stopped_at >= 2 and (out / f"checkpoint-{stopped_at}" / "trainer_state.json").is_file()
+    # fewer max_steps change the learning-rate schedule: another run's settings, resumed only when forced
     assert run_tuning.main(_common(tiny_llama, out, "--train_files", data / "train.json",
-                                   "--max_steps", stopped_at + 2, "--save_steps", 2)) == 0
+                                   "--max_steps", stopped_at + 2, "--save_steps", 2, "--force_resume")) == 0
     summary = json.loads((out / "tuning_summary.json").read_text())
     assert summary["global_step"] == stopped_at + 2
+    assert summary["resumed_from"] == {"checkpoint": str(out / f"checkpoint-{stopped_at}"), "same_run": False,
+                                       "forced": True}
     # only the two new steps ran: the losses logged before the interruption come from the checkpoint
     assert [h["step"] for h in summary["log_history"] if "loss" in h] == list(range(1, stopped_at + 3))
 
@@ -219,11 +222,17 @@ def test_resume_from_checkpoint_dir_continues_another_runs_checkpoint(trained, t
     out, _ = trained
     original = json.loads((out / "tuning_summary.json").read_text())["log_history"]
     resumed = tmp_path / "resumed"
-    assert run_tuning.main(_common(tiny_llama, resumed, "--train_files", data / "train.json", "--max_steps", 7,
-                                   "--learning_rate", "1e-2", "--seed", 1,
-                                   "--resume_from_checkpoint", out / "checkpoint-6")) == 0
+    argv = _common(tiny_llama, resumed, "--train_files", data / "train.json", "--max_steps", 7,
+                   "--learning_rate", "1e-2", "--seed", 1, "--resume_from_checkpoint", out / "checkpoint-6")
+    # issue 19 case 5: another run's checkpoint is refused unless forced, and the summary records the resume
+    msg = _one_line_error(capsys, argv)
+    assert f"--resume_from_checkpoint {out / 'checkpoint-6'}: not a checkpoint of this run (" in msg
+    assert "max_steps" in msg and "seed" in msg and msg.endswith("pass --force_resume to continue it anyway")
+    assert not resumed.exists() or not any(resumed.glob("checkpoint-*"))
+    assert run_tuning.main(argv + ["--force_resume"]) == 0
     summary = json.loads((resumed / "tuning_summary.json").read_text())
     assert summary["global_step"] == 7
+    assert summary["resumed_from"] == {"checkpoint": str(out / "checkpoint-6"), "same_run": False, "forced": True}
     history = summary["log_history"]
     assert [h for h in history if h["step"] <= 6] == [h for h in original if h["step"] <= 6]
     assert any("eval_auc" in h for h in history)  # validated at step 6 by the run that wrote the checkpoint
@@ -432,3 +441,39 @@ def test_config_file_instead_of_flags_and_k_shot(tiny_llama, data, tmp_path):
     assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "k_proj"}
     weights = load_file(tmp_path / "k" / "adapter_model.safetensors")
     assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # gradients reached the adapter
+
+
+def test_one_run_tuning_per_output_dir(tiny_llama, data, tmp_path, capsys):
+    """Issue 19 case 5: a second run_tuning on an output_dir in use stops with one line naming the holder,
+    before writing anything (the pipeline's and the CoT run's lock)."""
+    from tlrec_utils.fileio import exclusive_lock
+    from tlrec_utils.training import LOCK_FILE
+
+    out = tmp_path / "busy"
+    with exclusive_lock(out / LOCK_FILE, lambda holder: holder) as f:
+        f.write("pid 4242 on host elsewhere\n")
+        f.flush()
+        msg = _one_line_error(capsys, _common(tiny_llama, out, "--train_files", data / "train.json", "--max_steps", 1))
+    assert f"{out} is in use by another run_tuning (pid 4242 on host elsewhere)" in msg
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+
+
+def test_curriculum_over_mixed_cot_and_yes_no_files(tiny_llama, data, tmp_path, capsys):
+    """Issue 19 case 5: CoT and Yes/No files together, in either order: an ordering curriculum is refused with
+    one line; `shuffled` trains on all records and the summary records the curriculum and both kinds."""
+    cot = [{"instruction": f"Stage {s}: summarise the user's taste.", "input": "Liked: Dark Night 3 (1972).",
+            "output": f"The user likes dark films ({s}).", "stage": s} for s in (3, 1, 2, 1, 3, 2)]
+    cot_path = tmp_path / "cot.json"
+    cot_path.write_text(json.dumps(cot))
+    yes_no = data / "val.json"
+    n_yes_no = len(json.loads(yes_no.read_text()))
+    for files in ((yes_no, cot_path), (cot_path, yes_no)):
+        msg = _one_line_error(capsys, _common(tiny_llama, tmp_path / "mixed", "--train_files", *files,
+                                              "--max_steps", 1, "--curriculum", "stagewise"))
+        assert f"6 CoT and {n_yes_no} Yes/No records mixed; --curriculum stagewise orders CoT stages only" in msg
+    out = tmp_path / "shuffled"
+    assert run_tuning.main(_common(tiny_llama, out, "--train_files", yes_no, cot_path, "--max_steps", 1,
+                                   "--curriculum", "shuffled")) == 0
+    summary = json.loads((out / "tuning_summary.json").read_text())
+    assert summary["curriculum"] == "shuffled" and summary["records_by_kind"] == {"cot": 6, "yes_no": n_yes_no}
+    assert summary["train_records"] == 6 + n_yes_no

@@ -201,6 +201,11 @@ def _tuning_training_arguments():
         overwrite_output_dir: bool = field(
             default=False, metadata={"help": "Train again even when output_dir already holds a finished model."}
         )
+        force_resume: bool = field(
+            default=False,
+            metadata={"help": "Resume from a checkpoint made with other settings or inputs (another run's, or this "
+                              "output_dir's before a change); refused without it. Recorded in the summary."},
+        )
 
         def __post_init__(self):
             check_number("--learning_rate", self.learning_rate, 0)
@@ -377,6 +382,11 @@ class ExperimentsArguments:
                           "--slurm: write the sbatch files of the plan, submit nothing)."},
     )
     subprocess: bool = field(default=False, metadata={"help": "local: one Python process per cell."})
+    on_change: str = field(
+        default="rerun",
+        metadata={"help": "A cell or pipeline phase whose results were made from other settings: redo it (rerun) "
+                          "or stop before running anything (error).", "choices": ["rerun", "error"]},
+    )
     download: bool = field(
         default=False, metadata={"help": "Setup steps fetch the published data files they lack (verified)."}
     )

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 MIRROR_ENV = "TLREC_MIRROR"
 PROVENANCE_FILE = ".downloads.json"
+VERIFIED_FILE = ".verified.json"  # files whose hash matched the registry, by size and mtime (verify_present)
 # giving up: no byte for STALL seconds (also the connect timeout), or a file not complete after DEADLINE seconds
 STALL_ENV, STALL_S = "TLREC_DOWNLOAD_STALL_S", 60.0
 DEADLINE_ENV, DEADLINE_S = "TLREC_DOWNLOAD_DEADLINE_S", 3600.0
@@ -257,6 +258,55 @@ def missing_files(name: str, folder) -> list[str]:
     return [f for f in rel.files if not (folder / f).is_file()]
 
 
+def verify_present(name: str, folder, download: bool = False) -> list[str]:
+    """Check the files of release `name` already in `folder` against the registry's hashes (for an archive: the
+    zip, and the members it extracted, by the hash recorded then), each once: a match is cached by size and
+    mtime in VERIFIED_FILE. A mismatch (truncated, edited) is removed with `download` (to be fetched again, the
+    names returned), else one line naming the file and how to fix it."""
+    rel, folder = release(name), Path(folder)
+    expected = {}
+    if rel.archive_url:
+        (zip_name, sha256), = rel.files.items()
+        expected[zip_name] = ("sha256", sha256)
+        for member, entry in read_provenance(folder).items():
+            if entry.get("archive_sha256") == sha256 and entry.get("sha256"):
+                expected[member] = ("sha256", entry["sha256"])
+    else:
+        expected = {fname: ("git_blob", blob) for fname, blob in rel.files.items()}
+    try:
+        cache = json.loads((folder / VERIFIED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    removed, changed = [], False
+    for fname, (kind, want) in expected.items():
+        path = folder / fname
+        if not path.is_file():
+            continue
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, want]
+        if cache.get(fname) == stamp:
+            continue
+        got = file_hash(path, kind)
+        changed = True
+        if got == want:
+            cache[fname] = stamp
+            continue
+        label = "SHA-256" if kind == "sha256" else "git blob id"
+        if not download:
+            raise InputError(f"{path}: not the published {name} file ({label} {got}, expected {want}: truncated or "
+                             "edited); rerun with --download to fetch it again, or put the original back")
+        logger.warning("%s: not the published file (%s mismatch): downloading it again", path, label)
+        path.unlink()
+        cache.pop(fname, None)
+        removed.append(fname)
+    if changed:
+        try:
+            atomic_write_json(folder / VERIFIED_FILE, cache)
+        except OSError:  # a read-only data folder: verified again next time
+            pass
+    return removed
+
+
 def fetch_missing(name: str, folder, mirror: str | None = None, progress: bool = True, stall_s: float | None = None,
                   deadline_s: float | None = None) -> list[str]:
     """Download (verified) the files of release `name` that `folder` lacks; returns their names. A failure
@@ -346,6 +396,7 @@ def release_file(name: str, filename: str, data_dir=None, download: bool = False
 
     rel = release(name)
     path = resolve(data_dir) / name / filename
+    verify_present(name, path.parent, download)
     if not path.is_file():
         if not download:
             raise InputError(f"{path}: file not found; pass --download to fetch it (verified) from "

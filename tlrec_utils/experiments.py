@@ -10,7 +10,7 @@ directory):
     target: {train: ..., valid: ..., test: ..., items: ...}      # prepared target domain (baselines)
     source: {train: ..., valid: ...}                             # prepared source domain (zero-shot baselines)
     settings: [zero-shot, 16, 64, 256]
-    seeds: 5                                    # or an explicit list [0, 1, 2]
+    seeds: [0, 1, 2, 3, 4]                      # always a list (a bare number is refused)
     test_limit: 300                             # optional: every method on the first N test records
     ours: TLRec
     metrics: [auc, ndcg@10]
@@ -163,7 +163,7 @@ class GridConfig:
     title: str | None = None
     source: Splits = field(default_factory=Splits)
     settings: list[str | int] = field(default_factory=lambda: ["zero-shot", 16, 64, 256])  # setting_key()s once loaded
-    seeds: int | list[int] = 5  # N (0..N-1) or a list; a list once loaded
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # a list in every config (validation.check_seeds)
     test_limit: int | None = None
     ours: str = "TLRec"
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
@@ -232,11 +232,6 @@ def grid_config(raw: dict, path: str) -> GridConfig:
     config.backbones = _typed_list(BackboneSpec, config.backbones, f"{path}: backbones")
     config.setup = _typed_list(SetupStep, config.setup, f"{path}: setup")
     config.slurm = _typed(SlurmSettings, config.slurm, f"{path}: slurm")
-    if isinstance(config.seeds, int):
-        check_number(f"{path}: seeds", config.seeds, 1)
-        config.seeds = list(range(config.seeds))
-    elif not config.seeds:
-        raise InputError(f"{path}: seeds must be a positive integer or a list of integers, got []")
     config.settings = [setting_key(s) for s in config.settings]
     config.backbone_settings = [setting_key(s) for s in (config.backbone_settings or config.settings)]
     check_number(f"{path}: test_limit", config.test_limit, 1)
@@ -250,6 +245,15 @@ def grid_config(raw: dict, path: str) -> GridConfig:
             if method.same_as is None and method.baseline is None and not pipeline_method:
                 raise InputError(f"{path}: {group}: method {method.name!r} needs 'baseline', or 'pipeline' and "
                                  "'variant'")
+    names = [m.name for m in config.methods] + [a.name for a in config.ablations]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise InputError(f"{path}: methods: the name {twice!r} is given twice (Table 1 rows and ablations need "
+                         "distinct names: results under one name would be averaged as if they were seeds)")
+    backbone_names = [b.name for b in config.backbones]
+    twice = next((n for n in backbone_names if backbone_names.count(n) > 1), None)
+    if twice is not None:
+        raise InputError(f"{path}: backbones: the name {twice!r} is given twice")
     sources = [("pipeline", config.pipeline)] + [(f"pipeline_runs.{k}", v) for k, v in config.pipeline_runs.items()]
     sources += [(f"backbones.{b.name}.pipeline", b.pipeline) for b in config.backbones]
     for where_, options in sources:
@@ -382,8 +386,113 @@ def cell_dir(config, cell: Cell) -> Path:
     return runs_dir(config) / cell.path
 
 
+CELL_DONE = "cell_done.json"  # a baseline cell's fingerprint, written after its metrics.json
+
+
+def cell_fingerprint(config, cell: Cell) -> str:
+    """A baseline cell's fingerprint: its script, its flags and the content of the files they name (a pipeline
+    cell has one per phase: tlrec_utils.pipeline.phase_fingerprint)."""
+    import os
+
+    from .provenance import fingerprint, path_fingerprint
+
+    inputs = {a: path_fingerprint(a) for a in cell.args if os.sep in a and not a.startswith("-")}
+    return fingerprint({"script": cell.script, "args": cell.args, "inputs": inputs})
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def current_outputs(config, cell: Cell) -> list[bool]:
+    """Per output of `cell`: its metrics.json exists and was made from the current config (a baseline cell's
+    fingerprint in cell_done.json; for a pipeline cell, the fingerprint of the evaluation phase that wrote it)."""
+    folder = cell_dir(config, cell)
+    if cell.script != "run_pipeline.py":
+        done = _read_json(folder / CELL_DONE) or {}
+        ok = done.get("fingerprint") == cell_fingerprint(config, cell)
+        return [ok and (folder / o["metrics"]).is_file() for o in cell.outputs]
+    plan, phases = _cell_plan(config, cell)
+    by_dir = {str(p.dir): p.key for p in phases}
+    out = []
+    for o in cell.outputs:
+        key = by_dir.get(str((folder / o["metrics"]).resolve().parent))
+        out.append(key is not None and plan[key][2] == "reused" and (folder / o["metrics"]).is_file())
+    return out
+
+
+def _cell_plan(config, cell: Cell):
+    """(fingerprints and statuses of the phases, the phases) of a pipeline cell; none when it cannot be planned
+    yet (its raw data is not there)."""
+    from .pipeline import plan_fingerprints
+
+    cfg = cell_pipeline_config(config, cell)
+    try:
+        phases = cell_phases(config, cell)
+    except InputError:
+        return {}, []
+    return plan_fingerprints(cfg, phases), phases
+
+
 def is_finished(config, cell: Cell) -> bool:
-    return all((cell_dir(config, cell) / out["metrics"]).is_file() for out in cell.outputs)
+    return all(current_outputs(config, cell))
+
+
+def stale_cells(config, cells: list[Cell]) -> list[str]:
+    """Results on disk that no current cell vouches for: cell folders this config does not have (another
+    config's, a method since removed), and current cells whose results were made from other settings."""
+    root = runs_dir(config).resolve()
+    known = {cell_dir(config, c).resolve(): c for c in cells}
+    out = []
+    for cell_file in sorted(root.rglob("cell.json")) if root.is_dir() else []:
+        folder = cell_file.parent
+        cell = known.get(folder)
+        if cell is None:
+            out.append(f"{folder.relative_to(root)} (not a cell of this config)")
+            continue
+        for o, ok in zip(cell.outputs, current_outputs(config, cell)):
+            if not ok and (folder / o["metrics"]).is_file():
+                out.append(f"{cell.path}/{o['metrics']} (made from other settings)")
+    return out
+
+
+def check_on_change(config, cells: list[Cell]) -> None:
+    """`--on_change error`: refuse (one line) before any cell runs when one would redo results made from other
+    settings."""
+    for cell in cells:
+        folder = cell_dir(config, cell)
+        if cell.script == "run_pipeline.py":
+            plan, _ = _cell_plan(config, cell)
+            stale = [k for k, entry in plan.items() if entry[2] == "rerun"]
+            if stale:
+                raise InputError(f"--on_change error: cell {cell.path}: {len(stale)} phase(s) were made from other "
+                                 f"settings or inputs, first {stale[0]}; rerun with --on_change rerun, or use another "
+                                 "output_dir")
+        elif folder.is_dir() and any(folder.iterdir()) and not is_finished(config, cell):
+            raise InputError(f"--on_change error: cell {cell.path} holds results made from other settings; rerun "
+                             "with --on_change rerun, or use another output_dir")
+
+
+def check_one_test_set(config, cells: list[Cell]) -> None:
+    """Every row of a table is scored on the same test records and candidate items: a pipeline cell's prepared
+    target test.json and items.json must be the grid's `target:` files (same content), else one line, exit 2."""
+    from .provenance import path_fingerprint
+
+    for cell in cells:
+        if cell.script != "run_pipeline.py":
+            continue
+        prepared = Path(cell_pipeline_config(config, cell).run_dir) / "data" / "target"
+        for split, name in (("test", "test.json"), ("items", "items.json")):
+            grid_file = getattr(config.target, split)
+            ours = prepared / name
+            if grid_file and ours.is_file() and Path(grid_file).is_file() and \
+                    path_fingerprint(ours) != path_fingerprint(grid_file):
+                raise InputError(f"{config.path}: target.{split} {grid_file} differs from {ours}, the {split} file "
+                                 f"pipeline cell {cell.path} prepared: one test set per table; prepare both the "
+                                 f"same way (or point target.{split} at {ours})")
 
 
 def cell_argv(config, cell: Cell) -> list[str]:
@@ -394,17 +503,33 @@ def cell_argv(config, cell: Cell) -> list[str]:
 def write_cell_json(config, cell: Cell) -> None:
     info = {k: v for k, v in asdict(cell).items() if k in ("group", "seed", "backbone", "outputs")}
     info["command"] = mask_secrets(shlex.join([sys.executable, cell.script, *cell_argv(config, cell)]))
+    if cell.script != "run_pipeline.py":
+        info["fingerprint"] = cell_fingerprint(config, cell)
     atomic_write_json(cell_dir(config, cell) / "cell.json", info)
 
 
-def run_cell(config, cell: Cell, in_process: bool = True) -> None:
-    """Run one cell (in this process by default: no interpreter start-up per cell)."""
+def run_cell(config, cell: Cell, in_process: bool = True, on_change: str = "rerun") -> None:
+    """Run one cell (in this process by default: no interpreter start-up per cell). A baseline cell's results
+    made from other settings are removed first (`on_change: error` refuses instead); a pipeline cell redoes the
+    phases whose fingerprints changed."""
+    folder = cell_dir(config, cell)
+    if cell.script != "run_pipeline.py" and folder.is_dir() and any(folder.iterdir()):
+        if is_finished(config, cell):
+            return
+        if on_change == "error":
+            check_on_change(config, [cell])
+        shutil.rmtree(folder)
     write_cell_json(config, cell)
-    argv = cell_argv(config, cell)
+    argv = cell_argv(config, cell) + (["--on_change", on_change] if cell.script == "run_pipeline.py" else [])
     logger.info("cell %s: %s %s", cell.path, cell.script, shlex.join(argv))
     _run_script(cell.script, argv, in_process)
+    if cell.script != "run_pipeline.py":
+        missing = [o["metrics"] for o in cell.outputs if not (folder / o["metrics"]).is_file()]
+        if missing:
+            raise RuntimeError(f"cell {cell.path}: finished without writing {', '.join(missing)}")
+        atomic_write_json(folder / CELL_DONE, {"fingerprint": cell_fingerprint(config, cell)})
     if not is_finished(config, cell):
-        missing = [o["metrics"] for o in cell.outputs if not (cell_dir(config, cell) / o["metrics"]).is_file()]
+        missing = [o["metrics"] for o, ok in zip(cell.outputs, current_outputs(config, cell)) if not ok]
         raise RuntimeError(f"cell {cell.path}: finished without writing {', '.join(missing)}")
 
 
@@ -444,11 +569,16 @@ def _run_script(script: str, argv: list[str], in_process: bool) -> None:
         raise GridInterrupted(f"{script} was interrupted (SIGTERM)")
 
 
-def run_local(config, cells: list[Cell], in_process: bool = True) -> list[str]:
-    """Run every unfinished cell in order; a failing cell is logged and the grid goes on. Returns failures."""
+def run_local(config, cells: list[Cell], in_process: bool = True, on_change: str = "rerun") -> list[str]:
+    """Run every unfinished cell in order; a failing cell is logged and the grid goes on. Returns failures.
+    Refused up front: a pipeline cell's prepared test set that is not the grid's (`check_one_test_set`), and with
+    `on_change: error` any cell whose results were made from other settings."""
     from tqdm.auto import tqdm
 
+    check_one_test_set(config, cells)
     todo = [c for c in cells if not is_finished(config, c)]
+    if on_change == "error":
+        check_on_change(config, todo)
     logger.info("%d cells, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
     failures = []
 
@@ -457,17 +587,17 @@ def run_local(config, cells: list[Cell], in_process: bool = True) -> list[str]:
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        _run_cells(config, todo, in_process, failures, tqdm)
+        _run_cells(config, todo, in_process, failures, tqdm, on_change)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return failures
 
 
-def _run_cells(config, todo, in_process, failures, tqdm) -> None:
+def _run_cells(config, todo, in_process, failures, tqdm, on_change) -> None:
     for cell in tqdm(todo, desc="cells"):
         started = time.time()
         try:
-            run_cell(config, cell, in_process=in_process)
+            run_cell(config, cell, in_process=in_process, on_change=on_change)
         except GridInterrupted:
             logger.warning("cell %s interrupted: stopping the grid; rerun the same command to resume", cell.path)
             raise
@@ -535,19 +665,47 @@ def cell_from_index(config, cells: list[Cell], cells_file, index: int) -> Cell:
 
 
 def report(config) -> dict:
-    from .reporting import collect_rows, write_report
+    """results/: Table 1 and the figures from the cells of this config whose results match it (fingerprints),
+    and results.json (every row with its cell, the stale results left out, the test file's hash)."""
+    from .provenance import path_fingerprint
+    from .reporting import write_report
 
-    rows = collect_rows(runs_dir(config))
+    cells = build_cells(config)
+    check_one_test_set(config, cells)
+    rows, pending = [], 0
+    for cell in cells:
+        for out, ok in zip(cell.outputs, current_outputs(config, cell)):
+            if not ok:
+                pending += 1
+                continue
+            metrics = json.loads((cell_dir(config, cell) / out["metrics"]).read_text(encoding="utf-8"))
+            rows.append({"group": out.get("group") or cell.group, "backbone": cell.backbone, "seed": out["seed"],
+                         "method": out["method"], "setting": out["setting"], "metrics": metrics, "cell": cell.path})
+    stale = stale_cells(config, cells)
+    if pending:
+        logger.warning("%d result(s) of this config not finished (or made from other settings): left out", pending)
+    if stale:
+        logger.warning("%d stale result(s) on disk, never tabled: %s", len(stale), "; ".join(stale))
+    test_file = config.target.test
+    test_hash = path_fingerprint(test_file) if test_file else None
+    footer = f"Every row is scored on the test records of {test_file} ({test_hash})." if test_hash else None
+    out_dir = Path(config.output_dir) / "results"
+    atomic_write_json(out_dir / "results.json", {"test_file": {"path": test_file, "fingerprint": test_hash},
+                                                 "rows": rows, "pending": pending, "stale": stale})
     for ablation in config.ablations:
         if ablation.same_as is not None:
             rows += [{**r, "group": "ablation", "method": ablation.name}
                      for r in rows if r["group"] == "main" and r["method"] == ablation.same_as]
-    return write_report(
-        rows, Path(config.output_dir) / "results", metrics=tuple(config.metrics), ours=config.ours,
+    written = write_report(
+        rows, out_dir, metrics=tuple(config.metrics), ours=config.ours, footer=footer,
         methods=[m.name for m in config.methods], settings=config.settings, title=config.title,
         ablation_order=[config.ours] + [a.name for a in config.ablations],
         backbone_order=[b.name for b in config.backbones] or None,
     )
+    for name in ("table1.md", "table1.csv", "ablation.png", "backbones.png"):  # an earlier report's, now empty
+        if name not in written and (out_dir / name).is_file():
+            (out_dir / name).unlink()
+    return {"results.json": out_dir / "results.json", **written}
 
 
 # ---- overrides, the plan (--dry_run) and its GPU-hours estimate ----------------------------------------------
@@ -729,7 +887,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
     data and no model: nothing is read beyond the config, nothing fetched or written; missing data shows as
     setup steps to do, record counts come from the known release sizes or are marked assumed. Returns the
     GPU-hours."""
-    from .pipeline import PHASE_DONE
+    from .pipeline import plan_fingerprints
 
     out = out or sys.stdout
     est = {**ESTIMATE_DEFAULTS, **config.estimate}
@@ -749,6 +907,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
             continue
         pipeline_config = cell_pipeline_config(config, cell)
         phases = cell_phases(config, cell, check_data=False)
+        plan = plan_fingerprints(pipeline_config, phases)
         print(f"{state}  {cell.path}  ({len(phases)} phases)", file=out)
         for which in ("source", "target"):
             raw = _pipeline_raw_dir(pipeline_config, which)
@@ -760,7 +919,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
         figures.setdefault(what, []).append(cell.path)
         train = forward = 0.0
         for phase in phases:
-            done = "done" if (phase.dir / PHASE_DONE).is_file() else "todo"
+            done = {"reused": "done", "rerun": "stale"}.get(plan[phase.key][2], "todo")
             print(f"  {done}  [{phase.key}]  {mask_secrets(shlex.join(phase.command_line(pipeline_config)))}",
                   file=out)
             t, f = phase_tokens(phase, est, cache, subdirs)
@@ -845,15 +1004,18 @@ def slurm_plan(config, cells: list[Cell], config_path, overrides=None) -> list[S
     unfinished phases it reads, so shared phases such as data, CoT and source rec-tuning run once per run
     directory and every K-shot chain waits for them), one array job over the unfinished baseline cells, and a
     report job after all of them."""
-    from .pipeline import PHASE_DONE, _finished_earlier
+    from .pipeline import _finished_earlier, plan_fingerprints
 
     base = _job_base_command(config, config_path, overrides)
     jobs: list[SlurmJob] = []
     for cell in cells:
         if cell.script != "run_pipeline.py" or is_finished(config, cell):
             continue
-        for phase in cell_phases(config, cell):
-            if (phase.dir / PHASE_DONE).is_file() or _finished_earlier(phase):
+        phases = cell_phases(config, cell)
+        plan = plan_fingerprints(cell_pipeline_config(config, cell), phases)
+        for phase in phases:
+            status = plan[phase.key][2]
+            if status == "reused" or (status == "resume" and _finished_earlier(phase)):
                 continue
             left = {j.key for j in jobs}
             after = [f"{cell.path}:{a}" for a in phase.after if f"{cell.path}:{a}" in left]
@@ -965,6 +1127,7 @@ def run_one_phase(config, cells: list[Cell], cell_path: str, phase_key: str) -> 
         PhaseInterrupted,
         _Signals,
         pipeline_phases,
+        plan_fingerprints,
         run_phase,
     )
 
@@ -973,12 +1136,14 @@ def run_one_phase(config, cells: list[Cell], cell_path: str, phase_key: str) -> 
         raise InputError(f"--run_phase: no pipeline cell {cell_path!r} in the config's grid")
     write_cell_json(config, cell)
     cfg = cell_pipeline_config(config, cell)
-    phase = next((p for p in pipeline_phases(cfg) if p.key == phase_key), None)
+    phases = pipeline_phases(cfg)
+    phase = next((p for p in phases if p.key == phase_key), None)
     if phase is None:
         raise InputError(f"--run_phase: cell {cell_path} has no phase {phase_key!r}")
+    upstream = {key: entry[0] for key, entry in plan_fingerprints(cfg, phases).items()}
     with _phase_lock(phase.dir), _Signals() as signals:
         try:
-            run_phase(cfg, phase, signals)
+            run_phase(cfg, phase, signals, upstream)
         except PhaseInterrupted as exc:
             logger.warning("%s", exc)
             return EXIT_INTERRUPTED

@@ -54,12 +54,18 @@ what the pipeline sets itself (paths, chaining, epochs, K, seed, validation). Ev
 as `accelerate launch [--config_file F] [--num_processes N] run_tuning.py|run_eval.py ...` (output in the phase's
 `log.txt`); `inprocess` (default) calls the same scripts' `main` in this process.
 
-Resumption: a phase is complete when its directory holds `phase_done.json`, written last; complete phases are
-skipped. An interrupted tuning phase resumes from its own last checkpoint (run_tuning), and the CoT phase never
-asks the teacher again for an answered user (run_cot_generation). SIGTERM (SLURM preemption) is forwarded to a
-launched child; the run raises `PhaseInterrupted` (run_pipeline.py exits 143); rerunning the same command
-continues. A failing child raises `PhaseFailed` (one line naming the phase and its log). One run at a time per
-`run_dir` (`fcntl.flock` on run_dir/.pipeline.lock).
+Resumption and provenance: every phase has a fingerprint of what determines its output (`phase_fingerprint`: its
+script and flags, its inputs outside run_dir by content, the fingerprints of the phases it reads), written to
+`fingerprint.json` before it runs and into `phase_done.json`, written last. A rerun reuses a finished phase only
+while its fingerprint matches; a phase whose settings or inputs changed is redone, and with it everything
+downstream (their fingerprints include its), after its old output is removed (`on_change: error` refuses instead,
+before anything runs). One log line lists the phases reused, one those rerun and why; results.json records each
+phase's status and fingerprint, and the run's fingerprint. An interrupted tuning phase resumes from its own last
+checkpoint (run_tuning), and the CoT phase never asks the teacher again for an answered user
+(run_cot_generation). SIGTERM (SLURM preemption) is forwarded to a launched child; the run raises
+`PhaseInterrupted` (run_pipeline.py exits 143); rerunning the same command continues. A failing child raises
+`PhaseFailed` (one line naming the phase and its log). One run at a time per `run_dir` (`fcntl.flock` on
+run_dir/.pipeline.lock).
 """
 
 from __future__ import annotations
@@ -87,6 +93,9 @@ from .paths import REPO_ROOT
 logger = logging.getLogger(__name__)
 
 PHASE_DONE = "phase_done.json"
+FINGERPRINT_FILE = "fingerprint.json"  # written before a phase runs: what its output will be made from
+# flags that do not change a phase's output (how files are fetched, progress and log output): not fingerprinted
+UNFINGERPRINTED_FLAGS = {"--download": 0, "--mirror": 1, "--no-progress": 0, "--logging_steps": 1}
 SETTING_ZERO_SHOT = "zero_shot"
 LOCK_FILE = ".pipeline.lock"
 
@@ -271,6 +280,12 @@ class PipelineConfig:
     launcher_args: list[str] = field(
         default_factory=list, metadata={"help": "Extra `accelerate launch` flags, e.g. --main_process_port 29600."}
     )
+    on_change: str = field(
+        default="rerun",
+        metadata={"help": "A finished phase whose fingerprint (settings, inputs, upstream phases) no longer matches: "
+                          "rerun it and everything downstream (rerun), or stop before running anything (error).",
+                  "choices": ["rerun", "error"]},
+    )
 
 
 MAPPINGS = ("tuning", "cot_tuning", "source_tuning", "kshot_tuning", "eval")
@@ -341,6 +356,8 @@ def check_config(cfg: PipelineConfig, check_data: bool = True) -> None:
         raise InputError(f"--teacher must be heuristic, openai or published, got {cfg.teacher!r}")
     if any(k < 1 for k in cfg.k_shots):
         raise InputError(f"--k_shots must be positive, got {cfg.k_shots}")
+    if cfg.on_change not in ("rerun", "error"):
+        raise InputError(f"--on_change must be rerun or error, got {cfg.on_change!r}")
     if cfg.source_target_style not in (None, "wrap", "item"):
         raise InputError(f"--source_target_style must be wrap or item, got {cfg.source_target_style!r}")
     if not cfg.cot_stages or any(s not in (1, 2, 3) for s in cfg.cot_stages):
@@ -821,20 +838,166 @@ def _finished_earlier(phase: Phase) -> bool:
     return False
 
 
-def run_phase(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None) -> dict:
-    """Run `phase` unless its directory holds the marker; write the marker last."""
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---- fingerprints: what determines each phase's output ------------------------------------------------------
+
+
+def _normalized_argv(argv: list[str], run_dir: Path) -> list[str]:
+    """The phase's flags as fingerprinted: run_dir written as $RUN_DIR (a moved run stays valid), flags that do
+    not change the output left out."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        if arg in UNFINGERPRINTED_FLAGS:
+            skip = UNFINGERPRINTED_FLAGS[arg]
+            continue
+        out.append(mask_secrets(arg.replace(str(run_dir), "$RUN_DIR")))  # recorded in fingerprint.json
+    return out
+
+
+def _external_inputs(phase: Phase, run_dir: Path) -> list[str]:
+    """Files and folders outside run_dir the phase reads: every path in its command (raw data, base model, start
+    adapter, CoT file, DeepSpeed config, ...) and the published files its links point to. Inside run_dir the
+    upstream phases' fingerprints stand for their outputs."""
+    paths = {str(t) for t in phase.links.values()}
+    for path in _command_paths(phase):
+        if not path.startswith(str(run_dir)):
+            paths.add(path)
+    return sorted(paths)
+
+
+def _command_paths(phase: Phase) -> list[str]:
+    """The values of a phase's command that may be paths: `PATH` or `NAME=PATH` (e.g. --effect_files)."""
+    out = []
+    for arg in phase.argv:
+        if os.sep in arg and not arg.startswith("-"):
+            out.append(arg.split("=", 1)[1] if "=" in arg and os.sep not in arg.split("=", 1)[0] else arg)
+    return out
+
+
+def phase_fingerprint(cfg: PipelineConfig, phase: Phase, upstream: dict[str, str]) -> tuple[str, dict]:
+    """(fingerprint, what it hashes) of a phase: its script and flags, the fingerprints of its inputs outside
+    run_dir (tlrec_utils.provenance: files by content, folders by their files) and of the phases it reads
+    (`upstream`: key -> fingerprint, of the phases named in its command; a change upstream changes every phase
+    downstream that reads it, e.g. TALLRec's phases do not read the source data), and for a launched
+    phase the processes it runs on. An input that is gone now (raw files deleted after preparation) keeps the
+    fingerprint it had when the phase ran."""
+    from .provenance import fingerprint, path_fingerprint
+
+    run_dir = Path(cfg.run_dir).resolve()
+    recorded = ((_read_json(phase.dir / FINGERPRINT_FILE) or {}).get("what") or {}).get("inputs") or {}
+    inputs = {}
+    for path in _external_inputs(phase, run_dir):
+        fp = path_fingerprint(path)
+        inputs[path] = recorded.get(path) if fp is None else fp
+    launch = {}
+    if phase.launched and cfg.launcher == "accelerate":
+        if cfg.num_processes:
+            launch["num_processes"] = cfg.num_processes
+        if cfg.accelerate_config:
+            launch["accelerate_config"] = path_fingerprint(cfg.accelerate_config)
+    # the phases whose output it reads (a phase's directory is run_dir/<key>): named in its command
+    paths = _command_paths(phase)
+    reads = [key for key in phase.after
+             if any(path == str(run_dir / key) or path.startswith(f"{run_dir / key}{os.sep}") for path in paths)]
+    what = {"script": phase.script, "argv": _normalized_argv(phase.argv, run_dir), "inputs": inputs,
+            "after": {key: upstream.get(key) for key in reads}, "launch": launch}
+    return fingerprint(what), what
+
+
+def phase_status(phase: Phase, fp: str) -> tuple[str, dict | None]:
+    """(status, the recorded `what` when it differs): `reused` (finished with this fingerprint), `resume` (started
+    with it: a checkpoint or finished output to continue from), `rerun` (its directory holds output made from other
+    settings or inputs, or of unknown origin), `new`."""
+    done = _read_json(phase.dir / PHASE_DONE)
+    started = _read_json(phase.dir / FINGERPRINT_FILE) or {}
+    if done is not None and done.get("fingerprint") == fp:
+        return "reused", None
+    if done is None and started.get("fingerprint") == fp:
+        return "resume", None
+    if done is not None or (phase.dir.is_dir() and any(phase.dir.iterdir())):
+        return "rerun", started.get("what")
+    return "new", None
+
+
+def plan_fingerprints(cfg: PipelineConfig, phases: list[Phase]) -> dict[str, tuple[str, dict, str, dict | None]]:
+    """key -> (fingerprint, what, status, recorded what) of every phase, in run order; nothing runs."""
+    out, upstream = {}, {}
+    for phase in phases:
+        fp, what = phase_fingerprint(cfg, phase, upstream)
+        upstream[phase.key] = fp
+        out[phase.key] = (fp, what, *phase_status(phase, fp))
+    return out
+
+
+def _changed(plan_entry) -> str:
+    from .provenance import changes
+
+    fp, what, status, old = plan_entry
+    return "; ".join(changes(old, what)[:3])
+
+
+def check_on_change(cfg: PipelineConfig, plan: dict, where: str) -> None:
+    """--on_change error: refuse (one line) before anything runs when a phase would be rerun."""
+    stale = [key for key, entry in plan.items() if entry[2] == "rerun"]
+    if stale and cfg.on_change == "error":
+        raise InputError(f"--on_change error: {len(stale)} phase(s) in {where} were made from other settings or "
+                         f"inputs, first {stale[0]} ({_changed(plan[stale[0]])}); rerun with --on_change rerun to "
+                         "redo them and everything after them, or use a new --run_dir")
+
+
+def _clear_stale(cfg: PipelineConfig, phase: Phase) -> None:
+    """Remove a phase's output made from other settings (checkpoints included: they must not be resumed). Teacher
+    answers bought from an API are moved aside instead (nothing paid for is lost)."""
+    import shutil
+
+    if not phase.dir.exists():
+        return
+    if phase.kind == "cot" and cfg.teacher == "openai":
+        aside = phase.dir.with_name(f"{phase.dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        phase.dir.rename(aside)
+        logger.warning("[%s] the CoT answers made with other settings moved to %s", phase.name, aside)
+    else:
+        shutil.rmtree(phase.dir)
+
+
+def run_phase(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None,
+              upstream: dict[str, str] | None = None) -> dict:
+    """Run `phase` unless it finished with the same fingerprint (`upstream`: the fingerprints of the phases
+    before it, key -> fingerprint); output made from other settings is removed first (or refused with
+    `on_change: error`). `fingerprint.json` is written before the command runs, `phase_done.json` (with the
+    fingerprint and `status`: run, rerun, resumed) last."""
+    fp, what = phase_fingerprint(cfg, phase, upstream or {})
+    status, old = phase_status(phase, fp)
     marker = phase.dir / PHASE_DONE
-    if marker.is_file():
-        logger.info("[%s] complete, skipped (%s)", phase.name, phase.dir)
-        return json.loads(marker.read_text())
+    if status == "reused":
+        logger.debug("[%s] reused (%s)", phase.name, phase.dir)
+        return {**json.loads(marker.read_text()), "status": "reused"}
+    if status == "rerun":
+        check_on_change(cfg, {phase.key: (fp, what, status, old)}, str(phase.dir))
+        _clear_stale(cfg, phase)
     started = time.time()
-    if _finished_earlier(phase):
+    atomic_write_json(phase.dir / FINGERPRINT_FILE, {"fingerprint": fp, "what": what})
+    if status == "resume" and _finished_earlier(phase):
         note = {"note": "finished by an earlier run"}
     else:
         logger.info("[%s] running -> %s", phase.name, phase.dir)
         execute(cfg, phase, signals)
         note = {}
-    done = {"phase": phase.name, "wall_time_s": round(time.time() - started, 1), **note, **_phase_info(cfg, phase)}
+    fp_after, what_after = phase_fingerprint(cfg, phase, upstream or {})
+    if fp_after != fp:  # its inputs appeared while it ran (a download): what it was made from
+        fp = fp_after
+        atomic_write_json(phase.dir / FINGERPRINT_FILE, {"fingerprint": fp, "what": what_after})
+    done = {"phase": phase.name, "wall_time_s": round(time.time() - started, 1), **note, **_phase_info(cfg, phase),
+            "fingerprint": fp, "status": {"new": "run", "resume": "resumed"}.get(status, status)}
     atomic_write_json(marker, json.loads(json.dumps(done, default=str)))
     logger.info("[%s] done in %.1f s", phase.name, done["wall_time_s"])
     return done
@@ -912,9 +1075,11 @@ def check_start(phase: Phase, done: dict[str, dict], start_figures: dict) -> Non
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or resume) every phase; returns {"variants": {method: {setting: metrics}}, "phases": {key: effect},
-    "warnings": [...], "config": ...} and writes it to run_dir/results.json. A tuning phase that did not start
-    from the model its method names stops the run (PhaseFailed); one whose model scores its held-out records
-    exactly as its start model did is a warning."""
+    "warnings": [...], "provenance": {key: {status, fingerprint}}, "fingerprint": ..., "config": ...} and writes
+    it to run_dir/results.json. A tuning phase that did not start from the model its method names stops the run
+    (PhaseFailed); one whose model scores its held-out records exactly as its start model did is a warning."""
+    from .provenance import fingerprint
+
     phases = pipeline_phases(cfg)
     started = time.time()
     run_dir = Path(cfg.run_dir).resolve()
@@ -922,9 +1087,22 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     start_figures: dict = {}
     effects: dict[str, dict] = {}
     warnings: list[str] = []
+    record = {}
     with run_dir_lock(run_dir), _Signals() as signals:
+        plan = plan_fingerprints(cfg, phases)
+        check_on_change(cfg, plan, str(run_dir))
+        reused = [key for key, entry in plan.items() if entry[2] == "reused"]
+        stale = [key for key, entry in plan.items() if entry[2] == "rerun"]
+        if reused:
+            logger.info("reused %d phase(s), fingerprints match: %s", len(reused), ", ".join(reused))
+        if stale:
+            logger.info("rerun %d phase(s), made from other settings or inputs: %s", len(stale),
+                        ", ".join(f"{key} ({_changed(plan[key])})" for key in stale))
+        upstream: dict[str, str] = {}
         for phase in phases:
-            done[phase.key] = run_phase(cfg, phase, signals)
+            done[phase.key] = run_phase(cfg, phase, signals, upstream)
+            upstream[phase.key] = done[phase.key]["fingerprint"]
+            record[phase.key] = {"status": done[phase.key]["status"], "fingerprint": upstream[phase.key]}
             if phase.kind != "tuning":
                 continue
             check_start(phase, done, start_figures)
@@ -940,7 +1118,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for phase in phases:
         if phase.kind == "eval":
             results[phase.method][phase.setting] = json.loads((phase.dir / "metrics.json").read_text())
-    out = {"variants": results, "phases": effects, "warnings": warnings, "config": mask_secrets_in(asdict(cfg)),
+    out = {"variants": results, "phases": effects, "warnings": warnings, "provenance": record,
+           "fingerprint": fingerprint(upstream), "config": mask_secrets_in(asdict(cfg)),
            "wall_time_s": round(time.time() - started, 1)}
     atomic_write_json(run_dir / "results.json", json.loads(json.dumps(out, default=str)))
     return out

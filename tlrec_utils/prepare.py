@@ -29,7 +29,7 @@ from .errors import InputError
 from .fileio import atomic_write_json, sha256_file, staged_output_dir
 from .kshot import k_shot_filename, sample_k_shot
 from .paths import data_dir as resolve_data_dir
-from .raw_datasets import RawRatings, missing_files_error
+from .raw_datasets import RawRatings, counting_skipped_rows, missing_files_error
 from .records import SPLITS, build_record, load_records, save_records
 from .windows import parse_split_ratio, sliding_windows, split_sizes
 
@@ -124,6 +124,8 @@ def fetch_raw_files(cfg: PrepareConfig) -> Path:
         raise InputError(f"--raw_dir is required for --dataset {cfg.dataset} (no published release to read)")
     else:
         raw_dir = resolve_data_dir(cfg.data_dir) / name
+    if name is not None and (cfg.download or cfg.release or not cfg.raw_dir):  # the release's own folder
+        dl.verify_present(name, raw_dir, cfg.download)
     if cfg.download:
         if name is None:
             raise missing_files_error(cfg.dataset, raw_dir, ["raw files"], what="--download has no published "
@@ -212,7 +214,8 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
     like_threshold = cfg.like_threshold if cfg.like_threshold is not None else spec.like_threshold
     extra = {}
     cfg = dataclasses.replace(cfg, raw_dir=str(fetch_raw_files(cfg)))
-    loaded = spec.load(cfg)
+    with counting_skipped_rows() as malformed:
+        loaded = spec.load(cfg)
     if isinstance(loaded, RawRatings):
         kind = spec.item_kind
         records, catalog, extra = window_records(loaded, cfg, like_threshold, kind)
@@ -224,6 +227,7 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
         splits, catalog, kind, sources, skipped = (loaded.splits, loaded.items, loaded.kind, loaded.sources,
                                                    loaded.stats)
 
+    skipped = {**skipped, "malformed_rows": sum(malformed.values()), "malformed_rows_by_file": malformed}
     params = asdict(cfg)
     params.update(like_threshold=like_threshold, split_ratio=":".join(map(str, ratio)))
     for key in ("raw_dir", "output_dir", "download", "data_dir", "mirror", "download_stall_s",

@@ -11,6 +11,7 @@ The Netflix loader streams the files in chunks into numpy arrays: no Python obje
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import logging
 from dataclasses import dataclass, field
@@ -54,6 +55,21 @@ def missing_files_error(dataset: str, raw_dir, names, what: str = "missing") -> 
     return InputError(f"{raw_dir}: {what} ({names}) for dataset {dataset}; get it from {hint}")
 
 
+_skipped_rows: dict | None = None  # {file: malformed rows skipped}, collected inside counting_skipped_rows()
+
+
+@contextlib.contextmanager
+def counting_skipped_rows():
+    """Yields {file: malformed rows skipped} of every file any loader reads inside the block (0 for a clean
+    file), for meta.json."""
+    global _skipped_rows
+    previous, _skipped_rows = _skipped_rows, {}
+    try:
+        yield _skipped_rows
+    finally:
+        _skipped_rows = previous
+
+
 class RowProblems:
     """Counts a file's malformed rows, keeps the first few, and decides: report or fail."""
 
@@ -76,6 +92,8 @@ class RowProblems:
         if self.count:
             logger.warning("%s: skipped %d malformed row(s) of %d (%s)", self.path, self.count, total_rows,
                            "; ".join(self.examples))
+        if _skipped_rows is not None:
+            _skipped_rows[str(self.path)] = _skipped_rows.get(str(self.path), 0) + self.count
         return self.count
 
 

@@ -210,17 +210,18 @@ def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: 
 
 def write_report(rows, output_dir, metrics=DEFAULT_METRICS, ours: str = "TLRec", methods=None, settings=None,
                  title: str | None = None, figure_metric: str | None = None, ablation_order=None,
-                 backbone_order=None) -> dict:
+                 backbone_order=None, footer: str | None = None) -> dict:
     """results/table1.md, table1.csv, ablation.png and backbones.png (figures only when the grid has
-    ablation / backbone rows). The figures show `figure_metric`, default the table's first AUC. Returns
-    {name: path}."""
+    ablation / backbone rows); `footer`: a last line of table1.md. The figures show `figure_metric`, default the
+    table's first AUC. Returns {name: path}."""
     output_dir = Path(output_dir)
     figure_metric = figure_metric or next((m for m in metrics if m in AUC_MEANINGS), "auc")
     main = [r for r in rows if r.get("group", "main") == "main"]
     written = {}
     if main:
         written["table1.md"] = output_dir / "table1.md"
-        atomic_write_text(written["table1.md"], table_markdown(main, metrics, ours, methods, settings, title))
+        text = table_markdown(main, metrics, ours, methods, settings, title)
+        atomic_write_text(written["table1.md"], text + (f"\n{footer}\n" if footer else ""))
         written["table1.csv"] = output_dir / "table1.csv"
         atomic_write_text(written["table1.csv"], table_csv(main, metrics, ours, methods, settings))
     ablation = [r for r in rows

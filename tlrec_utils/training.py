@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,6 +31,13 @@ from .tokenization import IGNORE_INDEX, AnswerTokens
 logger = logging.getLogger(__name__)
 
 FINISHED_MARKER = "tuning_summary.json"  # written last: its presence means the output dir is complete
+RUN_FINGERPRINT = "tlrec_run.json"  # in output_dir and in every checkpoint: what the run was made from
+LOCK_FILE = ".tuning.lock"
+# TrainingArguments that do not change the model (where and how often it logs and saves, how it resumes)
+UNFINGERPRINTED = {"output_dir", "logging_dir", "resume_from_checkpoint", "overwrite_output_dir", "force_resume",
+                   "report_to", "run_name", "disable_tqdm", "dataloader_num_workers", "local_rank", "save_steps",
+                   "save_strategy", "save_total_limit", "logging_steps", "logging_strategy", "logging_first_step",
+                   "hub_token", "push_to_hub_token"}
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -66,6 +74,24 @@ def stage_records(records: list[dict], stages, source: str) -> list[dict]:
         raise InputError(f"--stages {' '.join(map(str, stages))}: {source} has no record of these stages "
                          f"(it has stages {', '.join(map(str, found))})")
     return kept
+
+
+def curriculum_stages(records: list[dict], curriculum: str, train_files) -> tuple[list | None, dict]:
+    """(the stage of each record for the curriculum sampler, or None: no CoT records; record counts by kind).
+    CoT and Yes/No records mixed (from separate files, in any order): `shuffled` shuffles them all together (the
+    Yes/No records as stage 0); `ordered` and `stagewise` have no place for Yes/No records and are refused."""
+    cot = sum("stage" in r for r in records)
+    kinds = {"cot": cot, "yes_no": len(records) - cot}
+    if not cot:
+        return None, kinds
+    if cot < len(records) and curriculum != "shuffled":
+        raise InputError(f"--train_files {' '.join(map(str, train_files))}: {cot} CoT and {len(records) - cot} "
+                         f"Yes/No records mixed; --curriculum {curriculum} orders CoT stages only: train them in "
+                         "separate runs (--init_adapter chains them) or pass --curriculum shuffled")
+    stages = [r.get("stage", 0) for r in records]
+    logger.info("CoT records with stages %s (%d Yes/No records beside them): curriculum %s",
+                sorted(set(stages) - {0}), kinds["yes_no"], curriculum)
+    return stages, kinds
 
 
 def training_dataset(records: list[dict], encoder, source: str) -> list[dict]:
@@ -324,9 +350,103 @@ def deepspeed_safe_arch_list() -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = plain
 
 
+def run_fingerprint(model_args, lora_args, data_args, training_args) -> tuple[str, dict]:
+    """(fingerprint, what it hashes) of a tuning run: every setting that changes the model (UNFINGERPRINTED left
+    out), the content of its data files, base model and start adapter, and the number of processes."""
+    import dataclasses
+
+    from .provenance import fingerprint, path_fingerprint
+
+    settings = {}
+    for args in (model_args, lora_args, data_args):
+        settings.update(dataclasses.asdict(args))
+    settings.update(training_args.to_dict())
+    settings = {k: v for k, v in settings.items() if k not in UNFINGERPRINTED and not k.startswith(("hub_", "push_"))}
+    paths = [*data_args.train_files, data_args.val_file, model_args.base_model, lora_args.init_adapter]
+    what = {"settings": settings, "inputs": {str(p): path_fingerprint(p) for p in paths if p},
+            "processes": training_args.world_size}
+    return fingerprint(what), what
+
+
+class RecordFingerprint(TrainerCallback):
+    """Writes the run's fingerprint into every checkpoint, so a resume can tell this run's checkpoints from
+    another's."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from .fileio import atomic_write_json
+
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                atomic_write_json(folder / RUN_FINGERPRINT, self.record)
+
+
+def check_resume(resume: str, fp: str, what: dict, explicit: bool, force: bool, output_dir: Path) -> dict:
+    """A checkpoint is resumed only when it was made by this run (same fingerprint), unless `force`; returns what
+    the summary records about it."""
+    import json
+
+    from .provenance import changes
+
+    try:
+        recorded = json.loads((Path(resume) / RUN_FINGERPRINT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = {}
+    same = recorded.get("fingerprint") == fp
+    if not same and not force:
+        why = "; ".join(changes(recorded.get("what"), what)[:3])
+        if explicit:
+            raise InputError(f"--resume_from_checkpoint {resume}: not a checkpoint of this run ({why}); pass "
+                             "--force_resume to continue it anyway")
+        raise InputError(f"{output_dir}: its checkpoints were made with other settings or inputs ({why}); pass "
+                         "--overwrite_output_dir to start over, or --force_resume to continue them")
+    if not same:
+        logger.warning("resuming from %s, a checkpoint made with other settings (--force_resume)", resume)
+    return {"checkpoint": str(resume), "same_run": same, "forced": not same}
+
+
+def _is_main_launch_process() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
 def tune(model_args, lora_args, data_args, training_args) -> int:
-    """Train and save to `training_args.output_dir`. Returns the exit status: 0, or EXIT_INTERRUPTED after a SIGTERM
+    """Train and save to `training_args.output_dir` (one run_tuning per output_dir at a time: an exclusive lock,
+    taken by the first process of a launch). Returns the exit status: 0, or EXIT_INTERRUPTED after a SIGTERM
     (a checkpoint was saved; rerunning the same command resumes from it)."""
+    from .validation import check_output_dir
+
+    check_output_dir(training_args.output_dir, "--output_dir")
+    with contextlib.ExitStack() as held:
+        return _tune(model_args, lora_args, data_args, training_args, held)
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path):
+    """The exclusive lock on OUTPUT/.tuning.lock (fileio.exclusive_lock), saying who holds it; taken after every
+    check and before the first write, by the first process of a launch only."""
+    import socket
+
+    from .fileio import exclusive_lock
+
+    if not _is_main_launch_process():
+        yield
+        return
+
+    def busy(holder: str) -> str:
+        return f"{output_dir} is in use by another run_tuning ({holder or 'another process'}); wait for it or stop it"
+
+    with exclusive_lock(output_dir / LOCK_FILE, busy) as f:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        f.flush()
+        yield
+
+
+def _tune(model_args, lora_args, data_args, training_args, held) -> int:
     import json
     import time
 
@@ -339,9 +459,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     from .tokenization import RecordEncoder, derive_answer_tokens
 
     started = time.time()
-    from .validation import check_output_dir
-
-    output_dir = check_output_dir(training_args.output_dir, "--output_dir")
+    output_dir = Path(training_args.output_dir)
     if (output_dir / FINISHED_MARKER).is_file() and not training_args.overwrite_output_dir:
         raise InputError(f"{output_dir}: already holds a finished model ({FINISHED_MARKER}); "
                          "pass --overwrite_output_dir to train again")
@@ -392,14 +510,15 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
                                          truncation=data_args.truncation)
         val_features = validation_dataset(val_records, val_encoder, data_args.val_file, loss_encoder)
     effects = effect_sets(data_args, tokenizer, answer, template, heldout, encoder)
-    staged = "stage" in train_records[0]
-    stages = [r["stage"] for r in train_records] if staged and data_args.curriculum != "trainer" else None
-    if staged:
-        logger.info("CoT records with stages %s: curriculum %s", sorted({r["stage"] for r in train_records}),
-                    data_args.curriculum)
+    stages, kinds = curriculum_stages(train_records, data_args.curriculum, data_args.train_files)
+    staged = stages is not None
+    if data_args.curriculum == "trainer":  # the Trainer's own sampler (the authors' ins_tuning.py)
+        stages = None
 
     # adapter and checkpoint against the base model (from file headers), before any weight loads
+    fp, what = run_fingerprint(model_args, lora_args, data_args, training_args)
     resume = training_args.resume_from_checkpoint
+    explicit = resume is not None
     if resume is None and not training_args.overwrite_output_dir:
         resume = last_checkpoint(output_dir)  # like run_clm.py: a rerun continues where it stopped
     if lora_args.init_adapter or resume:
@@ -413,16 +532,21 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
                 raise InputError(f"--resume_from_checkpoint {resume}: directory not found")
             check_weights_fit(resume, model_args, "checkpoint", skeleton)
         del skeleton
+    resumed = check_resume(resume, fp, what, explicit, training_args.force_resume, output_dir) if resume else None
 
     if training_args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         deepspeed_safe_arch_list()
+    from transformers import set_seed
+
+    set_seed(training_args.seed)  # a new adapter's random init depends on the seed only, not on what ran before
     model = load_base_model(model_args)
     model = prepare_for_training(model, lora_args, training_args.gradient_checkpointing)
     if training_args.gradient_checkpointing:
         training_args.gradient_checkpointing = False  # already enabled (with input grads for LoRA)
 
+    held.enter_context(output_dir_lock(output_dir))  # every check passed: from here on this run writes
     sigterm = SaveOnSigterm()
-    callbacks = [sigterm]
+    callbacks = [sigterm, RecordFingerprint({"fingerprint": fp, "what": what})]
     start_scores = None
     if effects and resume is None:  # the start model's scores, before any step
         start_scores = ScoreStartModel(effects, output_dir / EFFECT_BEFORE)
@@ -479,7 +603,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
             "k_shot": data_args.k_shot,
             "k_shot_seed": k_shot_seed if data_args.k_shot else None,
             "seed": training_args.seed,
-            "stages": sorted({r["stage"] for r in train_records}) if staged else None,
+            "stages": sorted({r["stage"] for r in train_records if "stage" in r}) if staged else None,
             "truncation": data_args.truncation,
             "val_file": data_args.val_file,
             "val_records": len(val_records) if val_records is not None else 0,
@@ -487,6 +611,9 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
             "prompt_template": template.name,
             "truncated_train_records": train_truncations,
             "curriculum": data_args.curriculum if staged else None,
+            "records_by_kind": kinds,
+            "fingerprint": fp,
+            "resumed_from": resumed,
             "global_step": trainer.state.global_step,
             "train_loss": result.training_loss,
             "best_metric": trainer.state.best_metric,

@@ -243,6 +243,20 @@ def _type_name(tp) -> str:
         tp, _describe(tp))
 
 
+def check_seeds(value, where: str) -> None:
+    """`seeds` is a list of seeds in every config (pipeline and grid): a bare number is refused, as it read as one
+    seed in one kind of config and as a count in the other."""
+    if isinstance(value, bool) or not isinstance(value, list) and isinstance(value, int):
+        count = value if isinstance(value, int) and 0 < value <= 10 else 3
+        example = f"[{', '.join(map(str, range(count)))}]"
+        raise InputError(f"{where}: a list of seeds is needed, got the number {value!r}; write [{value}] for seed "
+                         f"{value} only, or {example} for {count} seeds")
+    if isinstance(value, list) and not value:
+        raise InputError(f"{where}: empty; give at least one seed, e.g. [0]")
+    if isinstance(value, list) and len(set(map(str, value))) != len(value):
+        raise InputError(f"{where}: {value} names a seed twice")
+
+
 def check_config_values(values: dict, dataclass_types, path) -> dict:
     """Type- and choice-checked copy of `values` (a config file's mapping) for the fields of `dataclass_types`:
     unknown keys, wrong types (`seeds: abc`) and values outside a field's choices name the key and the file."""
@@ -258,6 +272,8 @@ def check_config_values(values: dict, dataclass_types, path) -> dict:
     out = {}
     for key, value in values.items():
         tp, choices = fields[key]
+        if key == "seeds":
+            check_seeds(value, f"{path}: seeds")
         ok, conv = _conforms(value, tp)
         if not ok:
             raise InputError(f"{path}: {key}: expected {_type_name(tp)}, got {value!r}")
