@@ -133,3 +133,43 @@ def test_k_shot_and_records_bad_inputs(ml_raw, tmp_path):
     with pytest.raises(InputError, match=r"train.json record 5: output 'Maybe' is not"):
         write_k_shot(out, 4, 0)
     assert not list(out.glob("train_k*"))
+
+
+# The first 16 indices `datasets.Dataset.shuffle(seed=S).select(range(16))` picks from a pool of 8,000 rows (the
+# Movie train split), computed once with datasets 5.2.0 (`Dataset.from_dict({"i": range(8000)})`), whose shuffle is
+# `np.random.default_rng(seed).permutation(len(self))` + `select` (huggingface/datasets
+# src/datasets/arrow_dataset.py, commit 1435bdae): the TLRec authors' K-shot draw (ljy2222/TLRec rec_tuning.py
+# @561abcf lines 185-187, @df4a416 lines 44-46; few_shot.sh @26a79cf passes the seed). AUTHORS_ORDER_SEED0: the
+# same 16 after their second `.shuffle(seed=0)` (the order the Trainer gets).
+DATASETS_SHUFFLE_SELECT_8000 = {
+    0: [7780, 1259, 6745, 6339, 3523, 4061, 4497, 5198, 6480, 5959, 5326, 6525, 4607, 7400, 2387, 3849],
+    1: [5675, 1149, 1305, 3286, 6253, 1322, 5273, 6851, 3439, 475, 2729, 3332, 6845, 7922, 4141, 5398],
+    2: [5418, 5557, 1784, 5715, 2937, 7243, 2859, 2912, 6450, 3910, 5269, 1025, 7509, 6776, 1904, 6950],
+    3: [1099, 441, 5911, 2825, 4871, 6299, 6155, 2919, 3185, 2883, 4098, 2172, 6972, 1171, 4500, 3532],
+    4: [644, 6940, 795, 5556, 4538, 5533, 1680, 5139, 5796, 632, 532, 6308, 1758, 3296, 4135, 3524],
+}
+AUTHORS_ORDER_SEED0 = [6745, 6525, 6339, 5326, 7780, 3523, 5198, 4061, 2387, 4607, 4497, 5959, 7400, 6480, 1259, 3849]
+
+
+def test_k_shot_draws_are_the_authors_shuffle_select():
+    from tlrec_utils.kshot import authors_order, k_shot_indices, sample_k_shot
+
+    pool = [{"i": i} for i in range(8000)]
+    for seed, expected in DATASETS_SHUFFLE_SELECT_8000.items():
+        assert k_shot_indices(8000, 16, seed) == expected
+        assert [r["i"] for r in sample_k_shot(pool, 16, seed)] == expected
+        assert k_shot_indices(8000, 256, seed)[:64] == k_shot_indices(8000, 64, seed)  # nested across K
+    assert [r["i"] for r in authors_order(sample_k_shot(pool, 16, 0), 0)] == AUTHORS_ORDER_SEED0
+
+
+def test_k_shot_files_of_the_movie_split_are_nested(data_dir, tmp_path):
+    """run_prepare_data --k_shot 16 --seed 0 on the Movie split: records 0-15 of default_rng(0).permutation(8000);
+    the K=64 file of the same seed starts with the K=16 file's records."""
+    out = tmp_path / "movie"
+    run_prepare_data.main(["--dataset", "ml-100k", "--raw_dir", str(data_dir / "ml-100k"), "--output_dir", str(out)])
+    train = json.loads((out / "train.json").read_text())
+    assert len(train) == 8000
+    k16 = json.loads(run_prepare_data.main(["--output_dir", str(out), "--k_shot", "16", "--seed", "0"]).read_text())
+    k64 = json.loads(run_prepare_data.main(["--output_dir", str(out), "--k_shot", "64", "--seed", "0"]).read_text())
+    assert k16 == [train[i] for i in DATASETS_SHUFFLE_SELECT_8000[0]]
+    assert k64[:16] == k16 and len(k64) == 64

@@ -78,6 +78,9 @@ def test_dependency_chains_shared_phases_once_and_resubmission(data_dir, fake_sb
         assert "#SBATCH --requeue" in text or "--array" in text
     phase_script = next(s for _, _, s in submitted if job_key(s) == "tlrec/k16_seed0").read_text()
     assert "source slurm/preemptible.sh" in phase_script and "run_preemptible python run_experiments.py" in phase_script
+    command = shlex.split(phase_script.strip().splitlines()[-1])
+    flags = [a for a in command if a.startswith("--")]
+    assert len(flags) == len(set(flags)) and command.count("--override") == 1  # each flag once, every override
     assert json.loads((out / "slurm" / "submitted.json").read_text())["main/pipeline-main:cot"] == ids["cot"]
 
     # a job runs its phase (here the target data), then a rerun submits only what is left

@@ -320,6 +320,50 @@ def test_authors_published_cot_file_trains_with_stages_from_its_instructions(tin
     assert f"{bad} record 4: unknown CoT instruction" in error
 
 
+def test_authors_cot_recipe_stage3_records_in_the_trainers_order(tiny_llama, tmp_path, capsys):
+    """The authors' CoT phase: only the Stage-3 records (cot_data/preprocess_data.py @534c6c9 writes only those to
+    stage123.json), the Trainer's random order (ins_tuning.py @df4a416 group_by_length=False), the Trainer seed
+    42 (no script passes one)."""
+    fixture = Path(__file__).parent / "data" / "stage123_fixture.json"
+    out = tmp_path / "stage3"
+    argv = _common(tiny_llama, out, "--train_files", fixture, "--max_steps", 1, "--per_device_train_batch_size", 2,
+                   "--stages", 3, "--curriculum", "trainer", "--train_sampling_strategy", "random", "--truncation",
+                   "end")
+    argv[argv.index("--seed") + 1] = "42"
+    assert run_tuning.main(argv) == 0
+    summary = json.loads((out / "tuning_summary.json").read_text())
+    from tlrec_utils.prompts import COT_INSTRUCTION_STAGES
+
+    stage3 = sum(COT_INSTRUCTION_STAGES[r["instruction"]][0] == 3 for r in json.loads(fixture.read_text()))
+    assert (summary["train_records"], summary["stages"], summary["curriculum"], summary["seed"]) == (
+        stage3, [3], "trainer", 42)
+    error = _one_line_error(capsys, _common(tiny_llama, tmp_path / "none", "--train_files", fixture, "--max_steps", 1,
+                                            "--stages", 3, "--k_shot", 100))
+    assert "larger than the pool of 2 records" in error
+
+
+def test_end_truncation_is_the_authors_tokenize(tiny_llama):
+    """--truncation end: the first max_length tokens of prompt + answer (+ EOS only when shorter), exactly the
+    authors' `tokenizer(prompt, truncation=True, max_length=cutoff)` + EOS rule (ljy2222/TLRec utils.py @df4a416
+    lines 49-61, rec_tuning.py @561abcf lines 97-117), labels = the ids with train_on_inputs."""
+    from tlrec_utils import prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    record = {"instruction": "Given the candidate set, summarise.", "input": "Watched: " + ", ".join(
+        f"Film {i} ({1950 + i})" for i in range(40)), "output": "1. Film 3 - Film 7\n2. Film 5 - Film 9"}
+    text = prompts.record_prompt(record, prompts.get_template("tlrec"), training=True) + record["output"]
+    full = tokenizer(text).input_ids
+    for cutoff in (len(full) - 7, len(full) + 3):
+        encoder = RecordEncoder(tokenizer, cutoff, train_on_inputs=True, template=prompts.get_template("tlrec"),
+                                truncation="end")
+        features = encoder.training_features(record)
+        authors = tokenizer(text, truncation=True, max_length=cutoff).input_ids
+        if authors[-1] != tokenizer.eos_token_id and len(authors) < cutoff:
+            authors = authors + [tokenizer.eos_token_id]
+        assert features["input_ids"] == authors and features["labels"] == authors
+    assert encoder.truncations["end"] == 0 and len(features["input_ids"]) == len(full) + 1
+
+
 def _one_line_error(capsys, argv, entry=run_tuning):
     with pytest.raises(SystemExit) as exc:
         entry.main(argv)

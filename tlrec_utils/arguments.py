@@ -24,7 +24,8 @@ from .metrics import NDCG_K, NUM_NEGATIVES
 from .validation import check_device, check_number, check_seed, comma_list
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
-CURRICULUM_MODES = ("ordered", "shuffled", "stagewise")  # --curriculum (implemented in curriculum.py)
+CURRICULUM_MODES = ("ordered", "shuffled", "stagewise", "trainer")  # --curriculum (implemented in curriculum.py)
+TRUNCATION_MODES = ("history", "end")  # --truncation (implemented in tokenization.py)
 EVAL_METRICS = ("auc", "ndcg")
 
 
@@ -97,16 +98,36 @@ class DataArguments:
     )
     val_file: str | None = field(default=None, metadata={"help": "Yes/No records for validation AUC."})
     k_shot: int | None = field(
-        default=None, metadata={"help": "Train on K records drawn from the training files with --seed."}
+        default=None,
+        metadata={"help": "Train on K records drawn from the training files: the first K of a permutation seeded "
+                          "by --k_shot_seed (the authors' Dataset.shuffle(seed).select(range(K)): nested across K)."},
+    )
+    k_shot_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the K-shot draw (default: --seed). The authors' few_shot.sh passes its seed to "
+                          "the draw only; their Trainer keeps its default seed 42."},
     )
     max_length: int = field(
         default=512, metadata={"help": "Longest sequence in tokens; longer prompts are cut inside the history."}
     )
+    truncation: str = field(
+        default="history",
+        metadata={"help": "How a record longer than --max_length is cut: history (oldest history items first, else "
+                          "the middle of the prompt; the answer is never cut) or end (the first max_length tokens "
+                          "of prompt + answer + EOS, as the authors' tokenize(truncation=True): the end of a long "
+                          "CoT answer is lost).", "choices": list(TRUNCATION_MODES)},
+    )
     train_on_inputs: bool = field(default=False, metadata={"help": "Also compute the loss on the prompt tokens."})
+    stages: list[int] | None = field(
+        default=None,
+        metadata={"help": "Train only the CoT records of these stages (e.g. 3: the records the authors' "
+                          "preprocess_data.py writes to stage123.json). Default: every record."},
+    )
     curriculum: str = field(
         default="ordered",
         metadata={"help": "Order of CoT records with a 'stage' field: ordered (per epoch Stage 1, 2, 3), "
-                          "shuffled (no curriculum), stagewise (all epochs of Stage 1, then 2, then 3).",
+                          "shuffled (no curriculum), stagewise (all epochs of Stage 1, then 2, then 3), trainer (the "
+                          "Trainer's own sampler, --train_sampling_strategy: the authors' ins_tuning.py).",
                   "choices": list(CURRICULUM_MODES)},
     )
     max_val_records: int | None = field(
@@ -136,6 +157,10 @@ class DataArguments:
 
     def check_values(self):
         check_number("--k_shot", self.k_shot, 1)
+        check_number("--k_shot_seed", self.k_shot_seed, 0)
+        for stage in self.stages or []:
+            if stage not in (1, 2, 3):
+                raise InputError(f"--stages: {stage} is not a CoT stage (1, 2 or 3)")
         check_number("--max_length", self.max_length, 8)
         check_number("--max_val_records", self.max_val_records, 1)
         check_number("--effect_records", self.effect_records, 1)

@@ -6,6 +6,7 @@ subclass in `training.py` hands to its DataLoader (`_get_train_sampler`). Modes 
 - `ordered` (default, the paper): every epoch walks all Stage 1 records, then all Stage 2, then all Stage 3;
   records are shuffled within a stage, differently each epoch (seeded by `seed` and the epoch).
 - `shuffled`: a plain seeded shuffle of all records each epoch (the paper's "w/o curriculum" ablation).
+- `trainer`: no sampler from here: training.py leaves the order to the Trainer (the authors' ins_tuning.py).
 - `stagewise`: all epochs of Stage 1, then all epochs of Stage 2, then of Stage 3. HF Trainer still runs
   `num_train_epochs` epochs of N records each: the sampler lays out the whole schedule (num_epochs x N indices)
   and epoch e yields its e-th slice of N. So epoch boundaries no longer coincide with stage boundaries, but the

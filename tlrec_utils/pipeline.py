@@ -12,15 +12,21 @@ API:
 
 Methods (`methods`, each a named variant in results.json and the grid), paper Sections 5.1.2 and 5.3:
 
-    tlrec           start model -> CoT curriculum tuning -> source rec-tuning (zero-shot) -> K-shot target rec-tuning
+    tlrec           start model -> CoT tuning (the `cot_stages` records in `cot_curriculum` order) -> source
+                    rec-tuning (zero-shot) -> K-shot target rec-tuning. Default: Stages 1, 2, 3 in curriculum order
+                    (the paper's text); the paper configs: Stage-3 records only, random order (the chain the
+                    authors' logs give Table 1's numbers for, see docs/experiments.md)
+    tlrec_staged    the same with Stage 1 -> 2 -> 3 curriculum tuning always (the paper's text)
     tallrec         start model -> K-shot target rec-tuning (TALLRec: no source data, no CoT); zero-shot = start model
     wo_cot          start model -> source rec-tuning -> K-shot                       (Figure 2, w/o CoT)
-    wo_curriculum   start model -> CoT tuning, records shuffled -> source rec-tuning -> K-shot   (w/o curriculum)
-    wo_rec_tuning   start model -> CoT curriculum tuning -> K-shot: no source rec-tuning   (w/o rec-tuning)
+    wo_curriculum   start model -> CoT tuning, the three stages' records shuffled together -> source rec-tuning ->
+                    K-shot (w/o curriculum: tlrec_staged without its order)
+    wo_rec_tuning   start model -> tlrec's CoT tuning -> K-shot: no source rec-tuning   (w/o rec-tuning)
 
 The start model is `base_model` (+ `start_adapter`, e.g. an Alpaca LoRA, continued by every first phase as the
 authors' scripts do with `--resume_from_checkpoint .../alpaca/`). A tuning phase two methods have in common
-(tlrec's and wo_rec_tuning's CoT tuning) runs once, in the directory of the first method that needs it.
+(tlrec's and wo_rec_tuning's CoT tuning; tlrec's and tlrec_staged's when they are the same) runs once, in the
+directory of the first method that needs it.
 
 Phases, each in its own directory under `run_dir`, each one command (`pipeline_phases`):
 
@@ -97,6 +103,7 @@ LOCK_FILE = ".pipeline.lock"
 # method -> its tuning chain before the K-shot phase (paper 5.1.2 and 5.3; see the module docstring)
 METHODS = {
     "tlrec": ("cot", "source"),
+    "tlrec_staged": ("cot_staged", "source"),
     "tallrec": (),
     "wo_cot": ("source",),
     "wo_curriculum": ("cot_shuffled", "source"),
@@ -133,6 +140,12 @@ class PipelineConfig:
     source_prepare_args: list[str] = field(
         default_factory=list,
         metadata={"help": "Extra run_prepare_data flags for the source (e.g. --target_style item)."},
+    )
+    source_target_style: str | None = field(
+        default=None,
+        metadata={"help": "run_prepare_data --target_style of the source records: item keeps an item text as it is "
+                          "(the authors' Amazon-Book targets `\"Title\" written by Author`), wrap quotes it; "
+                          "default: run_prepare_data's."},
     )
     source_files: dict = field(
         default_factory=dict,
@@ -177,6 +190,12 @@ class PipelineConfig:
     )
     hit_match: str = field(default="title_in_answer",
                            metadata={"help": "CoT hit rule: title_in_answer or recommended."})
+    cot_same_user_neighbors: bool = field(
+        default=False,
+        metadata={"help": "CoT candidates may come from the user's own other windows (the authors' "
+                          "generate_data.py: leaks the target; run_cot_generation --allow_same_user_neighbors). "
+                          "Default: leak-free candidates."},
+    )
     teacher_system_prompt: str | None = field(default=None, metadata={"help": "System message to the teacher (none)."})
     cot_context_style: str = field(
         default="history", metadata={"help": "CoT context: history (oldest first) or authors (their item order and "
@@ -192,6 +211,18 @@ class PipelineConfig:
         metadata={"help": f"Methods to run, in order: {', '.join(METHODS)}."},
     )
     # phases
+    cot_stages: list[int] = field(
+        default_factory=lambda: [1, 2, 3],
+        metadata={"help": "CoT stages tlrec's CoT phase trains on ([3]: the authors' released recipe, whose "
+                          "preprocess_data.py writes the Stage-3 records only; their inputs hold the Stage 1-2 "
+                          "answers)."},
+    )
+    cot_curriculum: str = field(
+        default="ordered",
+        metadata={"help": "Order of tlrec's CoT records (run_tuning --curriculum): ordered (Stage 1, 2, 3 each "
+                          "epoch: the paper's text), trainer (the Trainer's random order: the authors' ins_tuning.py), "
+                          "shuffled or stagewise.", "choices": ["ordered", "shuffled", "stagewise", "trainer"]},
+    )
     cot_epochs: float = field(default=1.0)
     cot_max_length: int | None = field(
         default=None,
@@ -299,9 +330,10 @@ def _model_keys() -> set[str]:
 
 
 # keys the pipeline sets itself (chaining, data, K, seed): not settable through the mappings
-PIPELINE_TUNING_KEYS = {"base_model", "output_dir", "train_files", "init_adapter", "k_shot", "val_file", "seed",
-                        "num_train_epochs", "overwrite_output_dir", "resume_from_checkpoint", "effect_files",
-                        "effect_records", "effect_max_length", "heldout_records"}
+# (`seed`, the Trainer's seed, may be set: default the K-shot seed; the authors' recipe: 42, see paper_recipe.yaml)
+PIPELINE_TUNING_KEYS = {"base_model", "output_dir", "train_files", "init_adapter", "k_shot", "k_shot_seed",
+                        "val_file", "num_train_epochs", "overwrite_output_dir", "resume_from_checkpoint", "stages",
+                        "effect_files", "effect_records", "effect_max_length", "heldout_records"}
 PIPELINE_EVAL_KEYS = {"base_model", "output_dir", "test_file", "items_file", "adapter", "limit"}
 
 
@@ -347,6 +379,14 @@ def check_values(cfg: PipelineConfig) -> None:
         check_seed("--seeds", seed)
     if cfg.on_change not in ("rerun", "error"):
         raise InputError(f"--on_change must be rerun or error, got {cfg.on_change!r}")
+    if cfg.source_target_style not in (None, "wrap", "item"):
+        raise InputError(f"--source_target_style must be wrap or item, got {cfg.source_target_style!r}")
+    if not cfg.cot_stages or any(s not in (1, 2, 3) for s in cfg.cot_stages):
+        raise InputError(f"--cot_stages must be CoT stages (1, 2, 3), got {cfg.cot_stages}")
+    from .arguments import CURRICULUM_MODES
+
+    if cfg.cot_curriculum not in CURRICULUM_MODES:
+        raise InputError(f"--cot_curriculum must be one of {', '.join(CURRICULUM_MODES)}, got {cfg.cot_curriculum!r}")
     if cfg.launcher not in ("inprocess", "accelerate"):
         raise InputError(f"--launcher must be inprocess or accelerate, got {cfg.launcher!r}")
     for name in ("tiny_vocab_size", "tiny_hidden_size", "test_limit", "source_records", "cot_max_users",
@@ -421,13 +461,17 @@ def check_flags(dataclass_types, argv: list[str], flag: str, script: str) -> dic
         raise InputError(f"{flag}: {exc}") from None
 
 
-def check_config(cfg: PipelineConfig) -> None:
+def check_config(cfg: PipelineConfig, check_data: bool = True) -> None:
+    """Every setting checked (`check_values`); with `check_data`, also that the raw data is there (a plan for a
+    machine without the data, `run_experiments.py --dry_run`, passes False)."""
     check_values(cfg)
     if cfg.accelerate_config and not Path(cfg.accelerate_config).is_file():
         raise InputError(f"--accelerate_config {cfg.accelerate_config}: file not found")
     if cfg.cot_file and not Path(cfg.cot_file).is_file():
         raise InputError(f"{cfg.cot_file}: CoT file not found (cot_file)")
     # the raw data must be there before run_dir is made (not needed once a data phase is complete)
+    if not check_data:
+        return
     for which, subdir, dataset in (("source", cfg.source_subdir, cfg.source_dataset),
                                    ("target", cfg.target_subdir, cfg.target_dataset)):
         if (Path(cfg.run_dir) / "data" / which / PHASE_DONE).is_file():
@@ -503,7 +547,7 @@ def _raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
     return (data_dir(cfg.data_dir) / subdir).resolve()
 
 
-def split_links(cfg: PipelineConfig, which: str) -> dict[str, Path]:
+def split_links(cfg: PipelineConfig, which: str, check_files: bool = True) -> dict[str, Path]:
     """{train.json: FILE, valid.json: FILE, test.json: FILE} of `source_files` / `target_files`."""
     files = getattr(cfg, f"{which}_files")
     flag = f"--{which}_files"
@@ -514,7 +558,7 @@ def split_links(cfg: PipelineConfig, which: str) -> dict[str, Path]:
     links = {}
     for split, name in files.items():
         path = Path(name) if Path(name).is_absolute() else data_dir(cfg.data_dir) / name
-        if not path.is_file():
+        if check_files and not path.is_file():
             raise InputError(f"{flag}: {split}: {path} not found")
         links[f"{split}.json"] = path.resolve()
     return links
@@ -551,13 +595,22 @@ def kshot_eval_steps(k: int | None) -> int:
     return max(1, int(k / 128 * 5))
 
 
-def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
+def cot_spec(cfg: PipelineConfig, step: str) -> tuple[tuple[int, ...] | None, str]:
+    """(stages or None for all three, curriculum) of a CoT step of METHODS."""
+    if step == "cot":
+        stages = tuple(sorted(set(cfg.cot_stages)))
+        return (None if stages == (1, 2, 3) else stages), cfg.cot_curriculum
+    return None, "ordered" if step == "cot_staged" else "shuffled"
+
+
+def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]:
     """Every phase of this config in run order, with its exact command (`Phase.command_line(cfg)`) and the
     phases it depends on (`after`); nothing runs, nothing is written. Used by run_pipeline itself, by
     `run_experiments.py --dry_run` and for SLURM dependency chains (one job per phase, `--dependency=afterok`
     on the jobs of `after`). Running a phase's command alone, then `run_pipeline` again, skips nothing the
-    command finished only if its output is complete: run_pipeline marks it done after checking."""
-    check_config(cfg)
+    command finished only if its output is complete: run_pipeline marks it done after checking.
+    `check_data=False`: a plan on a machine without the data (nothing is read, fetched or checked there)."""
+    check_config(cfg, check_data)
     run_dir = Path(cfg.run_dir).resolve()
     data = {w: run_dir / "data" / w for w in ("source", "target")}
     phases: list[Phase] = []
@@ -565,7 +618,7 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
         dataset = cfg.source_dataset if which == "source" else cfg.target_dataset
         raw = _raw_dir(cfg, cfg.source_subdir if which == "source" else cfg.target_subdir)
         subdir = cfg.source_subdir if which == "source" else cfg.target_subdir
-        links = split_links(cfg, which) if getattr(cfg, f"{which}_files") else {}
+        links = split_links(cfg, which, check_data) if getattr(cfg, f"{which}_files") else {}
         if links:  # published records picked file by file: run_prepare_data reads links to them
             dataset, raw = "records", run_dir / "raw" / which
         argv = ["--dataset", dataset, "--raw_dir", str(raw), "--output_dir", str(data[which]),
@@ -575,6 +628,8 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
 
             argv += ["--download"] + (["--release", subdir] if subdir in RELEASES else [])
             argv += ["--mirror", cfg.mirror] if cfg.mirror else []
+        if which == "source" and cfg.source_target_style:
+            argv += ["--target_style", cfg.source_target_style]
         argv += list(cfg.source_prepare_args if which == "source" else cfg.target_prepare_args)
         phases.append(Phase(f"data/{which}", f"prepare {which}", "prepare", data[which], "run_prepare_data.py", argv,
                             links={raw / name: target for name, target in links.items()}))
@@ -587,6 +642,10 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
         if cfg.cot_file or cfg.teacher == "published":
             if cfg.cot_file:
                 source = Path(cfg.cot_file).resolve()
+            elif not check_data:  # a plan: where the file will be
+                from .paths import data_dir
+
+                source = (data_dir(cfg.data_dir) / "tlrec-cot" / "stage123.json").resolve()
             else:  # DATA_DIR/tlrec-cot/stage123.json, fetched and verified with --download
                 from .download import release_file
                 from .paths import data_dir
@@ -604,6 +663,7 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
             argv = ["--data_dir", str(data["source"]), "--output_dir", str(run_dir / "cot"), "--teacher", cfg.teacher,
                     "--model", cfg.teacher_model, "--kind", cfg.item_kind, "--hit_match", cfg.hit_match,
                     "--context_style", cfg.cot_context_style, "--no-progress"]
+            argv += ["--allow_same_user_neighbors"] if cfg.cot_same_user_neighbors else []
             for flag, value in (("--base_url", cfg.teacher_base_url), ("--max_users", cfg.cot_max_users),
                                 ("--max_cost", cfg.cot_max_cost), ("--system_prompt", cfg.teacher_system_prompt)):
                 if value is not None:
@@ -628,13 +688,15 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
     start_adapter = str(Path(cfg.start_adapter).resolve()) if cfg.start_adapter else None
     full = setting(cfg, "tuning", "finetune") == "full"
     model_keys = _model_keys()
-    eval_model_flags = to_flags({k: v for k, v in cfg.tuning.items() if k in model_keys})
     rec_max_length = cfg.tuning.get("max_length")
 
-    def tuning_argv(out: Path, state, train_files, epochs, phase_kind: str, k_shot=None, seed=0, curriculum=None):
+    def tuning_argv(out: Path, state, train_files, epochs, phase_kind: str, k_shot=None, seed=0, cot=None):
+        """Each run_tuning flag once, with its effective value: what the pipeline sets, then `tuning`, then the
+        phase's mapping (later ones win; a key keeps its first position); `tuning_args` (raw flags) last."""
         model, adapter = state
-        base = {"base_model": model, "output_dir": str(out), "train_files": [str(f) for f in train_files],
+        opts = {"base_model": model, "output_dir": str(out), "train_files": [str(f) for f in train_files],
                 "num_train_epochs": epochs, "seed": seed, "init_adapter": adapter, "k_shot": k_shot,
+                "k_shot_seed": seed if k_shot else None,
                 # checkpoints for resumption (SIGTERM); the mappings may change these
                 "save_strategy": "steps", "save_steps": 50, "save_total_limit": 1, "dataloader_num_workers": 0,
                 # the phase's effect: held-out records scored before and after (phase_effect, check_start); a
@@ -646,27 +708,27 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
                 "heldout_records": cfg.cot_heldout_records if phase_kind == "cot" else None}
         if cfg.validate:
             steps = kshot_eval_steps(k_shot if phase_kind == "kshot" else None)
-            base.update(AUTHORS_VALIDATION, val_file=str(data["target"] / "valid.json"), eval_steps=steps,
+            opts.update(AUTHORS_VALIDATION, val_file=str(data["target"] / "valid.json"), eval_steps=steps,
                         save_steps=steps)
             if "eval_steps" in cfg.tuning and "save_steps" not in cfg.tuning:
-                base["save_steps"] = cfg.tuning["eval_steps"]
-        base["prompt_template"] = cfg.prompt_template
-        shared = {k: v for k, v in cfg.tuning.items() if not (phase_kind == "cot" and k == "max_length")}
-        argv = to_flags(base) + to_flags(shared) + list(cfg.tuning_args)
-        forced = {}
+                opts["save_steps"] = cfg.tuning["eval_steps"]
+        opts["prompt_template"] = cfg.prompt_template
+        opts.update({k: v for k, v in cfg.tuning.items() if not (phase_kind == "cot" and k == "max_length")})
         if phase_kind == "cot":
-            forced["max_length"] = cot_max_length(cfg, base_model)
-            if curriculum:
-                forced["curriculum"] = curriculum
-        return argv + to_flags(forced) + to_flags(getattr(cfg, f"{phase_kind}_tuning"))
+            stages, curriculum = cot
+            opts.update(max_length=cot_max_length(cfg, base_model), stages=list(stages) if stages else None,
+                        curriculum=curriculum)
+        opts.update(getattr(cfg, f"{phase_kind}_tuning"))
+        return to_flags(opts) + list(cfg.tuning_args)
 
     def eval_argv(out: Path, state) -> list[str]:
         model, adapter = state
-        base = {"base_model": model, "adapter": adapter, "test_file": str(data["target"] / "test.json"),
+        opts = {"base_model": model, "adapter": adapter, "test_file": str(data["target"] / "test.json"),
                 "items_file": str(data["target"] / "items.json"), "output_dir": str(out), "limit": cfg.test_limit,
                 "max_length": rec_max_length,  # evaluate with the length the model was rec-tuned with
                 "prompt_template": cfg.prompt_template}
-        return to_flags(base) + eval_model_flags + to_flags(cfg.eval)
+        opts.update({k: v for k, v in cfg.tuning.items() if k in model_keys})
+        return to_flags({**opts, **cfg.eval})
 
     owners: dict[tuple, tuple[str, Path]] = {}  # tuning chain -> (phase key, directory): shared phases run once
     data_after = ["data/source", "data/target", *model_after]
@@ -674,14 +736,13 @@ def pipeline_phases(cfg: PipelineConfig) -> list[Phase]:
         mdir = run_dir / method
         state, state_key, chain = (base_model, start_adapter), None, ()
         for step in METHODS[method]:
-            chain = chain + (step,)
-            label, sub = ("CoT curriculum tuning", "cot_tuning") if step.startswith("cot") else (
-                "source rec-tuning", "source_tuning")
+            cot = cot_spec(cfg, step) if step.startswith("cot") else None
+            chain = chain + ((step[:3], cot) if cot else (step,),)  # tlrec and tlrec_staged may be one chain
+            label, sub = ("CoT tuning", "cot_tuning") if cot else ("source rec-tuning", "source_tuning")
             if chain not in owners:
                 out = mdir / sub
-                if step.startswith("cot"):
-                    argv = tuning_argv(out, state, [cot_file], cfg.cot_epochs, "cot",
-                                       curriculum="shuffled" if step == "cot_shuffled" else None)
+                if cot:
+                    argv = tuning_argv(out, state, [cot_file], cfg.cot_epochs, "cot", cot=cot)
                     after = data_after + ["cot"]
                 else:
                     argv = tuning_argv(out, state, [data["source"] / "train.json"], cfg.source_epochs, "source",

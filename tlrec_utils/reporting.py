@@ -23,7 +23,14 @@ import numpy as np
 from .fileio import atomic_write_text
 from .metrics import NDCG_K, NDCG_KEY, ndcg_key
 
-METRIC_LABELS = {"auc": "AUC", NDCG_KEY: f"NDCG@{NDCG_K}", ndcg_key(per_user=True): f"NDCG@{NDCG_K} (user)"}
+METRIC_LABELS = {"auc": "AUC", "auc_authors": "AUC (authors)", NDCG_KEY: f"NDCG@{NDCG_K}",
+                 ndcg_key(per_user=True): f"NDCG@{NDCG_K} (user)"}
+# what each AUC of a table is: the report says which one(s) a table shows
+AUC_MEANINGS = {
+    "auc": "two-logit (softmax over the Yes/No logits at the answer position; run_eval --score_fn two_logit)",
+    "auc_authors": "the authors' score (their evaluate.py: softmax over the vocabulary, then over p(Yes), p(No); "
+                   "run_eval --score_fn authors), the AUC of the paper's Table 1",
+}
 DEFAULT_METRICS = ("auc", NDCG_KEY)  # Table 1's columns
 P_THRESHOLD = 0.05
 
@@ -129,6 +136,7 @@ def table_markdown(rows, metrics=DEFAULT_METRICS, ours: str = "TLRec", methods=N
         f"Mean ± std over {'/'.join(map(str, n_seeds))} seed(s). Bold: best; underlined: second; "
         f"\\*: {ours} beats the best other method, two-sided t-test p < {P_THRESHOLD}.",
     ]
+    lines += [f"{METRIC_LABELS.get(m, m)}: {AUC_MEANINGS[m]}." for m in metrics if m in AUC_MEANINGS]
     return "\n".join(lines) + "\n"
 
 
@@ -201,11 +209,13 @@ def grouped_bar_chart(rows, x_key: str, bar_key: str, metric: str, path, title: 
 
 
 def write_report(rows, output_dir, metrics=DEFAULT_METRICS, ours: str = "TLRec", methods=None, settings=None,
-                 title: str | None = None, figure_metric: str = "auc", ablation_order=None,
+                 title: str | None = None, figure_metric: str | None = None, ablation_order=None,
                  backbone_order=None, footer: str | None = None) -> dict:
     """results/table1.md, table1.csv, ablation.png and backbones.png (figures only when the grid has
-    ablation / backbone rows); `footer`: a last line of table1.md. Returns {name: path}."""
+    ablation / backbone rows); `footer`: a last line of table1.md. The figures show `figure_metric`, default the
+    table's first AUC. Returns {name: path}."""
     output_dir = Path(output_dir)
+    figure_metric = figure_metric or next((m for m in metrics if m in AUC_MEANINGS), "auc")
     main = [r for r in rows if r.get("group", "main") == "main"]
     written = {}
     if main:

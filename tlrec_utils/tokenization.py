@@ -8,7 +8,9 @@
 - Training: prompt + output + EOS, prompt tokens labelled -100 (Eq. 1 of the paper) unless train_on_inputs.
 - Over-long prompts are cut inside the history, oldest items first (re-rendered from the record's
   structured `history`), or, for records without structure (CoT records), in the middle of the prompt.
-  The response and the target question are never cut.
+  The response and the target question are never cut. `truncation="end"` instead keeps the first max_length
+  tokens of prompt + response + EOS, as the TLRec authors' `tokenize(truncation=True, max_length=512)` does
+  (ljy2222/TLRec utils.py @df4a416 lines 49-61; rec_tuning.py @561abcf lines 97-117: EOS only when shorter).
 """
 
 from __future__ import annotations
@@ -119,8 +121,9 @@ class RecordEncoder:
     {'history': n, 'middle': m}."""
 
     def __init__(self, tokenizer, max_length: int, answer: AnswerTokens | None = None, train_on_inputs: bool = False,
-                 template: prompts.PromptTemplate | None = None):
+                 template: prompts.PromptTemplate | None = None, truncation: str = "history"):
         self.tokenizer = tokenizer
+        self.truncation = truncation
         self.template = template or prompts.get_template()
         self.max_length = max_length
         self.answer = answer
@@ -190,6 +193,8 @@ class RecordEncoder:
         """{'input_ids', 'labels'} with prompt labels -100 (unless train_on_inputs)."""
         output = record["output"]
         prompt_ids, response_ids = self._split_ids(prompts.record_prompt(record, self.template, training=True), output)
+        if self.truncation == "end":
+            return self._cut_end(prompt_ids, response_ids)
         budget = self.max_length - len(response_ids)
         if budget < MIN_PROMPT_TOKENS:
             raise InputError(
@@ -216,6 +221,16 @@ class RecordEncoder:
         labels = list(input_ids) if self.train_on_inputs else [IGNORE_INDEX] * len(prompt_ids) + response_ids
         return {"input_ids": input_ids, "labels": labels}
 
+    def _cut_end(self, prompt_ids: list[int], response_ids: list[int]) -> dict:
+        """The first max_length tokens of prompt + response + EOS (the authors' truncation side)."""
+        input_ids = prompt_ids + response_ids
+        if len(input_ids) > self.max_length:
+            self.truncations["end"] += 1
+            input_ids = input_ids[: self.max_length]
+        n_prompt = min(len(prompt_ids), len(input_ids))
+        labels = list(input_ids) if self.train_on_inputs else [IGNORE_INDEX] * n_prompt + input_ids[n_prompt:]
+        return {"input_ids": input_ids, "labels": labels}
+
     # ---------------------------------------------------------------------------------------------------
     def _cut_middle(self, ids: list[int], budget: int, source: str) -> list[int]:
         """Keep the head (instruction) and the tail (target question, response header) of a prompt."""
@@ -229,6 +244,7 @@ class RecordEncoder:
         if n:
             logger.warning(
                 "%s: %d of %d records longer than --max_length %d were cut (%d by dropping the oldest history "
-                "items, %d in the middle of the prompt)",
+                "items, %d in the middle of the prompt, %d at the end)",
                 what, n, total, self.max_length, self.truncations["history"], self.truncations["middle"],
+                self.truncations["end"],
             )

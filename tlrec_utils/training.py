@@ -66,6 +66,18 @@ def load_training_records(paths) -> list[dict]:
     return out
 
 
+def stage_records(records: list[dict], stages, source: str) -> list[dict]:
+    """The CoT records of `stages` (--stages): the authors train on the Stage-3 records only."""
+    if "stage" not in records[0]:
+        raise InputError(f"--stages: {source} holds Yes/No records, not CoT records with a stage")
+    kept = [r for r in records if r["stage"] in set(stages)]
+    if not kept:
+        found = sorted({r["stage"] for r in records})
+        raise InputError(f"--stages {' '.join(map(str, stages))}: {source} has no record of these stages "
+                         f"(it has stages {', '.join(map(str, found))})")
+    return kept
+
+
 def curriculum_stages(records: list[dict], curriculum: str, train_files) -> tuple[list | None, dict]:
     """(the stage of each record for the curriculum sampler, or None: no CoT records; record counts by kind).
     CoT and Yes/No records mixed (from separate files, in any order): `shuffled` shuffles them all together (the
@@ -443,7 +455,7 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
     from transformers import EarlyStoppingCallback
 
     from .fileio import atomic_write_json, move_contents
-    from .kshot import sample_k_shot
+    from .kshot import authors_order, sample_k_shot
     from .modeling import load_base_model, load_tokenizer, prepare_for_training
     from .prompts import resolve_template, save_template
     from .tokenization import RecordEncoder, derive_answer_tokens
@@ -458,9 +470,12 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
 
     # data first: bad input fails before the model loads
     train_records = load_training_records(data_args.train_files)
+    if data_args.stages:
+        train_records = stage_records(train_records, data_args.stages, ", ".join(data_args.train_files))
+    k_shot_seed = training_args.seed if data_args.k_shot_seed is None else data_args.k_shot_seed
     if data_args.k_shot:
-        train_records = sample_k_shot(train_records, data_args.k_shot, training_args.seed,
-                                      source=", ".join(data_args.train_files))
+        train_records = authors_order(sample_k_shot(train_records, data_args.k_shot, k_shot_seed,
+                                                    source=", ".join(data_args.train_files)), k_shot_seed)
     train_records, heldout = split_heldout(train_records, data_args.heldout_records)
     val_records = None
     if data_args.val_file:
@@ -483,7 +498,7 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
     wants_answer = val_records is not None or data_args.effect_files
     answer = derive_answer_tokens(tokenizer, template) if wants_answer else None
     encoder = RecordEncoder(tokenizer, data_args.max_length, answer, train_on_inputs=data_args.train_on_inputs,
-                            template=template)
+                            template=template, truncation=data_args.truncation)
     train_features = training_dataset(train_records, encoder, ", ".join(data_args.train_files))
     train_truncations = dict(encoder.truncations)
     val_features = None
@@ -493,10 +508,14 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
         loss_encoder = None
         if training_args.metric_for_best_model in ("loss", "eval_loss"):
             loss_encoder = RecordEncoder(tokenizer, data_args.max_length, answer,
-                                         train_on_inputs=data_args.train_on_inputs, template=template)
+                                         train_on_inputs=data_args.train_on_inputs, template=template,
+                                         truncation=data_args.truncation)
         val_features = validation_dataset(val_records, val_encoder, data_args.val_file, loss_encoder)
     effects = effect_sets(data_args, tokenizer, answer, template, heldout, encoder)
     stages, kinds = curriculum_stages(train_records, data_args.curriculum, data_args.train_files)
+    staged = stages is not None
+    if data_args.curriculum == "trainer":  # the Trainer's own sampler (the authors' ins_tuning.py)
+        stages = None
 
     # adapter and checkpoint against the base model (from file headers), before any weight loads
     fp, what = run_fingerprint(model_args, lora_args, data_args, training_args)
@@ -584,13 +603,16 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
             "train_records": len(train_records),
             "heldout_records": len(heldout),
             "k_shot": data_args.k_shot,
+            "k_shot_seed": k_shot_seed if data_args.k_shot else None,
             "seed": training_args.seed,
+            "stages": sorted({r["stage"] for r in train_records if "stage" in r}) if staged else None,
+            "truncation": data_args.truncation,
             "val_file": data_args.val_file,
             "val_records": len(val_records) if val_records is not None else 0,
             "max_length": data_args.max_length,
             "prompt_template": template.name,
             "truncated_train_records": train_truncations,
-            "curriculum": data_args.curriculum if stages is not None else None,
+            "curriculum": data_args.curriculum if staged else None,
             "records_by_kind": kinds,
             "fingerprint": fp,
             "resumed_from": resumed,
