@@ -26,7 +26,7 @@ def no_data_machine(tmp_path, monkeypatch):
     for name in ("TLREC_DATA_DIR", "XDG_CACHE_HOME", "HF_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(home)  # not the repository: a config file's paths are read from its folder
+    monkeypatch.chdir(REPO)
     return home
 
 
@@ -50,10 +50,11 @@ def _script_argv(command):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_paper_config_dry_run(name, no_data_machine, capsys):
+def test_paper_config_dry_run(name, no_data_machine, capsys, monkeypatch):
     """Planning on a machine without data: exit 0, nothing written, every command reads like the authors'
     recipe (each flag once, K-shot micro batch 32 x 4 = 128 at 512 tokens, TLRec's CoT phase on the Stage-3
     records in the Trainer's order, the staged training as its own method, Book source items not re-quoted)."""
+    monkeypatch.chdir(no_data_machine)  # not the repository: a config file's paths are read from its folder
     output_dir = REPO / "runs" / "experiments" / name
     existed = output_dir.exists()
     assert run_experiments.main(["--config", str(REPO / f"configs/experiments/{name}.yaml"), "--dry_run"]) == 0
