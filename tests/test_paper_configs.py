@@ -156,6 +156,8 @@ def test_paper_commands_keep_the_old_effective_values(no_data_machine):
             phases = {p.key: p for p in X.cell_phases(config, cell, check_data=False)}
             for key, old in old_all[config_name][cell.path].items():
                 argv = _script_argv(phases[key].command_line(cfg))
+                # a config file's relative paths are read from its folder: REPO/ds_configs/... was ds_configs/...
+                argv = [a.replace(str(REPO) + "/ds_configs/", "ds_configs/") for a in argv]
                 argv = [a.replace(str(REPO), "<REPO>").replace(data, "<DATA>") for a in argv]
                 values, repeated = _flag_values(argv)
                 assert not repeated, f"{config_name} {cell.path} {key}: {repeated} given twice"

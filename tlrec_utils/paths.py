@@ -51,7 +51,7 @@ def _from(base: Path, value):
     if not isinstance(value, str) or not value.strip():
         return value
     path = Path(value).expanduser()
-    return value if path.is_absolute() else str(base / path)
+    return value if path.is_absolute() else os.path.normpath(base / path)
 
 
 def resolve_config_paths(values: dict, config_file, keys=None) -> dict:
