@@ -454,8 +454,10 @@ def test_one_run_tuning_per_output_dir(tiny_llama, data, tmp_path, capsys):
         f.write("pid 4242 on host elsewhere\n")
         f.flush()
         msg = _one_line_error(capsys, _common(tiny_llama, out, "--train_files", data / "train.json", "--max_steps", 1))
+        # looked at while the holder still has it: releasing the lock removes the file and the folder it made
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
     assert f"{out} is in use by another run_tuning (pid 4242 on host elsewhere)" in msg
-    assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+    assert not out.exists()
 
 
 def test_curriculum_over_mixed_cot_and_yes_no_files(tiny_llama, data, tmp_path, capsys):
