@@ -485,3 +485,26 @@ def test_authors_context_style_for_books_with_the_heuristic_teacher(tmp_path):
             assert first["target_shown"] == record["target"]["title"].split('"')[1]
         assert all(line["hit_by_rule"]["title_in_answer"] == line["hit_by_rule"]["recommended"] for line in lines)
         assert summary["users_hit"] > 0
+
+
+def test_a_finished_run_where_no_user_hit_is_an_error_that_keeps_the_answers(source, tmp_path, secret_key,
+                                                                              monkeypatch, capsys):
+    """Issue 21: every user asked, none of the Stage-3 answers names the true item: one line, exit 2, no empty
+    cot_train.json for a tuning run to take, and the paid-for answers kept (a rerun asks only new users)."""
+    import openai_stub_server
+
+    scripted = openai_stub_server.scripted_answer
+
+    def nothing_fits(prompt):  # Stages 1 and 2 as usual; Stage 3 names no candidate at all
+        return "1. Nothing in the candidate set suits this user." if "Step 3:" in prompt else scripted(prompt)
+
+    monkeypatch.setattr(openai_stub_server, "scripted_answer", nothing_fits)
+    with StubOpenAI() as server:
+        with pytest.raises(SystemExit) as exc:
+            main(args(source, tmp_path, server, "--max_users", "3"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path}: no CoT record written: none of the 3 answered")
+    assert "raise --max_users" in err[0]
+    assert not (tmp_path / "cot_train.json").exists()
+    assert len(read_lines(tmp_path / "responses.jsonl")) == 3 and len(server.requests) == 9
