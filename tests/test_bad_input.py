@@ -336,9 +336,19 @@ ROWS = [
 LOGS_BEFORE_THE_ERROR = {"cot-connection-refused"}
 
 
-def run(script, argv, ctx, **env_extra):
-    return subprocess.run([sys.executable, f"{script}.py", *map(str, argv)], cwd=REPO, capture_output=True,
+def run(script, argv, ctx, prefix=(), **env_extra):
+    return subprocess.run([*prefix, sys.executable, f"{script}.py", *map(str, argv)], cwd=REPO, capture_output=True,
                           text=True, env=env(ctx, **env_extra), timeout=300)
+
+
+def without_write_override() -> list[str]:
+    """The command prefix that makes a process respect write permissions: none for a user; as root (how CI runs),
+    setpriv drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so root is refused a read-only folder as a user is."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux): root writes anywhere")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
 def check_one_line(proc, expected, status=2, logs_ok=False):
@@ -566,12 +576,11 @@ def test_teacher_reply_repeating_the_key_is_stored_masked(ctx, tmp_path, monkeyp
     assert SECRET not in reply.text and "***" in reply.text
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: the 'under a file' rows cover this check as root")
 def test_output_dir_without_write_permission(ctx, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     proc = run("run_prepare_data", ["--dataset", "ml-100k", "--raw_dir", ctx.data / "ml-100k", "--output_dir",
-                                    locked / "out"], ctx)
+                                    locked / "out"], ctx, prefix=without_write_override())
     check_one_line(proc, ["--output_dir", "no permission to write in", "locked"])
     assert not (locked / "out").exists()
 
@@ -774,12 +783,10 @@ def test_dry_run_accepts_the_grid_the_rows_above_break(ctx, tmp_path, monkeypatc
     assert tree(tmp_path) - before == {str(tmp_path / "grid.yaml")}
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_download_into_a_data_dir_without_write_permission(ctx, tmp_path, monkeypatch, capsys):
+def test_download_into_a_data_dir_without_write_permission(ctx, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    monkeypatch.syspath_prepend(str(REPO))
-    proc = run_in_process("run_prepare_data", ["--dataset", "ml-100k", "--download", "--data_dir", locked,
-                                               "--output_dir", tmp_path / "out"], capsys)
+    proc = run("run_prepare_data", ["--dataset", "ml-100k", "--download", "--data_dir", locked,
+                                    "--output_dir", tmp_path / "out"], ctx, prefix=without_write_override())
     check_one_line(proc, ["--data_dir", "no permission to write in", "locked"])
     assert not list(locked.iterdir())
