@@ -167,11 +167,11 @@ def made_dirs(path, keep_on_success: bool = True):
 
 
 @contextlib.contextmanager
-def exclusive_lock(path, busy):
+def exclusive_lock(path, busy, sign: bool = False):
     """Hold an exclusive `fcntl.flock` on `path` (created, with its folder) for the with-block; the OS releases
     it when the holder dies. Taken already: InputError(busy(text the holder wrote into the file)). Yields the
-    open file, for the holder to say who it is. On leaving, the lock file (and the folders made for it, when
-    still empty) are removed, so a failed command leaves no lock behind."""
+    open file, for the holder to say who it is (`sign`: "pid N on host H" written for it). On leaving, the lock
+    file (and the folders made for it, when still empty) are removed, so a failed command leaves no lock behind."""
     import fcntl
 
     path = Path(path)
@@ -192,6 +192,13 @@ def exclusive_lock(path, busy):
             if same:
                 break
             f.close()
+        if sign:
+            import socket
+
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+            f.flush()
         try:
             yield f
         finally:

@@ -79,7 +79,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -1132,11 +1131,7 @@ def run_dir_lock(run_dir: Path):
         return (f"{run_dir} is in use by another run_pipeline ({holder or 'another process'}); wait for it to "
                 "finish or stop it, then rerun")
 
-    with exclusive_lock(run_dir / LOCK_FILE, busy) as f:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        f.flush()
+    with exclusive_lock(run_dir / LOCK_FILE, busy, sign=True):
         yield
 
 

@@ -429,8 +429,6 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
 def output_dir_lock(output_dir: Path):
     """The exclusive lock on OUTPUT/.tuning.lock (fileio.exclusive_lock), saying who holds it; taken after every
     check and before the first write, by the first process of a launch only."""
-    import socket
-
     from .fileio import exclusive_lock
 
     if not _is_main_launch_process():
@@ -440,11 +438,7 @@ def output_dir_lock(output_dir: Path):
     def busy(holder: str) -> str:
         return f"{output_dir} is in use by another run_tuning ({holder or 'another process'}); wait for it or stop it"
 
-    with exclusive_lock(output_dir / LOCK_FILE, busy) as f:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        f.flush()
+    with exclusive_lock(output_dir / LOCK_FILE, busy, sign=True):
         yield
 
 
