@@ -146,7 +146,7 @@ def test_records_dataset_keeps_the_published_text(data_dir, tmp_path):
         shutil.copyfile(data_dir / "book" / f"{name}.json", raw / f"{split}.json")
     meta = prepare_dataset(PrepareConfig("records", str(raw), str(tmp_path / "out")))
     assert meta["kind"] == "book" and meta["counts"] == {"train": 2427, "valid": 2427, "test": 2427}
-    assert meta["skipped"] == {"records_without_structure": 0}
+    assert meta["skipped"] == {"records_without_structure": 0, "malformed_rows": 0, "malformed_rows_by_file": {}}
     items = json.loads((tmp_path / "out" / "items.json").read_text())
     for split in ("train", "test"):
         got = json.loads((tmp_path / "out" / f"{split}.json").read_text())

@@ -84,15 +84,18 @@ def test_dependency_chains_shared_phases_once_and_resubmission(data_dir, fake_sb
     assert json.loads((out / "slurm" / "submitted.json").read_text())["main/pipeline-main:cot"] == ids["cot"]
 
     # a job runs its phase (here the target data), then a rerun submits only what is left
-    command = shlex.split(next(s for _, _, s in submitted if job_key(s) == "data/target").read_text()
-                          .strip().splitlines()[-1])[1:]
+    def job_command(key):
+        return shlex.split(next(s for _, _, s in submitted if job_key(s) == key).read_text()
+                           .strip().splitlines()[-1])[1:]
+
+    command = job_command("data/target")
     assert command[:2] == ["python", "run_experiments.py"]
     assert run_experiments.main(command[2:]) == 0
     cell = out / "runs" / "main" / "pipeline-main"
     assert (cell / "data" / "target" / "phase_done.json").is_file()
     assert run_experiments.main(command[2:]) == 0  # a requeued job: the finished phase is skipped
-    (cell / "data" / "source").mkdir(parents=True, exist_ok=True)
-    (cell / "data" / "source" / "phase_done.json").write_text("{}")  # as if its job had finished too
+    # the source data's job finishes too (a bare marker would not do: a finished phase carries its fingerprint)
+    assert run_experiments.main(job_command("data/source")[2:]) == 0
     fake_sbatch.unlink()
     assert run_experiments.main(grid_argv(out)) == 0
     again = {job_key(script): deps for _, deps, script in calls(fake_sbatch)}
