@@ -40,8 +40,12 @@ def interpreter(version: str) -> str:
     if exe is None:
         pytest.skip(f"python{version} not on PATH")
     probe = subprocess.run([exe, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True)
-    if probe.returncode != 0:  # e.g. a pyenv shim of a version that is installed but not selected
-        pytest.skip(f"python{version} on PATH does not run: {probe.stderr[:100]}")
+    if probe.returncode != 0:  # a pyenv shim of a version that is installed but not selected: run it directly
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True) if shutil.which("pyenv") else None
+        found = sorted(Path(root.stdout.strip()).glob(f"versions/{version}.*/bin/python{version}")) if root else []
+        if not found:
+            pytest.skip(f"python{version} on PATH does not run: {probe.stderr[:100]}")
+        return str(found[-1])
     return probe.stdout.strip()  # the interpreter itself, not a shim that depends on the environment
 
 
