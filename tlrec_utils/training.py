@@ -152,12 +152,15 @@ class TuningCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def two_logit_p_yes(logits) -> np.ndarray:
+    """P(Yes) from gathered (No, Yes) logits: the softmax over the two."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))
+
+
 def compute_auc(eval_pred) -> dict:
     """`compute_metrics`: AUC from the gathered (No, Yes) logits."""
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    logits = np.asarray(logits, dtype=np.float64)
-    p_yes = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax over two logits
-    return {"auc": M.auc(np.asarray(labels), p_yes)}
+    return {"auc": M.auc(np.asarray(eval_pred.label_ids), two_logit_p_yes(eval_pred.predictions))}
 
 
 # ---- trainer ---------------------------------------------------------------------------------------------
@@ -253,8 +256,7 @@ def score_effect(trainer, sets: dict) -> dict:
         pred = trainer.predict(features, metric_key_prefix="effect")
         entry = {"records": len(features), "loss": pred.metrics.get("effect_loss")}
         if "label" in features[0]:
-            logits = np.asarray(pred.predictions, dtype=np.float64)
-            p_yes = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))
+            p_yes = two_logit_p_yes(pred.predictions)
             labels = np.asarray(pred.label_ids)
             p_true = np.clip(np.where(labels == 1, p_yes, 1.0 - p_yes), 1e-12, 1.0)
             entry.update(auc=M.auc(labels, p_yes), loss=float(-np.log(p_true).mean()), p_yes=p_yes.tolist())
