@@ -1,4 +1,4 @@
-"""Build TLRec's CoT instruction data from a prepared source domain (see tlrec_utils/cot.py).
+"""Build TLRec's CoT instruction data from a prepared source domain (see tlrec_utils/cot/generation.py).
 
     export OPENAI_API_KEY=...        # only from the environment; never logged or written
     python run_cot_generation.py --data_dir data/netflix --output_dir cot/netflix --model gpt-4 --max_cost 50
@@ -18,7 +18,7 @@ from tlrec_utils.errors import cli_entry, exit_status
 @cli_entry
 def main(argv=None):
     from tlrec_utils.arguments import parse_args
-    from tlrec_utils.cot import CotConfig, run
+    from tlrec_utils.cot.generation import CotConfig, run
     from tlrec_utils.validation import check_input_dir, check_output_dir
 
     (cfg,) = parse_args((CotConfig,), argv, description=__doc__)

@@ -15,9 +15,9 @@ def main(argv=None):
     from tlrec_utils.arguments import EvalArguments, ModelArguments, parse_args
 
     model_args, eval_args = parse_args((ModelArguments, EvalArguments), argv)  # every flag checked here
-    from tlrec_utils import evaluation as E
     from tlrec_utils.errors import InputError
-    from tlrec_utils.evaluation import (
+    from tlrec_utils.evaluation import evaluate as E
+    from tlrec_utils.evaluation.evaluate import (
         distributed_state,
         evaluate,
         load_catalog,
@@ -26,7 +26,7 @@ def main(argv=None):
         summary_line,
         write_outputs,
     )
-    from tlrec_utils.modeling import load_for_inference
+    from tlrec_utils.model.loading import load_for_inference
     from tlrec_utils.prompts import resolve_template
 
     score_fns_of(eval_args.score_fn)

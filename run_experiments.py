@@ -24,7 +24,7 @@ def main(argv=None):
     from tlrec_utils.arguments import ExperimentsArguments, parse_args
 
     (args,) = parse_args((ExperimentsArguments,), argv, description=__doc__, config_field="config")
-    from tlrec_utils import experiments as X
+    from tlrec_utils.experiments import grid as X
 
     config = X.load_config(args.config, args.override)
     cells = X.build_cells(config)

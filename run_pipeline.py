@@ -9,7 +9,7 @@ target rec-tuning, evaluation; prints AUC and NDCG@10 per setting for every meth
 
 Rerunning the same command skips finished phases and resumes an interrupted one; a rerun with other settings
 redoes exactly the phases they change and what follows them (--on_change error refuses instead).
-Layout: see tlrec_utils/pipeline.py.
+Layout: see tlrec_utils/experiments/pipeline.py.
 """
 
 import sys
@@ -18,7 +18,7 @@ from tlrec_utils.errors import cli_entry
 
 
 def parse_args(argv=None):
-    from tlrec_utils.pipeline import parse_pipeline_args
+    from tlrec_utils.experiments.pipeline import parse_pipeline_args
 
     return parse_pipeline_args(argv, description=__doc__)
 
@@ -26,7 +26,7 @@ def parse_args(argv=None):
 @cli_entry
 def main(argv=None):
     from tlrec_utils.errors import EXIT_INTERRUPTED
-    from tlrec_utils.pipeline import (
+    from tlrec_utils.experiments.pipeline import (
         PhaseFailed,
         PhaseInterrupted,
         format_effects,

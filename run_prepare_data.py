@@ -15,7 +15,7 @@ from tlrec_utils.errors import InputError, cli_entry, exit_status
 def parse_args(argv=None):
     """(PrepareConfig, KShotArguments) from the flags."""
     from tlrec_utils.arguments import KShotArguments, parse_args
-    from tlrec_utils.prepare import PrepareConfig
+    from tlrec_utils.data.prepare import PrepareConfig
 
     return parse_args((PrepareConfig, KShotArguments), argv, description=__doc__)
 
@@ -23,7 +23,7 @@ def parse_args(argv=None):
 @cli_entry
 def main(argv=None):
     cfg, kshot = parse_args(argv)
-    from tlrec_utils.prepare import check_config, prepare_dataset, write_k_shot
+    from tlrec_utils.data.prepare import check_config, prepare_dataset, write_k_shot
     from tlrec_utils.validation import check_output_dir
 
     check_output_dir(cfg.output_dir, "--output_dir")

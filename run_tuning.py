@@ -15,7 +15,7 @@ def main(argv=None):
     from tlrec_utils.arguments import parse_tuning_args
 
     model_args, lora_args, data_args, training_args = parse_tuning_args(argv)
-    from tlrec_utils.training import tune
+    from tlrec_utils.tuning.training import tune
 
     return tune(model_args, lora_args, data_args, training_args)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tlrec_utils.candidates import Interactions, _binary_csr, user_filtering_candidates  # noqa: E402
+from tlrec_utils.cot.candidates import Interactions, _binary_csr, user_filtering_candidates  # noqa: E402
 
 
 def peak_rss_gb() -> float:

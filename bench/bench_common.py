@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tlrec_utils.paths import data_dir  # noqa: E402
+from tlrec_utils.data.paths import data_dir  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 def movie_split_and_model(work_dir: Path, prepared: str | None, base_model: str | None, hidden_size: int = 128):
     """(prepared dir, model dir): given ones, else ml-100k prepared from the local data and a tiny LLaMA."""
     import run_prepare_data
-    from tlrec_utils.tiny_llm import build_tiny_llama
+    from tlrec_utils.model.tiny_llm import build_tiny_llama
 
     if prepared is None:
         raw = data_dir() / "ml-100k"

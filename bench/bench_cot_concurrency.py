@@ -19,8 +19,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from openai_stub_server import StubOpenAI  # noqa: E402
 
-from tlrec_utils.cot import CotConfig, run  # noqa: E402
-from tlrec_utils.records import build_record, save_records  # noqa: E402
+from tlrec_utils.cot.generation import CotConfig, run  # noqa: E402
+from tlrec_utils.data.records import build_record, save_records  # noqa: E402
 
 
 def write_source_domain(directory: Path, users: int, seed: int = 0) -> None:

@@ -51,10 +51,9 @@ def main():
 
     import run_tuning
     from tlrec_utils.arguments import EvalArguments
-    from tlrec_utils.evaluation import evaluate, load_catalog, ranking_candidates
-    from tlrec_utils.modeling import load_tokenizer
-    from tlrec_utils.records import load_records
-    from tlrec_utils.scoring import (
+    from tlrec_utils.data.records import load_records
+    from tlrec_utils.evaluation.evaluate import evaluate, load_catalog, ranking_candidates
+    from tlrec_utils.evaluation.scoring import (
         candidate_group_stats,
         left_pad,
         length_sorted_batches,
@@ -62,7 +61,8 @@ def main():
         score_prompts,
         score_shared_prefix,
     )
-    from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens
+    from tlrec_utils.model.loading import load_tokenizer
+    from tlrec_utils.model.tokenization import RecordEncoder, derive_answer_tokens
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_eval_"))
     prepared, model_dir = movie_split_and_model(work, args.prepared, args.base_model)

@@ -17,8 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tlrec_utils.prepare import PrepareConfig, prepare_dataset  # noqa: E402
-from tlrec_utils.raw_datasets import read_netflix_ratings  # noqa: E402
+from tlrec_utils.data.loaders import read_netflix_ratings  # noqa: E402
+from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset  # noqa: E402
 
 
 def write_netflix_file(path, n_ratings: int, n_movies: int, seed: int = 0) -> None:

@@ -36,10 +36,10 @@ def main():
     from transformers import AutoModelForCausalLM
 
     from tlrec_utils.arguments import TuningTrainingArguments
-    from tlrec_utils.modeling import load_tokenizer
-    from tlrec_utils.records import load_records
-    from tlrec_utils.tokenization import RecordEncoder
-    from tlrec_utils.training import TLRecTrainer, TuningCollator, training_dataset
+    from tlrec_utils.data.records import load_records
+    from tlrec_utils.model.loading import load_tokenizer
+    from tlrec_utils.model.tokenization import RecordEncoder
+    from tlrec_utils.tuning.training import TLRecTrainer, TuningCollator, training_dataset
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_padding_"))
     prepared, model_dir = movie_split_and_model(work, args.prepared, args.base_model)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tlrec_utils.paths import data_dir  # noqa: E402
-from tlrec_utils.prepare import PrepareConfig, prepare_dataset  # noqa: E402
+from tlrec_utils.data.paths import data_dir  # noqa: E402
+from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset  # noqa: E402
 
 
 def main():

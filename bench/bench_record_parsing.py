@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tlrec_utils import prompts  # noqa: E402
-from tlrec_utils.record_parsing import parse_rec_input  # noqa: E402
+from tlrec_utils.data.record_parsing import parse_rec_input  # noqa: E402
 
 HARD = {
     "movie": ["Ice Storm, The (1997)", 'Brazil: The "Love Conquers All" Version (1985)', 'Say "Yes", "No" (1999)',

@@ -33,7 +33,7 @@ def build(cpu: bool, work: Path):
     from helpers import synthetic_records
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tlrec_utils.tiny_llm import iter_texts, train_tokenizer
+    from tlrec_utils.model.tiny_llm import iter_texts, train_tokenizer
 
     records, catalog = synthetic_records(n=400, history_len=40, n_users=80)
     texts = list(iter_texts([])) + [r["instruction"] + " " + r["input"] for r in records] + list(catalog.values())
@@ -91,9 +91,9 @@ def train_check(model, tokenizer, records, work: Path, cpu: bool, checkpointing:
     from transformers import TrainerCallback
 
     from tlrec_utils.arguments import LoraArguments, TuningTrainingArguments
-    from tlrec_utils.modeling import prepare_for_training
-    from tlrec_utils.tokenization import RecordEncoder
-    from tlrec_utils.training import TLRecTrainer, TuningCollator, training_dataset
+    from tlrec_utils.model.loading import prepare_for_training
+    from tlrec_utils.model.tokenization import RecordEncoder
+    from tlrec_utils.tuning.training import TLRecTrainer, TuningCollator, training_dataset
 
     encoder = RecordEncoder(tokenizer, 512)
     features = training_dataset(records, encoder, "synthetic")
@@ -137,15 +137,15 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from tlrec_utils.evaluation import ranking_candidates
-    from tlrec_utils.scoring import (
+    from tlrec_utils.evaluation.evaluate import ranking_candidates
+    from tlrec_utils.evaluation.scoring import (
         candidate_group_stats,
         generation_answer_stats,
         p_yes_from_stats,
         prompt_answer_stats,
         shared_prefix_stats,
     )
-    from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens
+    from tlrec_utils.model.tokenization import RecordEncoder, derive_answer_tokens
 
     if not args.cpu and not torch.cuda.is_available():
         print("FAIL no CUDA GPU visible (run with CPU_CHECK=1 for the CPU wiring check)")

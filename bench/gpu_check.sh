@@ -36,7 +36,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, "tests")
 from helpers import synthetic_records
-from tlrec_utils.tiny_llm import build_tiny_llama
+from tlrec_utils.model.tiny_llm import build_tiny_llama
 work = Path(sys.argv[1])
 records, _ = synthetic_records()
 (work / "train.json").write_text(json.dumps(records[:160]))

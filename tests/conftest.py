@@ -46,7 +46,7 @@ def synthetic(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, synthetic):
     """A tiny random LLaMA with a byte-level BPE tokenizer trained on the synthetic records."""
-    from tlrec_utils.tiny_llm import build_tiny_llama
+    from tlrec_utils.model.tiny_llm import build_tiny_llama
 
     out = tmp_path_factory.mktemp("tiny_llama")
     return build_tiny_llama([synthetic[2]], out, vocab_size=1000)
@@ -55,7 +55,7 @@ def tiny_llama(tmp_path_factory, synthetic):
 @pytest.fixture(scope="session")
 def tiny_llama_sp(tmp_path_factory, synthetic):
     """The same with a sentencepiece-style tokenizer (LLaMA-1/2 style)."""
-    from tlrec_utils.tiny_llm import build_tiny_llama
+    from tlrec_utils.model.tiny_llm import build_tiny_llama
 
     out = tmp_path_factory.mktemp("tiny_llama_sp")
     return build_tiny_llama([synthetic[2]], out, vocab_size=1000, tokenizer_style="sentencepiece")

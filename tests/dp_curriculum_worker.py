@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainingArguments  # noqa: E402
 
-from tlrec_utils.training import TLRecTrainer, TuningCollator  # noqa: E402
+from tlrec_utils.tuning.training import TLRecTrainer, TuningCollator  # noqa: E402
 
 # The test imports these to compute the expected order.
 N_PER_STAGE = 8
@@ -45,11 +45,11 @@ def make_records(vocab_size: int):
 
 def validation_setup(model_dir, val_file):
     """What run_tuning builds for --val_file: scoring prompts with labels, the answer tokens, AUC as the metric."""
-    from tlrec_utils.modeling import load_tokenizer
+    from tlrec_utils.data.records import load_records
+    from tlrec_utils.model.loading import load_tokenizer
+    from tlrec_utils.model.tokenization import RecordEncoder, derive_answer_tokens
     from tlrec_utils.prompts import get_template
-    from tlrec_utils.records import load_records
-    from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens
-    from tlrec_utils.training import compute_auc, validation_dataset
+    from tlrec_utils.tuning.training import compute_auc, validation_dataset
 
     tokenizer = load_tokenizer(model_dir)
     template = get_template("tallrec")

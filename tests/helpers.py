@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from tlrec_utils.records import build_record
+from tlrec_utils.data.records import build_record
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Western"]
 

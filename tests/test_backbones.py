@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import run_eval
 import run_tuning
-from tlrec_utils.metrics import auc
-from tlrec_utils.tiny_llm import iter_texts, train_tokenizer
+from tlrec_utils.evaluation.metrics import auc
+from tlrec_utils.model.tiny_llm import iter_texts, train_tokenizer
 
 # architecture -> (config class name, config kwargs, the attention projection(s) LoRA must wrap)
 SMALL = dict(num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=1024)
@@ -113,7 +113,7 @@ class _RemoteCodeStandIn(torch.nn.Module):
 def test_remote_code_backbones_get_their_fused_attention_as_lora_target(model_type, attn_name):
     from peft import LoraConfig, inject_adapter_in_model
 
-    from tlrec_utils.modeling import resolve_target_modules
+    from tlrec_utils.model.loading import resolve_target_modules
 
     stand_in = _RemoteCodeStandIn(model_type, attn_name)
     targets = resolve_target_modules(stand_in, "auto")

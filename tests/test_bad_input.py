@@ -39,8 +39,8 @@ def ctx(tmp_path_factory, tiny_llama, synthetic, data_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tlrec_utils.prepare import PrepareConfig, prepare_dataset
-    from tlrec_utils.tiny_llm import build_tiny_llama
+    from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset
+    from tlrec_utils.model.tiny_llm import build_tiny_llama
 
     base = tmp_path_factory.mktemp("bad_input")
     prepared = base / "ml100k"
@@ -556,7 +556,7 @@ def test_teacher_reply_repeating_the_key_is_stored_masked(ctx, tmp_path, monkeyp
     """A server that echoes the key inside a 200 reply: what is stored has it masked."""
     import asyncio
 
-    from tlrec_utils.teacher import OpenAITeacher
+    from tlrec_utils.cot.teacher import OpenAITeacher
 
     sys.path.insert(0, str(REPO / "tests"))
     from openai_stub_server import StubOpenAI

@@ -11,7 +11,7 @@ from helpers import GENRES
 
 from tlrec_utils.baselines import BASELINES, make_model
 from tlrec_utils.baselines.evaluate import evaluate
-from tlrec_utils.records import build_record
+from tlrec_utils.data.records import build_record
 
 
 def planted_records(n_train=1500, n_test=400, n_items=150, n_users=60, seed=0):
@@ -69,7 +69,7 @@ def tiny_bert(tmp_path_factory, planted):
     import torch
     from transformers import BertConfig, BertModel
 
-    from tlrec_utils.tiny_llm import train_tokenizer
+    from tlrec_utils.model.tiny_llm import train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = train_tokenizer(list(planted[2].values()), vocab_size=300)
@@ -88,7 +88,7 @@ def test_baseline_learns_the_planted_signal(name, planted, tiny_bert):
     """AUC on held-out records at least FLOOR_FRACTION of the way from 0.5 to the Bayes-optimal AUC of what the
     baseline sees (the generating probability scored against the same test labels); the answer prior alone
     (a constant score, the training like-rate) gets 0.5, far below."""
-    from tlrec_utils.metrics import auc
+    from tlrec_utils.evaluation.metrics import auc
 
     train, test, titles, oracle = planted
     labels = [r["label"] for r in test]
@@ -103,7 +103,7 @@ def test_baseline_learns_the_planted_signal(name, planted, tiny_bert):
     assert metrics["auc"] >= floor, (metrics["auc"], floor, best_possible)
     assert metrics["counts"]["ranked"] == sum(r["label"] for r in test)
     # the sampled NDCG in metrics.json is the one of the written ranking scores (target first)
-    from tlrec_utils.metrics import mean_sampled_ndcg
+    from tlrec_utils.evaluation.metrics import mean_sampled_ndcg
 
     rankings = [(p["ranking_p_yes"][0], p["ranking_p_yes"][1:]) for p in predictions if "ranking_p_yes" in p]
     assert metrics["ndcg@10"] == pytest.approx(mean_sampled_ndcg(rankings, 10))
@@ -156,7 +156,7 @@ def test_run_baselines_cli_writes_run_eval_outputs(tmp_path, planted):
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 100 and all(0 <= p["p_yes"] <= 1 for p in preds)
     # the AUC in metrics.json is the AUC of the written predictions
-    from tlrec_utils.metrics import auc
+    from tlrec_utils.evaluation.metrics import auc
 
     assert metrics["auc"] == pytest.approx(auc([p["label"] for p in preds], [p["p_yes"] for p in preds]))
 

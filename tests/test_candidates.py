@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tlrec_utils.candidates import build_interactions, topk_per_row, user_filtering_candidates
+from tlrec_utils.cot.candidates import build_interactions, topk_per_row, user_filtering_candidates
 
 
 def random_windows(seed, n_users=70, n_items=25, n_people=20):

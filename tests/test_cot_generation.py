@@ -15,8 +15,8 @@ import pytest
 from openai_stub_server import StubOpenAI
 
 from run_cot_generation import main
-from tlrec_utils.cot_replies import parse_recommendations
-from tlrec_utils.records import build_record, save_records
+from tlrec_utils.cot.replies import parse_recommendations
+from tlrec_utils.data.records import build_record, save_records
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-SECRET-7f3a9c"
@@ -375,7 +375,7 @@ def test_second_run_into_a_locked_output_dir_stops_with_one_line(source, tmp_pat
 
 
 def test_rate_limiter_spaces_request_starts():
-    from tlrec_utils.teacher import RateLimiter
+    from tlrec_utils.cot.teacher import RateLimiter
 
     async def starts():
         limiter = RateLimiter(per_minute=600)  # one start every 0.1 s
@@ -395,7 +395,7 @@ def test_rate_limiter_spaces_request_starts():
 def test_retry_after_header_forms():
     from email.utils import formatdate
 
-    from tlrec_utils.teacher import retry_after_seconds
+    from tlrec_utils.cot.teacher import retry_after_seconds
 
     assert retry_after_seconds({"retry-after": "2.5"}) == 2.5
     assert retry_after_seconds({"retry-after-ms": "150"}) == 0.15
@@ -426,7 +426,7 @@ def test_parse_recommendations_normalises_titles():
 
 
 def test_heuristic_teacher_on_netflix(data_dir, tmp_path):
-    from tlrec_utils.prepare import PrepareConfig, prepare_dataset
+    from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset
 
     prepared = tmp_path / "netflix"
     prepare_dataset(PrepareConfig(dataset="windows-csv", raw_dir=str(data_dir / "netflix"), output_dir=str(prepared)))

@@ -11,8 +11,8 @@ from pathlib import Path
 import dp_curriculum_worker as worker
 import pytest
 
-from tlrec_utils.curriculum import build_curriculum_sampler, curriculum_order
 from tlrec_utils.errors import InputError
+from tlrec_utils.tuning.curriculum import build_curriculum_sampler, curriculum_order
 
 STAGES = [3, 1, 2, 2, 1, 3, 1, 1, 2, 3, 3, 2, 1, 2, 3, 1, 2, 3, 1, 2, 3, 2, 1, 3, 3, 1, 2, 1, 2, 3]
 

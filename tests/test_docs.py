@@ -99,10 +99,13 @@ def flags_taken_before_the_parser(target: str) -> frozenset[str]:
     the tlrec_utils modules it imports: they are accepted but not in the usage."""
     script = REPO / (target[3:].replace(".", "/") + ".py" if target.startswith("-m ") else target)
     source = script.read_text()
-    modules = set(re.findall(r"tlrec_utils\.(\w+)", source)) | set(re.findall(r"from tlrec_utils import (\w+)", source))
+    modules = set(re.findall(r"tlrec_utils\.([\w.]+)", source))
+    modules |= {f"{package}.{name}".strip(".") for package, names in
+                re.findall(r"from tlrec_utils\.?([\w.]*) import ([\w, ]+)", source) for name in names.split(", ")}
     for name in modules:
-        if (REPO / "tlrec_utils" / f"{name}.py").is_file():
-            source += (REPO / "tlrec_utils" / f"{name}.py").read_text()
+        module = REPO / "tlrec_utils" / (name.split(" as ")[0].replace(".", "/") + ".py")
+        if module.is_file():
+            source += module.read_text()
     return frozenset(re.findall(r"\"(--[\w-]+)\" in argv", source))
 
 
@@ -237,12 +240,12 @@ def test_made_up_flags_scripts_and_configs_are_reported():
 def test_generated_tables_match_the_registries():
     """The dataset and baseline tables in docs/ are the registries' own Markdown, so they cannot drift."""
     from tlrec_utils.baselines.registry import markdown_table as baselines_table
-    from tlrec_utils.dataset_registry import markdown_table as datasets_table
+    from tlrec_utils.data.registry import markdown_table as datasets_table
 
     generated = re.compile(r"<!-- generated: (.+?) -->\n(.*?)\n<!-- /generated -->", re.S)
     blocks = {source: table for doc in DOC_FILES for source, table in generated.findall(doc.read_text())}
     baselines_source = 'python -c "from tlrec_utils.baselines.registry import markdown_table; print(markdown_table())"'
-    assert blocks == {"python -m tlrec_utils.dataset_registry": datasets_table(), baselines_source: baselines_table()}
+    assert blocks == {"python -m tlrec_utils.data.registry": datasets_table(), baselines_source: baselines_table()}
 
 
 def section_commands(name: str) -> list[str]:
@@ -273,8 +276,10 @@ def test_readme_is_a_front_door():
 def test_readme_layout_lists_every_module_and_nothing_else():
     readme = (REPO / "README.md").read_text()
     layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\| `([^`]+\.py)`", layout, flags=re.M))
+    listed = set(re.findall(r"^\| `(run_\w+\.py)`", layout, flags=re.M))
+    for package, files in re.findall(r"^\| `(tlrec_utils/[\w/]*)` \|(.*)\|$", layout, flags=re.M):
+        listed |= {package + name for name in re.findall(r"`(\w+\.py)`", files)}
     modules = {str(p.relative_to(REPO)) for p in [*REPO.glob("run_*.py"), *(REPO / "tlrec_utils").rglob("*.py")]}
     missing, gone = sorted(modules - listed), sorted(listed - modules)
-    assert not missing, f"README's Layout lacks a row (| `path` | what it does |) for {missing}"
+    assert not missing, f"README's Layout does not list {missing} (a row per package: | `tlrec_utils/pkg/` | `file.py` ... |)"
     assert not gone, f"README's Layout names modules that do not exist: {gone}"

@@ -1,4 +1,4 @@
-"""Verified downloads (tlrec_utils.download) against a loopback HTTP mirror serving copies of the local data,
+"""Verified downloads (tlrec_utils.data.download) against a loopback HTTP mirror serving copies of the local data,
 the default data directory, and the registry's hashes checked against the local copies."""
 
 import dataclasses
@@ -18,7 +18,7 @@ import pytest
 from mirror_server import MirrorServer  # tests/ is on sys.path (conftest)
 
 import run_prepare_data
-from tlrec_utils import download, paths
+from tlrec_utils.data import download, paths
 from tlrec_utils.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -331,7 +331,7 @@ def test_published_cot_file_is_found_or_fetched_in_the_data_directory(mirror, mi
 
 def test_grid_setup_steps_download_what_they_lack(mirror, data_dir, tmp_path, monkeypatch):
     """run_experiments --download --mirror: the run_prepare_data setup steps fetch their releases first."""
-    from tlrec_utils import experiments
+    from tlrec_utils.experiments import grid as experiments
 
     monkeypatch.setenv("TLREC_DATA_DIR", str(tmp_path / "data"))
     (tmp_path / "data").mkdir()

@@ -90,8 +90,8 @@ def test_generate_mode_gives_the_same_scores(setup, tiny_llama, tmp_path):
 
 def test_published_records_without_structure(data_dir, tiny_llama, tmp_path):
     """The authors' released test file (text only): scored, and ranked after recovering the items."""
-    from tlrec_utils.metrics import auc
-    from tlrec_utils.record_parsing import parse_rec_input
+    from tlrec_utils.data.record_parsing import parse_rec_input
+    from tlrec_utils.evaluation.metrics import auc
 
     published = json.loads((data_dir / "netflix" / "test.json").read_text())[:24]
     assert run_eval.main(["--base_model", str(tiny_llama), "--test_file", str(data_dir / "netflix" / "test.json"),
@@ -173,7 +173,7 @@ def test_two_processes_give_the_one_process_results(setup, tiny_llama, tmp_path)
 
 def test_records_without_user_ids_get_a_null_user_ndcg_with_the_reason(data_dir, tiny_llama, tmp_path):
     """TALLRec's Book records (no user ids) prepared as the `records` dataset: per-user NDCG is null, not an error."""
-    from tlrec_utils.prepare import PrepareConfig, prepare_dataset
+    from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset
 
     raw = tmp_path / "book"
     raw.mkdir()
@@ -191,8 +191,8 @@ def test_records_without_user_ids_get_a_null_user_ndcg_with_the_reason(data_dir,
 def test_encodings_are_memoised_across_models_and_give_the_same_results(setup, tiny_llama, tmp_path, monkeypatch):
     """A pipeline evaluates many models on one test split: the second model reuses the first one's prompt and
     ranking encodings (no tokenization at all), with results identical to a cold run; other records miss."""
-    from tlrec_utils import evaluation
-    from tlrec_utils.tokenization import RecordEncoder
+    from tlrec_utils.evaluation import evaluate as evaluation
+    from tlrec_utils.model.tokenization import RecordEncoder
 
     d = setup[0]
     calls = []

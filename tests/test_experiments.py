@@ -11,8 +11,8 @@ import yaml
 from helpers import synthetic_records
 
 import run_experiments
-from tlrec_utils import experiments as X
 from tlrec_utils.errors import InputError, cli_entry
+from tlrec_utils.experiments import grid as X
 
 REPO = Path(__file__).resolve().parents[1]
 

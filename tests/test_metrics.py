@@ -1,4 +1,4 @@
-"""The metrics (tlrec_utils/metrics.py) equal scikit-learn's definitions, ties included, and run_eval's timed
+"""The metrics (tlrec_utils/evaluation/metrics.py) equal scikit-learn's definitions, ties included, and run_eval's timed
 path does not import scikit-learn (issue 21: its import cost more than scoring the test split)."""
 
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from tlrec_utils import metrics as M
+from tlrec_utils.evaluation import metrics as M
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def test_user_ndcg_equals_sklearn_with_ties():
 
 
 def test_the_evaluation_path_does_not_import_sklearn():
-    code = ("import sys; from tlrec_utils import evaluation, metrics as M; "
+    code = ("import sys; from tlrec_utils.evaluation import evaluate, metrics as M; "
             "M.auc([0, 1, 1], [0.2, 0.2, 0.9]); M.user_ndcg([1, 1, 2], [1, 0, 1], [0.3, 0.3, 0.1]); "
             "M.mean_sampled_ndcg([(0.5, [0.5, 0.1])]); print('sklearn' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -141,8 +141,8 @@ def test_paper_commands_keep_the_old_effective_values(no_data_machine):
     """Each flag once, and every flag of the old repeated form still there with the value it had (last wins),
     except what issue 18 changes (listed in _issue18_changes); checked on the same phases of every pipeline cell of
     the three configs."""
-    from tlrec_utils import experiments as X
-    from tlrec_utils.paths import data_dir
+    from tlrec_utils.data.paths import data_dir
+    from tlrec_utils.experiments import grid as X
 
     old_all = json.loads(OLD_COMMANDS.read_text())
     data = str(data_dir())

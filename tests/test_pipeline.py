@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import run_pipeline
-from tlrec_utils import pipeline as pipeline_module
 from tlrec_utils.errors import InputError
-from tlrec_utils.metrics import auc
-from tlrec_utils.pipeline import (
+from tlrec_utils.evaluation.metrics import auc
+from tlrec_utils.experiments import pipeline as pipeline_module
+from tlrec_utils.experiments.pipeline import (
     PHASE_DONE,
     PhaseFailed,
     PhaseInterrupted,
@@ -27,7 +27,7 @@ from tlrec_utils.pipeline import (
     pipeline_phases,
     run_dir_lock,
 )
-from tlrec_utils.pipeline import (
+from tlrec_utils.experiments.pipeline import (
     run_pipeline as run,
 )
 
@@ -65,7 +65,7 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tlrec_utils.records import load_records
+    from tlrec_utils.data.records import load_records
 
     caplog.set_level(logging.INFO)
     run_dir = tmp_path / "run"

@@ -11,7 +11,7 @@ import pytest
 
 import run_pipeline
 from tlrec_utils.errors import InputError
-from tlrec_utils.pipeline import pipeline_phases
+from tlrec_utils.experiments.pipeline import pipeline_phases
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--max_windows", "0", "--cot_max_users", "200", "--k_shots", "16", "--tiny_vocab_size", "600",

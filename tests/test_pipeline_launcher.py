@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 import run_pipeline
-from tlrec_utils.pipeline import PHASE_DONE, pipeline_phases
+from tlrec_utils.experiments.pipeline import PHASE_DONE, pipeline_phases
 
 REPO = Path(__file__).resolve().parent.parent
 

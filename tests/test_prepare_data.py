@@ -10,9 +10,9 @@ import pytest
 from test_raw_datasets import write_ml100k  # tests/ is on sys.path (conftest)
 
 import run_prepare_data
+from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset, write_k_shot
+from tlrec_utils.data.records import load_records
 from tlrec_utils.errors import InputError
-from tlrec_utils.prepare import PrepareConfig, prepare_dataset, write_k_shot
-from tlrec_utils.records import load_records
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,7 +152,7 @@ AUTHORS_ORDER_SEED0 = [6745, 6525, 6339, 5326, 7780, 3523, 5198, 4061, 2387, 460
 
 
 def test_k_shot_draws_are_the_authors_shuffle_select():
-    from tlrec_utils.kshot import authors_order, k_shot_indices, sample_k_shot
+    from tlrec_utils.data.kshot import authors_order, k_shot_indices, sample_k_shot
 
     pool = [{"i": i} for i in range(8000)]
     for seed, expected in DATASETS_SHUFFLE_SELECT_8000.items():

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from tlrec_utils import prompts
 from tlrec_utils.errors import InputError
-from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens
+from tlrec_utils.model.tokenization import RecordEncoder, derive_answer_tokens
 
 # first lines of the f-strings (TALLRec finetune_rec.py lines 304/315, evaluate.py lines 204/215)
 TALLREC_INPUT_HEADER = (
@@ -156,7 +156,7 @@ def test_cot_teacher_prompts_and_records_chain_as_the_authors_temp_1_2_3():
 
 
 def test_published_cot_file_stages_from_instructions(tmp_path):
-    from tlrec_utils.cot_records import load_cot_records
+    from tlrec_utils.cot.records import load_cot_records
 
     records = load_cot_records(FIXTURE)
     raw = json.loads(FIXTURE.read_text())

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tlrec_utils.pipeline import PHASE_DONE, PipelineConfig
-from tlrec_utils.pipeline import run_pipeline as run
+from tlrec_utils.experiments.pipeline import PHASE_DONE, PipelineConfig
+from tlrec_utils.experiments.pipeline import run_pipeline as run
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,12 +11,12 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from tlrec_utils import raw_datasets
+from tlrec_utils.data import loaders as raw_datasets
+from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset
+from tlrec_utils.data.record_parsing import parse_rec_input
+from tlrec_utils.data.windows import parse_split_ratio, sliding_windows, split_sizes
 from tlrec_utils.errors import InputError
-from tlrec_utils.prepare import PrepareConfig, prepare_dataset
-from tlrec_utils.record_parsing import parse_rec_input
-from tlrec_utils.tokenization import rerender
-from tlrec_utils.windows import parse_split_ratio, sliding_windows, split_sizes
+from tlrec_utils.model.tokenization import rerender
 
 MOVIE_INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like the "
                      'target movie by answering "Yes." or "No.".')

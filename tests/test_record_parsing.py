@@ -9,9 +9,9 @@ import logging
 import pytest
 
 from tlrec_utils import prompts
+from tlrec_utils.data.record_parsing import parse_rec_input
+from tlrec_utils.data.records import build_record, load_records
 from tlrec_utils.errors import InputError
-from tlrec_utils.record_parsing import parse_rec_input
-from tlrec_utils.records import build_record, load_records
 
 TRICKY_MOVIES = [
     "Toy Story (1995)",
@@ -172,7 +172,7 @@ def _every_reading(text: str, accept):
     items, as (items, clean items) -> the readings with that score."""
     import itertools
 
-    from tlrec_utils.record_parsing import _title_is_clean
+    from tlrec_utils.data.record_parsing import _title_is_clean
 
     pieces = text.split(', "')
     pieces = [pieces[0]] + ['"' + p for p in pieces[1:]]
@@ -197,7 +197,7 @@ def test_segmentation_equals_brute_force_on_random_lists():
     random texts made of quotes, author marks, separators and commas (ties and no reading included)."""
     import random
 
-    from tlrec_utils import record_parsing as rp
+    from tlrec_utils.data import record_parsing as rp
 
     tokens = ['"', ', "', '" written by ', "a", ", ", "'", " ", 'x"', '"y', ",", " written by "]
     rng = random.Random(0)

@@ -15,8 +15,8 @@ import run_baselines
 import run_prepare_data
 from tlrec_utils.baselines import heuristics
 from tlrec_utils.baselines.registry import BASELINES, Baseline
-from tlrec_utils.dataset_registry import DATASETS, markdown_table
-from tlrec_utils.records import load_records
+from tlrec_utils.data.records import load_records
+from tlrec_utils.data.registry import DATASETS, markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tlrec_utils import reporting
+from tlrec_utils.experiments import reporting
 
 
 def pooled_t_test_p(a, b):

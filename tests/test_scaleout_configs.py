@@ -229,7 +229,7 @@ def test_arch_suffixes_that_stop_deepspeeds_op_builder_are_dropped(value, plain,
     pytest.importorskip("deepspeed")
     from deepspeed.ops.op_builder.fused_adam import FusedAdamBuilder
 
-    from tlrec_utils.training import deepspeed_safe_arch_list
+    from tlrec_utils.tuning.training import deepspeed_safe_arch_list
 
     builder = FusedAdamBuilder()
     builder.jit_mode = True

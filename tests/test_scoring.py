@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tlrec_utils import prompts, scoring
-from tlrec_utils.records import build_record
-from tlrec_utils.scoring import (
+from tlrec_utils import prompts
+from tlrec_utils.data.records import build_record
+from tlrec_utils.evaluation import scoring
+from tlrec_utils.evaluation.scoring import (
     can_pack,
     candidate_group_stats,
     p_yes_from_stats,
@@ -17,7 +18,7 @@ from tlrec_utils.scoring import (
     score_shared_prefix,
     shared_prefix_length,
 )
-from tlrec_utils.tokenization import RecordEncoder, derive_answer_tokens, rerender
+from tlrec_utils.model.tokenization import RecordEncoder, derive_answer_tokens, rerender
 
 
 @pytest.fixture(scope="module", params=["tiny_llama", "tiny_llama_sp"])

@@ -34,7 +34,7 @@ def test_sentencepiece_tiny_llama_loads_and_runs(tiny_llama_sp):
 def test_cli_builds_model(tmp_path, synthetic):
     out = tmp_path / "m"
     subprocess.run(
-        [sys.executable, "-m", "tlrec_utils.tiny_llm", "--data", str(synthetic[2]), "--output_dir", str(out),
+        [sys.executable, "-m", "tlrec_utils.model.tiny_llm", "--data", str(synthetic[2]), "--output_dir", str(out),
          "--hidden_size", "32", "--num_layers", "1", "--vocab_size", "600", "--seed", "3"],
         check=True,
     )
@@ -44,7 +44,7 @@ def test_cli_builds_model(tmp_path, synthetic):
 
 def test_cli_missing_data_file_is_one_line_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tlrec_utils.tiny_llm", "--data", str(tmp_path / "nope.json"),
+        [sys.executable, "-m", "tlrec_utils.model.tiny_llm", "--data", str(tmp_path / "nope.json"),
          "--output_dir", str(tmp_path / "m")],
         capture_output=True, text=True,
     )

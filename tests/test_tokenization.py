@@ -4,9 +4,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from tlrec_utils import prompts
+from tlrec_utils.data.records import build_record
 from tlrec_utils.errors import InputError
-from tlrec_utils.records import build_record
-from tlrec_utils.tokenization import IGNORE_INDEX, RecordEncoder, derive_answer_tokens
+from tlrec_utils.model.tokenization import IGNORE_INDEX, RecordEncoder, derive_answer_tokens
 
 
 def _record(history_len=10, target_title="Yes Man (2008)", label=1):

@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import run_eval
 import run_tuning
 from tlrec_utils.fileio import sha256_file
-from tlrec_utils.tokenization import RecordEncoder
-from tlrec_utils.training import TuningCollator
+from tlrec_utils.model.tokenization import RecordEncoder
+from tlrec_utils.tuning.training import TuningCollator
 
 MAX_LEN = "112"  # shorter than most synthetic prompts: truncation in training and validation
 
@@ -88,7 +88,7 @@ def test_tuning_learns_the_planted_signal_on_held_out_records(tiny_llama, tmp_pa
 
     from helpers import planted_probability_records
 
-    from tlrec_utils.metrics import auc
+    from tlrec_utils.evaluation.metrics import auc
     from tlrec_utils.prompts import answer
 
     train, _ = planted_probability_records(320, seed=1)
@@ -413,7 +413,7 @@ def test_auto_target_modules_by_architecture():
     from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
     from tlrec_utils.errors import InputError
-    from tlrec_utils.modeling import resolve_target_modules
+    from tlrec_utils.model.loading import resolve_target_modules
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
     assert resolve_target_modules(gpt2, "auto") == ["c_attn"]
@@ -447,7 +447,7 @@ def test_one_run_tuning_per_output_dir(tiny_llama, data, tmp_path, capsys):
     """Issue 19 case 5: a second run_tuning on an output_dir in use stops with one line naming the holder,
     before writing anything (the pipeline's and the CoT run's lock)."""
     from tlrec_utils.fileio import exclusive_lock
-    from tlrec_utils.training import LOCK_FILE
+    from tlrec_utils.tuning.training import LOCK_FILE
 
     out = tmp_path / "busy"
     with exclusive_lock(out / LOCK_FILE, lambda holder: holder) as f:

@@ -20,7 +20,7 @@ from transformers import HfArgumentParser
 
 from .baselines.registry import BASELINES, SEQUENTIAL_HYPERPARAMETERS, baseline_help
 from .errors import InputError
-from .metrics import NDCG_K, NUM_NEGATIVES
+from .evaluation.metrics import NDCG_K, NUM_NEGATIVES
 from .validation import check_device, check_number, check_seed, comma_list
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -575,8 +575,8 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
 
 
 def _config_values(path, types, hints: dict, mappings: list[str], known_only: bool) -> dict:
+    from .data.paths import resolve_config_paths
     from .fileio import read_config_file
-    from .paths import resolve_config_paths
     from .validation import check_settings
 
     values = resolve_config_paths(read_config_file(path), path)  # relative paths: from the file's folder
@@ -612,3 +612,4 @@ class _OutputDir:
             from .validation import check_output_dir
 
             check_output_dir(self.output_dir, "--output_dir")
+

@@ -1,4 +1,4 @@
-"""Score a fitted baseline on test records exactly as run_eval scores an LLM (tlrec_utils.evaluation):
+"""Score a fitted baseline on test records exactly as run_eval scores an LLM (tlrec_utils.evaluation.evaluate):
 AUC, sampled NDCG@k (each liked target among the same seeded negatives: evaluation.ranking_candidates),
 per-user NDCG@k; the same metrics.json schema and predictions.jsonl, written by evaluation.write_outputs."""
 
@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from .. import metrics as M
-from ..evaluation import ranking_candidates
+from ..evaluation import metrics as M
+from ..evaluation.evaluate import ranking_candidates
 
 
 def evaluate(model, test_records, catalog: dict, num_negatives: int = M.NUM_NEGATIVES, ndcg_k: int = M.NDCG_K,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
+from ..data.kshot import sample_k_shot
+from ..data.records import load_records
 from ..errors import InputError, where
-from ..evaluation import load_catalog, summary_line, write_outputs
-from ..kshot import sample_k_shot
-from ..metrics import NDCG_K, NUM_NEGATIVES
-from ..records import load_records
+from ..evaluation.evaluate import load_catalog, summary_line, write_outputs
+from ..evaluation.metrics import NDCG_K, NUM_NEGATIVES
 from .evaluate import evaluate
 from .registry import make_model
 

@@ -219,7 +219,7 @@ class SequentialRecommender:
                 opt.step()
             # validation at most ~20 times (tiny K-shot sets run many short epochs)
             if valid_records and (epoch + 1) % math.ceil(epochs / 20) == 0 or valid_records and epoch == epochs - 1:
-                from ..metrics import auc
+                from ..evaluation.metrics import auc
 
                 valid_auc = auc([r["label"] for r in valid_records], self.predict(valid_records))
                 if not np.isnan(valid_auc) and valid_auc > best_auc:

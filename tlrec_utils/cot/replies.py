@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from . import prompts
+from .. import prompts
 
 # which Stage-3 answers count as a hit (the user's CoT records are kept):
 # title_in_answer: the target's title appears in the answer text (the authors' generate_data.py: `GT in predictions`);

@@ -1,5 +1,5 @@
 """The datasets run_prepare_data.py prepares: one table, `DATASETS`, from which its --dataset choices, help
-texts, error hints and the docs' dataset table (`python -m tlrec_utils.dataset_registry`) are generated.
+texts, error hints and the docs' dataset table (`python -m tlrec_utils.data.registry`) are generated.
 
 A new dataset: its loader (in raw_datasets.py or a module of its own) and one line in `DATASETS`. A loader
 takes the run's PrepareConfig and returns either `RawRatings` (ratings in file order: prepare.py cuts
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import raw_datasets as raw
+from ..errors import InputError
+from . import loaders as raw
 from .download import ML100K_URL
-from .errors import InputError
 
 # PrepareConfig fields that only windowing raw ratings uses (left out of meta.json for prepared releases)
 WINDOWING_PARAMS = ("history_len", "max_windows", "split_ratio", "like_threshold", "keep_implicit", "shuffle_seed")
@@ -71,6 +71,20 @@ def dataset(name: str) -> Dataset:
     if name not in DATASETS:
         raise InputError(f"--dataset {name!r}: unknown dataset; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def load_raw(name: str, cfg):
+    """The dataset's loader run on a PrepareConfig; a missing-files error gains where to get the files."""
+    try:
+        return dataset(name).load(cfg)
+    except raw.MissingRawFiles as error:
+        spec = DATASETS.get(error.dataset)
+        raise (error.with_hint(spec.where_to_get) if spec else error) from None
+
+
+def missing_files(name: str, raw_dir, names, what: str = "missing") -> raw.MissingRawFiles:
+    """The missing-files error of dataset `name`, with where to get its files."""
+    return raw.MissingRawFiles(name, raw_dir, names, what, dataset(name).where_to_get)
 
 
 def releases() -> list[str]:

@@ -3,7 +3,7 @@
 Tests, demos and benchmarks load it through the normal `from_pretrained` path, so they exercise exactly
 the code real users run with `--base_model huggyllama/llama-7b`:
 
-    python -m tlrec_utils.tiny_llm --data prepared/ml-100k/train.json --output_dir models/tiny-llama
+    python -m tlrec_utils.model.tiny_llm --data prepared/ml-100k/train.json --output_dir models/tiny-llama
 
 Two tokenizer styles: `bytelevel` (GPT-2/LLaMA-3 style byte-level BPE, the default) and `sentencepiece`
 (LLaMA-1/2 style: metaspace pre-tokenizer, BOS prepended, byte fallback).
@@ -16,8 +16,8 @@ import json
 import logging
 from pathlib import Path
 
-from . import prompts
-from .errors import InputError, cli_entry
+from .. import prompts
+from ..errors import InputError, cli_entry
 
 logger = logging.getLogger(__name__)
 

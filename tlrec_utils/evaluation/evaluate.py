@@ -1,7 +1,7 @@
 """Evaluation of a (tuned) LLM recommender on Yes/No records: AUC, NDCG@K (sampled and per user).
 
 - `auc` and `ndcg@K_user` come from P(Yes) of every test record (one pass).
-- `ndcg@K` (sampled): each liked target ranked among `num_negatives` catalog items (tlrec_utils.negatives),
+- `ndcg@K` (sampled): each liked target ranked among `num_negatives` catalog items (tlrec_utils.evaluation.negatives),
   every candidate scored with the same prompt and the target swapped in; the 1 + N prompts share the
   history prefix, which runs once (scoring.candidate_group_stats).
 - `--score_fn`: `two_logit` (default) keys as above; `authors` (their evaluate.py) adds `auc_authors`,
@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError, where
+from ..model.tokenization import RecordEncoder, derive_answer_tokens, render_settings, rerender
 from . import metrics as M
-from .errors import InputError, where
 from .negatives import CatalogTooSmall, sample_negatives
 from .scoring import (
     SCORE_FNS,
@@ -38,7 +39,6 @@ from .scoring import (
     p_yes_from_stats,
     prompt_answer_stats,
 )
-from .tokenization import RecordEncoder, derive_answer_tokens, render_settings, rerender
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
     PartialState of several processes) is given. `args`: arguments.EvalArguments; `template`:
     prompts.PromptTemplate (default: `args.prompt_template` or tallrec; run_eval passes the one saved with the
     model)."""
-    from .prompts import get_template
+    from ..prompts import get_template
 
     template = template or get_template(getattr(args, "prompt_template", None))
     started = time.time()
@@ -302,7 +302,7 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
 
 
 def load_test_records(path, limit=None) -> list[dict]:
-    from .records import load_records
+    from ..data.records import load_records
 
     records = load_records(path, require_label=True)
     if not records:
@@ -326,7 +326,7 @@ def summary_line(metrics: dict, k: int = M.NDCG_K) -> str:
 
 
 def write_outputs(output_dir, metrics: dict, predictions: list[dict]) -> None:
-    from .fileio import atomic_write_json, atomic_write_text, staged_output_dir
+    from ..fileio import atomic_write_json, atomic_write_text, staged_output_dir
 
     with staged_output_dir(output_dir) as stage:
         atomic_write_text(stage / "predictions.jsonl",

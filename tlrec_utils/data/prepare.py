@@ -6,7 +6,7 @@ files with SHA-256, and for downloaded files their URL, commit and verified hash
 directory: a failed run leaves no partial output.
 
 What each dataset is, how it loads, its like threshold and release: dataset_registry.DATASETS. The raw files
-come from `raw_dir`, else from the data directory's folder of a published release (tlrec_utils.download.RELEASES;
+come from `raw_dir`, else from the data directory's folder of a published release (tlrec_utils.data.download.RELEASES;
 `--download` fetches what it lacks, verified).
 """
 
@@ -21,16 +21,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import __version__, raw_datasets
+from .. import __version__
+from ..errors import InputError
+from ..fileio import atomic_write_json, sha256_file, staged_output_dir
 from . import download as dl
-from .dataset_registry import dataset as dataset_spec
-from .dataset_registry import dataset_help, like_threshold_help, release_help
-from .errors import InputError
-from .fileio import atomic_write_json, sha256_file, staged_output_dir
+from . import loaders as raw_datasets
 from .kshot import k_shot_filename, sample_k_shot
+from .loaders import RawRatings, counting_skipped_rows
 from .paths import data_dir as resolve_data_dir
-from .raw_datasets import RawRatings, counting_skipped_rows, missing_files_error
 from .records import SPLITS, build_record, load_records, save_records
+from .registry import dataset as dataset_spec
+from .registry import dataset_help, like_threshold_help, load_raw, missing_files, release_help
 from .windows import parse_split_ratio, sliding_windows, split_sizes
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def fetch_raw_files(cfg: PrepareConfig) -> Path:
     else:
         raw_dir = resolve_data_dir(cfg.data_dir) / name
     if cfg.download and name is not None:  # the folder --download fills: a file or a locked folder fails now
-        from .validation import check_output_dir
+        from ..validation import check_output_dir
 
         if not cfg.raw_dir:  # the data directory itself first: a file there is named as --data_dir
             check_output_dir(raw_dir.parent, "--data_dir" if cfg.data_dir else "data directory")
@@ -134,7 +135,7 @@ def fetch_raw_files(cfg: PrepareConfig) -> Path:
         dl.verify_present(name, raw_dir, cfg.download)
     if cfg.download:
         if name is None:
-            raise missing_files_error(cfg.dataset, raw_dir, ["raw files"], what="--download has no published "
+            raise missing_files(cfg.dataset, raw_dir, ["raw files"], what="--download has no published "
                                       f"release for this dataset (only for {', '.join(dl.RELEASES)})")
         dl.fetch_missing(name, raw_dir, cfg.mirror, stall_s=cfg.download_stall_s, deadline_s=cfg.download_deadline_s)
     return raw_dir
@@ -221,7 +222,7 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
     extra = {}
     cfg = dataclasses.replace(cfg, raw_dir=str(fetch_raw_files(cfg)))
     with counting_skipped_rows() as malformed:
-        loaded = spec.load(cfg)
+        loaded = load_raw(cfg.dataset, cfg)
     if isinstance(loaded, RawRatings):
         kind = spec.item_kind
         records, catalog, extra = window_records(loaded, cfg, like_threshold, kind)

@@ -23,14 +23,14 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import prompts
-from .cot_records import cot_records
-from .cot_replies import HIT_RULES, hits, line_hits, parse_recommendations
-from .cot_users import CONTEXT_STYLES, CotUser, LazyUsers, build_users, detect_kind
-from .errors import InputError, mask_secrets_in
-from .fileio import append_jsonl, atomic_write_json, exclusive_lock, read_jsonl, sha256_file
-from .records import load_records
+from .. import prompts
+from ..data.records import load_records
+from ..errors import InputError, mask_secrets_in
+from ..fileio import append_jsonl, atomic_write_json, exclusive_lock, read_jsonl, sha256_file
+from .records import cot_records
+from .replies import HIT_RULES, hits, line_hits, parse_recommendations
 from .teacher import Budget, BudgetExceeded, HeuristicTeacher, OpenAITeacher, TeacherError, cooccurrence_matrix
+from .users import CONTEXT_STYLES, CotUser, LazyUsers, build_users, detect_kind
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def check_config(cfg: CotConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not value > 0:  # NaN too
             raise InputError(f"--{name} must be positive, got {value}")
-    from .validation import check_number, check_seed
+    from ..validation import check_number, check_seed
 
     check_number("--max_retries", cfg.max_retries, 0)
     check_seed("--seed", cfg.seed)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_ENV = "TLREC_DATA_DIR"

@@ -24,7 +24,7 @@ import torch
 from scipy.special import expit
 from tqdm.auto import tqdm
 
-from .tokenization import AnswerTokens, common_prefix_length
+from ..model.tokenization import AnswerTokens, common_prefix_length
 
 SCORE_FNS = ("two_logit", "authors")
 # models whose attention takes a custom 4D mask and explicit position ids (transformers' masking_utils):

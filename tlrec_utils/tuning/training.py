@@ -2,7 +2,7 @@
 
 - Training features: prompt + output + EOS, loss on the response only (tokenization.RecordEncoder).
 - Dynamic padding, length grouping (TrainingArguments.train_sampling_strategy, default group_by_length);
-  CoT records with a `stage` field go through the curriculum sampler (tlrec_utils.curriculum).
+  CoT records with a `stage` field go through the curriculum sampler (tlrec_utils.tuning.curriculum).
 - Validation AUC: evaluation returns only the (No, Yes) logits at the answer position of each validation
   prompt (never full-vocabulary logits, never a scan for Yes/No ids), so `metric_for_best_model=auc`,
   `load_best_model_at_end` and early stopping work, on one process or many.
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import metrics as M
-from .errors import EXIT_INTERRUPTED, InputError, where
-from .records import load_records, read_json_list
-from .scoring import answer_logits, left_pad
-from .tokenization import IGNORE_INDEX, AnswerTokens
+from ..data.records import load_records, read_json_list
+from ..errors import EXIT_INTERRUPTED, InputError, where
+from ..evaluation import metrics as M
+from ..evaluation.scoring import answer_logits, left_pad
+from ..model.tokenization import IGNORE_INDEX, AnswerTokens
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def load_training_records(paths) -> list[dict]:
     """Records of all training files. CoT files (records with `stage`, or the TLRec authors' stage123.json whose
     records carry one of the three stage instructions) may have free-form outputs; every other record must be a
     Yes/No record."""
-    from .cot_records import cot_records_from, is_cot_file, looks_like_cot, not_cot_message
+    from ..cot.records import cot_records_from, is_cot_file, looks_like_cot, not_cot_message
 
     out = []
     for path in paths:
@@ -230,7 +230,7 @@ def split_heldout(records: list[dict], n: int) -> tuple[list[dict], list[dict]]:
 def effect_sets(data_args, tokenizer, answer, template, heldout: list[dict], train_encoder) -> dict:
     """{name: (file, features)} of --effect_files (the first --effect_records Yes/No records: their prompts, scored
     by P(Yes) in one forward pass each) and of the held-out training records (`heldout`: their training loss)."""
-    from .tokenization import RecordEncoder
+    from ..model.tokenization import RecordEncoder
 
     sets = {}
     for spec in data_args.effect_files:
@@ -274,7 +274,7 @@ class ScoreStartModel(TrainerCallback):
         self.scores = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from .fileio import atomic_write_json
+        from ..fileio import atomic_write_json
 
         if self.scores is None:
             self.scores = score_effect(self.trainer, self.sets)
@@ -359,7 +359,7 @@ def run_fingerprint(model_args, lora_args, data_args, training_args) -> tuple[st
     out), the content of its data files, base model and start adapter, and the number of processes."""
     import dataclasses
 
-    from .provenance import fingerprint, path_fingerprint
+    from ..provenance import fingerprint, path_fingerprint
 
     settings = {}
     for args in (model_args, lora_args, data_args):
@@ -381,7 +381,7 @@ class RecordFingerprint(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            from .fileio import atomic_write_json
+            from ..fileio import atomic_write_json
 
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
@@ -393,7 +393,7 @@ def check_resume(resume: str, fp: str, what: dict, explicit: bool, force: bool, 
     the summary records about it."""
     import json
 
-    from .provenance import changes
+    from ..provenance import changes
 
     try:
         recorded = json.loads((Path(resume) / RUN_FINGERPRINT).read_text(encoding="utf-8"))
@@ -420,7 +420,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     """Train and save to `training_args.output_dir` (one run_tuning per output_dir at a time: an exclusive lock,
     taken by the first process of a launch). Returns the exit status: 0, or EXIT_INTERRUPTED after a SIGTERM
     (a checkpoint was saved; rerunning the same command resumes from it)."""
-    from .validation import check_output_dir
+    from ..validation import check_output_dir
 
     check_output_dir(training_args.output_dir, "--output_dir")
     with contextlib.ExitStack() as held:
@@ -431,7 +431,7 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
 def output_dir_lock(output_dir: Path):
     """The exclusive lock on OUTPUT/.tuning.lock (fileio.exclusive_lock), saying who holds it; taken after every
     check and before the first write, by the first process of a launch only."""
-    from .fileio import exclusive_lock
+    from ..fileio import exclusive_lock
 
     if not _is_main_launch_process():
         yield
@@ -450,11 +450,11 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
 
     from transformers import EarlyStoppingCallback
 
-    from .fileio import atomic_write_json, move_contents
-    from .kshot import authors_order, sample_k_shot
-    from .modeling import load_base_model, load_tokenizer, prepare_for_training
-    from .prompts import resolve_template, save_template
-    from .tokenization import RecordEncoder, derive_answer_tokens
+    from ..data.kshot import authors_order, sample_k_shot
+    from ..fileio import atomic_write_json, move_contents
+    from ..model.loading import load_base_model, load_tokenizer, prepare_for_training
+    from ..model.tokenization import RecordEncoder, derive_answer_tokens
+    from ..prompts import resolve_template, save_template
 
     started = time.time()
     output_dir = Path(training_args.output_dir)
@@ -520,7 +520,7 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
     if resume is None and not training_args.overwrite_output_dir:
         resume = last_checkpoint(output_dir)  # like run_clm.py: a rerun continues where it stopped
     if lora_args.init_adapter or resume:
-        from .modeling import check_weights_fit, model_skeleton
+        from ..model.loading import check_weights_fit, model_skeleton
 
         skeleton = model_skeleton(model_args)
         if lora_args.init_adapter:

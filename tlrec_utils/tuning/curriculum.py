@@ -35,8 +35,8 @@ import math
 import numpy as np
 from torch.utils.data import Sampler
 
-from .arguments import CURRICULUM_MODES
-from .errors import InputError
+from ..arguments import CURRICULUM_MODES
+from ..errors import InputError
 
 DEFAULT_MEGABATCH_SIZE = 64
 

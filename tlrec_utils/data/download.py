@@ -1,7 +1,7 @@
 """Verified downloads of the public data: MovieLens-100K, the TLRec authors' processed releases, TALLRec's
 published records and the authors' GPT-4 CoT data (the registry `RELEASES`).
 
-Each release is one folder of the data directory (tlrec_utils.paths.data_dir), named as in `RELEASES`; which
+Each release is one folder of the data directory (tlrec_utils.data.paths.data_dir), named as in `RELEASES`; which
 release a dataset reads by default is in dataset_registry.DATASETS.
 `fetch_missing` downloads the files a folder lacks: into a temporary file beside the target, verified
 (git blob id, or SHA-256 for the GroupLens zip), then renamed into place, so an interrupted or failed
@@ -32,8 +32,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import InputError
-from .fileio import atomic_write_json, made_dirs, sha256_file
+from ..errors import InputError
+from ..fileio import atomic_write_json, made_dirs, sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import prompts
-from .errors import InputError
+from .. import prompts
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 

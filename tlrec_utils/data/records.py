@@ -20,9 +20,9 @@ import json
 import logging
 from pathlib import Path
 
-from . import prompts
-from .errors import InputError, where
-from .fileio import atomic_write_json
+from .. import prompts
+from ..errors import InputError, where
+from ..fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -56,10 +56,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, InputError, mask_secrets
-from .fileio import atomic_write_json, atomic_write_text, read_config_file
-from .metrics import NUM_NEGATIVES
-from .paths import REPO_ROOT
+from ..data.paths import REPO_ROOT
+from ..errors import EXIT_INTERRUPTED, InputError, mask_secrets
+from ..evaluation.metrics import NUM_NEGATIVES
+from ..fileio import atomic_write_json, atomic_write_text, read_config_file
+from .command_line import flags
 from .reporting import DEFAULT_METRICS
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class GridConfig:
 def _typed(dtype, values, where: str):
     """`values` (a mapping of the file) as `dtype`: unknown and missing keys and wrong types name the key and the
     file; nested mappings and lists stay as they are (the caller types them)."""
-    from .validation import check_config_values
+    from ..validation import check_config_values
 
     if isinstance(values, dtype):  # the field's default: not in the file
         return values
@@ -224,7 +225,7 @@ def resolve_grid_paths(raw: dict, path) -> dict:
     """A grid file's relative paths taken from its folder (paths.resolve_config_paths): output_dir, the target and
     source files, setup steps (creates, their args), baseline options and every run_pipeline mapping (its
     `config` file included)."""
-    from .paths import resolve_config_paths
+    from ..data.paths import resolve_config_paths
 
     out = resolve_config_paths(raw, path, keys={"output_dir"})
     for domain in ("target", "source"):
@@ -249,10 +250,10 @@ def resolve_grid_paths(raw: dict, path) -> dict:
 
 def grid_config(raw: dict, path: str) -> GridConfig:
     """A GridConfig from a config file's mapping (`path` names it in errors)."""
-    from .arguments import BaselineArguments
-    from .baselines.registry import BASELINES
+    from ..arguments import BaselineArguments
+    from ..baselines.registry import BASELINES
+    from ..validation import check_number, check_output_dir, check_seed, check_settings
     from .pipeline import METHODS, PipelineConfig
-    from .validation import check_number, check_output_dir, check_seed, check_settings
 
     config = _typed(GridConfig, raw, path)
     config.path = path
@@ -318,14 +319,14 @@ ENTRY_SCRIPTS = ("run_prepare_data.py", "run_cot_generation.py", "run_tuning.py"
 def script_arguments(script: str) -> tuple | None:
     """The dataclasses an entry script parses its flags into (a setup step's args are checked against them);
     None for another script."""
-    from . import arguments as A
+    from .. import arguments as A
 
     if script == "run_prepare_data.py":
-        from .prepare import PrepareConfig
+        from ..data.prepare import PrepareConfig
 
         return PrepareConfig, A.KShotArguments
     if script == "run_cot_generation.py":
-        from .cot import CotConfig
+        from ..cot.generation import CotConfig
 
         return (CotConfig,)
     if script in ("run_tuning.py", "run_eval.py"):
@@ -362,26 +363,6 @@ def check_grid(config: GridConfig, cells: list[Cell], launcher: str = "local") -
                                  f"pipeline_runs.{run}.methods")
         if launcher == "local":
             check_launcher(cfg)
-
-
-def flags(options: dict, explicit_bools: bool = False) -> list[str]:
-    """{key: value} -> ['--key', 'value', ...]; None -> omitted, lists -> several values (an empty list ->
-    omitted: the script's default, as a list flag takes at least one value); booleans: a bare flag / omitted
-    (argparse store_true), or `--key true|false` with `explicit_bools` (HfArgumentParser)."""
-    out = []
-    for key, value in options.items():
-        if value is None or (value is False and not explicit_bools) or (isinstance(value, list) and not value):
-            continue
-        out.append(f"--{key}")
-        if isinstance(value, dict):  # run_pipeline's mappings (--tuning, --eval, ...) take JSON
-            out.append(json.dumps(value))
-            continue
-        if isinstance(value, bool):
-            if explicit_bools:
-                out.append(str(value).lower())
-            continue
-        out.extend(str(v) for v in value) if isinstance(value, list) else out.append(str(value))
-    return out
 
 
 def baseline_cell(config: GridConfig, method: MethodSpec, setting: str, seed: int, group: str) -> Cell:
@@ -490,10 +471,10 @@ CELL_DONE = "cell_done.json"  # a baseline cell's fingerprint, written after its
 
 def cell_fingerprint(config, cell: Cell) -> str:
     """A baseline cell's fingerprint: its script, its flags and the content of the files they name (a pipeline
-    cell has one per phase: tlrec_utils.pipeline.phase_fingerprint)."""
+    cell has one per phase: tlrec_utils.experiments.pipeline.phase_fingerprint)."""
     import os
 
-    from .provenance import fingerprint, path_fingerprint
+    from ..provenance import fingerprint, path_fingerprint
 
     inputs = {a: path_fingerprint(a) for a in cell.args if os.sep in a and not a.startswith("-")}
     return fingerprint({"script": cell.script, "args": cell.args, "inputs": inputs})
@@ -578,7 +559,7 @@ def check_on_change(config, cells: list[Cell]) -> None:
 def check_one_test_set(config, cells: list[Cell]) -> None:
     """Every row of a table is scored on the same test records and candidate items: a pipeline cell's prepared
     target test.json and items.json must be the grid's `target:` files (same content), else one line, exit 2."""
-    from .provenance import path_fingerprint
+    from ..provenance import path_fingerprint
 
     for cell in cells:
         if cell.script != "run_pipeline.py":
@@ -770,7 +751,7 @@ def cell_from_index(config, cells: list[Cell], cells_file, index: int) -> Cell:
 def report(config) -> dict:
     """results/: Table 1 and the figures from the cells of this config whose results match it (fingerprints),
     and results.json (every row with its cell, the stale results left out, the test file's hash)."""
-    from .provenance import path_fingerprint
+    from ..provenance import path_fingerprint
     from .reporting import write_report
 
     cells = build_cells(config)
@@ -821,7 +802,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
     `slurm.partition=gpu`, `pipeline_runs.main.methods=[tlrec]`: dots walk into mappings), else a run_pipeline
     setting of every pipeline run and backbone (`base_model=models/tiny`, `start_adapter=null`,
     `teacher=published`, `kshot_tuning={load_in_8bit: false}`: a mapping adds to the recipe's mapping)."""
-    from .arguments import yaml_value
+    from ..arguments import yaml_value
 
     for item in overrides or []:
         key, sep, text = item.partition("=")
@@ -839,7 +820,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             continue
         pipeline = config.setdefault("pipeline", {})
         if "config" in pipeline:  # inline the pipeline config file, so an override can also unset its values
-            from .paths import resolve_config_paths
+            from ..data.paths import resolve_config_paths
 
             nested = Path(pipeline.pop("config"))
             inlined = resolve_config_paths(read_config_file(nested), nested)
@@ -980,7 +961,7 @@ def train_throughput(est: dict, pipeline_config) -> tuple[float, str]:
 
 
 def cell_phases(config, cell: Cell, check_data: bool = True):
-    """The pipeline phases of a pipeline cell (tlrec_utils.pipeline.pipeline_phases), nothing run or written;
+    """The pipeline phases of a pipeline cell (experiments.pipeline.pipeline_phases), nothing run or written;
     `check_data=False`: a plan for a machine without the data."""
     from .pipeline import pipeline_phases
 
@@ -1054,7 +1035,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
 
 def _pipeline_raw_dir(pipeline_config, which: str) -> Path | None:
     """DATA_DIR/<subdir> a pipeline cell prepares `which` from (None when it reads published files by name)."""
-    from .paths import data_dir
+    from ..data.paths import data_dir
 
     if getattr(pipeline_config, f"{which}_files"):
         return None
@@ -1110,7 +1091,7 @@ def slurm_plan(config, cells: list[Cell], config_path, overrides=None) -> list[S
     unfinished phases it reads, so shared phases such as data, CoT and source rec-tuning run once per run
     directory and every K-shot chain waits for them), one array job over the unfinished baseline cells, and a
     report job after all of them."""
-    from .pipeline import _finished_earlier, plan_fingerprints
+    from .pipeline import finished_earlier, plan_fingerprints
 
     base = _job_base_command(config, config_path, overrides)
     jobs: list[SlurmJob] = []
@@ -1121,7 +1102,7 @@ def slurm_plan(config, cells: list[Cell], config_path, overrides=None) -> list[S
         plan = plan_fingerprints(cell_pipeline_config(config, cell), phases)
         for phase in phases:
             status = plan[phase.key][2]
-            if status == "reused" or (status == "resume" and _finished_earlier(phase)):
+            if status == "reused" or (status == "resume" and finished_earlier(phase)):
                 continue
             left = {j.key for j in jobs}
             after = [f"{cell.path}:{a}" for a in phase.after if f"{cell.path}:{a}" in left]
@@ -1219,7 +1200,7 @@ def submit_slurm_chains(config, cells: list[Cell], config_path, overrides=None, 
 @contextlib.contextmanager
 def _phase_lock(phase_dir: Path):
     """One job per phase at a time (a requeued job racing its predecessor): a lock file beside the phase dir."""
-    from .fileio import exclusive_lock
+    from ..fileio import exclusive_lock
 
     with exclusive_lock(phase_dir.parent / f".{phase_dir.name}.lock",
                         lambda _holder: f"{phase_dir}: another job is running this phase"):

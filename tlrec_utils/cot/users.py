@@ -1,5 +1,5 @@
 """CoT users and their candidate sets (paper Section 4.1): the prepared train records whose target is liked,
-each with the candidates user filtering proposes (tlrec_utils.candidates) in the order the teacher sees them,
+each with the candidates user filtering proposes (tlrec_utils.cot.candidates) in the order the teacher sees them,
 and the context of its three prompts. Built lazily: the full Netflix Prize has millions of users."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import prompts
+from .. import prompts
+from ..errors import InputError
 from .candidates import build_interactions, user_filtering_candidates
-from .errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_text
-from .metrics import NDCG_K, NDCG_KEY, ndcg_key
+from ..evaluation.metrics import NDCG_K, NDCG_KEY, ndcg_key
+from ..fileio import atomic_write_text
 
 METRIC_LABELS = {"auc": "AUC", "auc_authors": "AUC (authors)", NDCG_KEY: f"NDCG@{NDCG_K}",
                  ndcg_key(per_user=True): f"NDCG@{NDCG_K} (user)"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def k_shot_indices(n: int, k: int, seed: int) -> list[int]:

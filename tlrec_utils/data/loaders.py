@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 from .records import SPLITS, build_record, load_records
 
 logger = logging.getLogger(__name__)
@@ -46,13 +46,18 @@ class PreparedSplits:
     stats: dict = field(default_factory=dict)
 
 
-def missing_files_error(dataset: str, raw_dir, names, what: str = "missing") -> InputError:
-    """One line naming the folder, the missing files and where to get them (the dataset's `where_to_get`)."""
-    from .dataset_registry import DATASETS  # here, not at the top: the registry imports this module's loaders
+class MissingRawFiles(InputError):
+    """Raw files not found. The loaders do not know where a dataset is published (that is the registry's table,
+    which imports them), so the registry adds the `where_to_get` hint as the error passes (registry.load)."""
 
-    names = ", ".join(str(n) for n in names)
-    hint = DATASETS[dataset].where_to_get if dataset in DATASETS else ""
-    return InputError(f"{raw_dir}: {what} ({names}) for dataset {dataset}; get it from {hint}")
+    def __init__(self, dataset: str, raw_dir, names, what: str = "missing", where_to_get: str = ""):
+        self.dataset, self.raw_dir, self.names, self.what = dataset, raw_dir, list(names), what
+        listed = ", ".join(str(n) for n in self.names)
+        hint = f"; get it from {where_to_get}" if where_to_get else ""
+        super().__init__(f"{raw_dir}: {what} ({listed}) for dataset {dataset}{hint}")
+
+    def with_hint(self, where_to_get: str) -> MissingRawFiles:
+        return MissingRawFiles(self.dataset, self.raw_dir, self.names, self.what, where_to_get)
 
 
 _skipped_rows: dict | None = None  # {file: malformed rows skipped}, collected inside counting_skipped_rows()
@@ -130,10 +135,10 @@ class CheckedCsv:
 def _find(raw_dir, names: list[str], dataset: str) -> list[Path]:
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise missing_files_error(dataset, raw_dir, names, what="directory not found")
+        raise MissingRawFiles(dataset, raw_dir, names, what="directory not found")
     missing = [n for n in names if not (raw_dir / n).is_file()]
     if missing:
-        raise missing_files_error(dataset, raw_dir, missing)
+        raise MissingRawFiles(dataset, raw_dir, missing)
     return [raw_dir / n for n in names]
 
 
@@ -235,11 +240,11 @@ NETFLIX_CHUNK_ROWS = 1_000_000
 def netflix_rating_files(raw_dir) -> list[Path]:
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise missing_files_error("netflix", raw_dir, ["combined_data_1.txt", "movie_titles.csv"],
+        raise MissingRawFiles("netflix", raw_dir, ["combined_data_1.txt", "movie_titles.csv"],
                                   what="directory not found")
     files = sorted(raw_dir.glob("combined_data_*.txt"))
     if not files:
-        raise missing_files_error("netflix", raw_dir, ["combined_data_*.txt"])
+        raise MissingRawFiles("netflix", raw_dir, ["combined_data_*.txt"])
     return files
 
 
@@ -427,7 +432,7 @@ def read_windows_csv(path, items: dict[str, str], tolerance: float = DEFAULT_BAD
     rating 1 = liked. Returns dicts with user_id, history [(item_id, liked)], target item_id, label, timestamp."""
     path = Path(path)
     if not path.is_file():
-        raise missing_files_error("windows-csv", path.parent, [path.name])
+        raise MissingRawFiles("windows-csv", path.parent, [path.name])
     rows, problems, n = [], RowProblems(path, tolerance), 0
     with open(path, encoding="utf-8", newline="") as f:
         reader = CheckedCsv(csv.DictReader(f), path)
@@ -466,7 +471,7 @@ def load_windows_csv(raw_dir, item_kind: str, target_style: str = "wrap",
     """The splits of an already windowed release (train/valid/test.csv + item_mapping.csv), as records."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise missing_files_error("windows-csv", raw_dir, ["train.csv"], what="directory not found")
+        raise MissingRawFiles("windows-csv", raw_dir, ["train.csv"], what="directory not found")
     mapping_path, items = read_item_mapping(raw_dir, tolerance)
     splits, sources = {}, []
     for split in SPLITS:
@@ -493,10 +498,10 @@ def load_published_records(raw_dir, item_kind: str) -> PreparedSplits:
     no ids); records without a user id keep `user_id: None`. The kind is the records' own, else `item_kind`."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise missing_files_error("records", raw_dir, ["train.json"], what="directory not found")
+        raise MissingRawFiles("records", raw_dir, ["train.json"], what="directory not found")
     missing = [f"{s}.json" for s in SPLITS if not (raw_dir / f"{s}.json").is_file()]
     if missing:
-        raise missing_files_error("records", raw_dir, missing)
+        raise MissingRawFiles("records", raw_dir, missing)
     splits, items, kinds, unparsed = {}, {}, set(), 0
     for split in SPLITS:
         out = []

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from . import prompts
+from .. import prompts
 
 _INPUT_RE = re.compile(
     "^"

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from . import prompts
-from .cot_replies import line_hits
-from .errors import InputError, where
-from .records import read_json_list
+from .. import prompts
+from ..data.records import read_json_list
+from ..errors import InputError, where
+from .replies import line_hits
 
 
 def cot_records(responses: list[dict], kind: str, hit_match: str = "title_in_answer") -> list[dict]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def parse_split_ratio(text: str) -> tuple[int, int, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor name -> shape from a .safetensors header (no tensor is read)."""
     import struct
 
-    from .validation import check_safetensors_complete
+    from ..validation import check_safetensors_complete
 
     check_safetensors_complete(path)
     with open(path, "rb") as f:

@@ -19,9 +19,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from . import prompts
-from .errors import InputError
-from .records import build_record
+from .. import prompts
+from ..data.records import build_record
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 

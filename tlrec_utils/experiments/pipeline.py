@@ -3,7 +3,7 @@ run_experiments.py builds on it).
 
 API:
 
-    from tlrec_utils.pipeline import PipelineConfig, run_pipeline, format_table, pipeline_phases
+    from tlrec_utils.experiments.pipeline import PipelineConfig, run_pipeline, format_table, pipeline_phases
     results = run_pipeline(PipelineConfig(run_dir="runs/qs", data_dir="data", methods=["tlrec", "tallrec"]))
     # results["variants"]["tlrec"]["k16_seed0"] == {"auc": ..., "ndcg@10": ..., "ndcg@10_user": ..., ...}
     print(format_table(results))
@@ -33,7 +33,7 @@ Phases, each in its own directory under `run_dir`, each one command (`pipeline_p
     data/source, data/target      run_prepare_data.py (source: Netflix / Amazon-Book release, target: Movie / Book)
     cot/                          run_cot_generation.py on the source train split, or the CoT records of
                                   `cot_file` (teacher: published, the authors' GPT-4 data stage123.json)
-    model/                        python -m tlrec_utils.tiny_llm: the tiny LLaMA, only when no `base_model` is given
+    model/                        python -m tlrec_utils.model.tiny_llm: the tiny LLaMA, only without `base_model`
     <method>/cot_tuning/          run_tuning.py on the CoT records, in curriculum order (Stage 1, 2, 3)
     <method>/source_tuning/       run_tuning.py on source records: the zero-shot model
     <method>/k{K}_seed{S}/        run_tuning.py on K target records, for every K in k_shots and S in seeds
@@ -85,10 +85,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
-from .fileio import atomic_write_json, atomic_write_text
-from .metrics import NDCG_K, ndcg_key
-from .paths import REPO_ROOT
+from ..data.paths import REPO_ROOT
+from ..errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
+from ..evaluation.metrics import NDCG_K, ndcg_key
+from ..fileio import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ MAPPINGS = ("tuning", "cot_tuning", "source_tuning", "kshot_tuning", "eval")
 
 def phase_argument_types(kind: str) -> tuple:
     """The dataclasses a tuning (run_tuning.py) or eval (run_eval.py) phase parses its flags into."""
-    from .arguments import (
+    from ..arguments import (
         DataArguments,
         EvalArguments,
         LoraArguments,
@@ -323,7 +323,7 @@ def _dataclass_fields(kind: str) -> dict[str, dataclasses.Field]:
 
 
 def _model_keys() -> set[str]:
-    from .arguments import ModelArguments
+    from ..arguments import ModelArguments
 
     return {f.name for f in dataclasses.fields(ModelArguments)}
 
@@ -349,7 +349,7 @@ def setting(cfg: PipelineConfig, kind: str, key: str, mapping: dict | None = Non
 
 def to_flags(mapping: dict) -> list[str]:
     """{key: value} -> HfArgumentParser flags (`--key value`, booleans `--key true|false`, lists several values)."""
-    from .experiments import flags
+    from .command_line import flags
 
     return flags({k: v for k, v in mapping.items() if v is not None}, explicit_bools=True)
 
@@ -359,7 +359,7 @@ def check_values(cfg: PipelineConfig) -> None:
     what is handed on to the phases' scripts, parsed with the dataclasses those scripts parse them into
     (`tuning`, `cot_tuning`, ..., `eval`: keys, types, choices, ranges; `tuning_args` and `*_prepare_args`:
     their flags). Errors name the flag (`--tuning.learning_rate`); read from a config file, the file and key."""
-    from .validation import check_number, check_seed, check_settings
+    from ..validation import check_number, check_seed, check_settings
 
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
@@ -382,7 +382,7 @@ def check_values(cfg: PipelineConfig) -> None:
         raise InputError(f"--source_target_style must be wrap or item, got {cfg.source_target_style!r}")
     if not cfg.cot_stages or any(s not in (1, 2, 3) for s in cfg.cot_stages):
         raise InputError(f"--cot_stages must be CoT stages (1, 2, 3), got {cfg.cot_stages}")
-    from .arguments import CURRICULUM_MODES
+    from ..arguments import CURRICULUM_MODES
 
     if cfg.cot_curriculum not in CURRICULUM_MODES:
         raise InputError(f"--cot_curriculum must be one of {', '.join(CURRICULUM_MODES)}, got {cfg.cot_curriculum!r}")
@@ -411,8 +411,8 @@ def check_values(cfg: PipelineConfig) -> None:
                              "base_model, start_adapter, *_epochs, k_shots, seeds, test_limit, validate)")
         check_settings(phase_argument_types("eval" if name == "eval" else "tuning"), mapping, None, f"{name}.")
     check_flags(phase_argument_types("tuning"), cfg.tuning_args, "--tuning_args", "run_tuning.py")
-    from .arguments import KShotArguments
-    from .prepare import PrepareConfig
+    from ..arguments import KShotArguments
+    from ..data.prepare import PrepareConfig
 
     for which in ("source", "target"):
         check_flags((PrepareConfig, KShotArguments), getattr(cfg, f"{which}_prepare_args"),
@@ -430,7 +430,7 @@ def check_values(cfg: PipelineConfig) -> None:
         raise InputError("--start_adapter needs LoRA tuning (finetune: lora); for full fine-tuning give the merged "
                          "start model as --base_model")
     if cfg.prompt_template is not None:
-        from .prompts import get_template
+        from ..prompts import get_template
 
         get_template(cfg.prompt_template)  # an unknown name fails before any phase runs
 
@@ -442,9 +442,9 @@ def check_flags(dataclass_types, argv: list[str], flag: str, script: str) -> dic
         return {}
     from transformers import HfArgumentParser
 
-    from .arguments import _optional
-    from .errors import _one_line_argparse
-    from .validation import check_settings
+    from ..arguments import _optional
+    from ..errors import _one_line_argparse
+    from ..validation import check_settings
 
     parser = HfArgumentParser([_optional(t) for t in dataclass_types])
     argv = [str(a) for a in argv]
@@ -480,7 +480,7 @@ def check_config(cfg: PipelineConfig, check_data: bool = True) -> None:
             continue
         raw = _raw_dir(cfg, subdir)
         if not raw.is_dir() and cfg.download:  # --download will make it: a file or a locked folder fails now
-            from .validation import check_output_dir
+            from ..validation import check_output_dir
 
             check_output_dir(raw, "--data_dir" if cfg.data_dir else "data directory")
         if not raw.is_dir() and not cfg.download:
@@ -498,7 +498,7 @@ class Phase:
     name: str  # for logs, e.g. "tlrec: source rec-tuning"
     kind: str  # prepare | cot | model | tuning | eval
     dir: Path
-    script: str  # entry script (run_*.py) or module (-m tlrec_utils.tiny_llm)
+    script: str  # entry script (run_*.py) or module (-m tlrec_utils.model.tiny_llm)
     argv: list[str]
     after: list[str] = field(default_factory=list)  # keys of the phases whose outputs it reads
     method: str | None = None
@@ -541,7 +541,7 @@ def launcher_prefix(cfg: PipelineConfig) -> list[str]:
 
 
 def _raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
-    from .paths import data_dir
+    from ..data.paths import data_dir
 
     return (data_dir(cfg.data_dir) / subdir).resolve()
 
@@ -552,7 +552,7 @@ def split_links(cfg: PipelineConfig, which: str, check_files: bool = True) -> di
     flag = f"--{which}_files"
     if not isinstance(files, dict) or sorted(files) != ["test", "train", "valid"]:
         raise InputError(f"{flag}: expected a mapping with exactly train, valid and test, got {files!r}")
-    from .paths import data_dir
+    from ..data.paths import data_dir
 
     links = {}
     for split, name in files.items():
@@ -623,7 +623,7 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
         argv = ["--dataset", dataset, "--raw_dir", str(raw), "--output_dir", str(data[which]),
                 "--max_windows", str(cfg.max_windows), "--item_kind", cfg.item_kind]
         if cfg.download and not links:
-            from .download import RELEASES
+            from ..data.download import RELEASES
 
             argv += ["--download"] + (["--release", subdir] if subdir in RELEASES else [])
             argv += ["--mirror", cfg.mirror] if cfg.mirror else []
@@ -642,13 +642,13 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
             if cfg.cot_file:
                 source = Path(cfg.cot_file).resolve()
             elif not check_data:  # a plan: where the file will be
-                from .paths import data_dir
+                from ..data.paths import data_dir
 
                 source = (data_dir(cfg.data_dir) / "tlrec-cot" / "stage123.json").resolve()
             else:  # DATA_DIR/tlrec-cot/stage123.json, fetched and verified with --download
-                from .download import release_file
-                from .paths import data_dir
-                from .validation import check_output_dir
+                from ..data.download import release_file
+                from ..data.paths import data_dir
+                from ..validation import check_output_dir
 
                 if cfg.download and not (data_dir(cfg.data_dir) / "tlrec-cot" / "stage123.json").is_file():
                     check_output_dir(data_dir(cfg.data_dir) / "tlrec-cot", "--data_dir")
@@ -656,8 +656,8 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
                 source = release_file("tlrec-cot", "stage123.json", cfg.data_dir, download=cfg.download,
                                       mirror=cfg.mirror).resolve()
             argv = ["cot_records", "--cot_file", str(source), "--output_dir", str(run_dir / "cot")]
-            phases.append(Phase("cot", "CoT records from a file", "cot", run_dir / "cot", "-m tlrec_utils.pipeline",
-                                argv))
+            phases.append(Phase("cot", "CoT records from a file", "cot", run_dir / "cot",
+                                "-m tlrec_utils.experiments.pipeline", argv))
         else:
             argv = ["--data_dir", str(data["source"]), "--output_dir", str(run_dir / "cot"), "--teacher", cfg.teacher,
                     "--model", cfg.teacher_model, "--kind", cfg.item_kind, "--hit_match", cfg.hit_match,
@@ -682,7 +682,8 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
         argv = ["--data", *text, "--output_dir", base_model, "--vocab_size", str(cfg.tiny_vocab_size),
                 "--hidden_size", str(cfg.tiny_hidden_size)]
         after = ["data/source", "data/target"] + (["cot"] if cot_file else [])
-        phases.append(Phase("model", "tiny LLaMA", "model", Path(base_model), "-m tlrec_utils.tiny_llm", argv, after))
+        phases.append(Phase("model", "tiny LLaMA", "model", Path(base_model), "-m tlrec_utils.model.tiny_llm", argv,
+                            after))
         model_after = ["model"]
     start_adapter = str(Path(cfg.start_adapter).resolve()) if cfg.start_adapter else None
     full = setting(cfg, "tuning", "finetune") == "full"
@@ -871,7 +872,7 @@ def execute(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None):
 def _phase_info(cfg: PipelineConfig, phase: Phase) -> dict:
     """What `phase_done.json` records beyond the wall time; also checks the phase left its output."""
     if phase.kind == "tuning":
-        from .training import FINISHED_MARKER
+        from ..tuning.training import FINISHED_MARKER
 
         summary_path = phase.dir / FINISHED_MARKER
         if not summary_path.is_file():
@@ -890,7 +891,7 @@ def _phase_info(cfg: PipelineConfig, phase: Phase) -> dict:
         if not (phase.dir / "metrics.json").is_file():
             raise PhaseFailed(f"phase {phase.name!r} ended without writing {phase.dir / 'metrics.json'}")
         return {}
-    if phase.kind == "cot" and phase.script == "-m tlrec_utils.pipeline":
+    if phase.kind == "cot" and phase.script == "-m tlrec_utils.experiments.pipeline":
         return json.loads((phase.dir / "cot_records.json").read_text())
     if phase.kind == "cot":
         summary = json.loads((phase.dir / "summary.json").read_text())
@@ -907,9 +908,9 @@ def _phase_info(cfg: PipelineConfig, phase: Phase) -> dict:
     return {"path": str(phase.dir)}
 
 
-def _finished_earlier(phase: Phase) -> bool:
+def finished_earlier(phase: Phase) -> bool:
     """Output of a finished run of this phase's command (e.g. run by hand or by a SLURM job) is present."""
-    from .training import FINISHED_MARKER
+    from ..tuning.training import FINISHED_MARKER
 
     if phase.kind == "tuning":
         return (phase.dir / FINISHED_MARKER).is_file()
@@ -920,7 +921,7 @@ def _finished_earlier(phase: Phase) -> bool:
 
 def phase_outputs(phase: Phase) -> list[Path]:
     """The files later phases read from a finished phase (checked when it is skipped as complete)."""
-    from .training import FINISHED_MARKER
+    from ..tuning.training import FINISHED_MARKER
 
     if phase.kind == "tuning":
         return [phase.dir / FINISHED_MARKER]
@@ -1008,7 +1009,7 @@ def phase_fingerprint(cfg: PipelineConfig, phase: Phase, upstream: dict[str, str
     downstream that reads it, e.g. TALLRec's phases do not read the source data), and for a launched
     phase the processes it runs on. An input that is gone now (raw files deleted after preparation) keeps the
     fingerprint it had when the phase ran."""
-    from .provenance import fingerprint, path_fingerprint
+    from ..provenance import fingerprint, path_fingerprint
 
     run_dir = Path(cfg.run_dir).resolve()
     recorded = ((_read_json(phase.dir / FINGERPRINT_FILE) or {}).get("what") or {}).get("inputs") or {}
@@ -1057,7 +1058,7 @@ def plan_fingerprints(cfg: PipelineConfig, phases: list[Phase]) -> dict[str, tup
 
 
 def _changed(plan_entry) -> str:
-    from .provenance import changes
+    from ..provenance import changes
 
     fp, what, status, old = plan_entry
     return "; ".join(changes(old, what)[:3])
@@ -1104,7 +1105,7 @@ def run_phase(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None
         _clear_stale(cfg, phase)
     started = time.time()
     atomic_write_json(phase.dir / FINGERPRINT_FILE, {"fingerprint": fp, "what": what})
-    if status == "resume" and _finished_earlier(phase):
+    if status == "resume" and finished_earlier(phase):
         note = {"note": "finished by an earlier run"}
     else:
         logger.info("[%s] running -> %s", phase.name, phase.dir)
@@ -1125,7 +1126,7 @@ def run_phase(cfg: PipelineConfig, phase: Phase, signals: _Signals | None = None
 def run_dir_lock(run_dir: Path):
     """One pipeline at a time per run_dir (a requeued job racing its predecessor, a command started twice): an
     exclusive lock (fileio.exclusive_lock), released by the OS when the holder dies; the lock file says who holds it."""
-    from .fileio import exclusive_lock
+    from ..fileio import exclusive_lock
 
     def busy(holder: str) -> str:
         return (f"{run_dir} is in use by another run_pipeline ({holder or 'another process'}); wait for it to "
@@ -1192,7 +1193,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     "warnings": [...], "provenance": {key: {status, fingerprint}}, "fingerprint": ..., "config": ...} and writes
     it to run_dir/results.json. A tuning phase that did not start from the model its method names stops the run
     (PhaseFailed); one whose model scores its held-out records exactly as its start model did is a warning."""
-    from .provenance import fingerprint
+    from ..provenance import fingerprint
 
     phases = pipeline_phases(cfg)
     check_launcher(cfg)
@@ -1310,7 +1311,7 @@ def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineCo
     """PipelineConfig from flags; a config file (first argument or `--config FILE.yaml|json`) supplies values
     that flags after it override; the mapping flags (--tuning, --cot_tuning, --source_tuning, --kshot_tuning,
     --eval, --source_files, --target_files) add to the file's mappings; --tuning_args takes the rest of the line."""
-    from .arguments import parse_args
+    from ..arguments import parse_args
 
     (cfg,) = parse_args((PipelineConfig,), argv, description=description, rest_of_line=("tuning_args",))
     return cfg
@@ -1319,8 +1320,8 @@ def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineCo
 def write_cot_records(cot_file, output_dir) -> dict:
     """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
     stages recovered, written as OUTPUT_DIR/cot_train.json (+ cot_records.json: what was read)."""
-    from .cot_records import load_cot_records
-    from .fileio import sha256_file
+    from ..cot.records import load_cot_records
+    from ..fileio import sha256_file
 
     path, out = Path(cot_file), Path(output_dir)
     if not path.is_file():
@@ -1335,8 +1336,8 @@ def write_cot_records(cot_file, output_dir) -> dict:
 
 
 def main(argv=None):
-    """`python -m tlrec_utils.pipeline cot_records --cot_file F --output_dir D`: the pipeline's CoT phase when
-    the CoT records come from a file (teacher: published, cot_file)."""
+    """`python -m tlrec_utils.experiments.pipeline cot_records --cot_file F --output_dir D`: the pipeline's CoT phase
+    when the CoT records come from a file (teacher: published, cot_file)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -1348,6 +1349,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from .errors import cli_entry
+    from ..errors import cli_entry
 
     cli_entry(main)()

@@ -1,0 +1,1 @@
+"""Evaluation: AUC from P("Yes") at the first response token, sampled and per-user NDCG@10."""

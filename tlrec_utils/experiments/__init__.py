@@ -1,0 +1,1 @@
+"""The method as one resumable pipeline, the paper's grid (local or SLURM) and its report."""
