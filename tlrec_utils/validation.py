@@ -84,20 +84,6 @@ def check_output_dir(path, flag: str = "--output_dir") -> Path:
     return path
 
 
-def check_output_file(path, flag: str) -> Path:
-    if path is None or not str(path).strip():
-        raise InputError(f"{flag}: empty path (give a file)")
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise InputError(f"{flag} {path}: is a directory, expected a file")
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            raise InputError(f"{flag} {path}: no permission to overwrite this file")
-    else:
-        _check_creatable(flag, path)
-    return path
-
-
 def check_input_file(path, flag: str) -> Path:
     if path is None or not str(path).strip():
         raise InputError(f"{flag}: empty path (give a file)")

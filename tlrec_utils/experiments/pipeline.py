@@ -88,7 +88,7 @@ from pathlib import Path
 from ..data.paths import REPO_ROOT
 from ..errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
 from ..evaluation.metrics import NDCG_K, ndcg_key
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, read_json_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -957,13 +957,6 @@ def completed(phase: Phase) -> dict | None:
     return done
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 # ---- fingerprints: what determines each phase's output ------------------------------------------------------
 
 
@@ -1012,7 +1005,7 @@ def phase_fingerprint(cfg: PipelineConfig, phase: Phase, upstream: dict[str, str
     from ..provenance import fingerprint, path_fingerprint
 
     run_dir = Path(cfg.run_dir).resolve()
-    recorded = ((_read_json(phase.dir / FINGERPRINT_FILE) or {}).get("what") or {}).get("inputs") or {}
+    recorded = ((read_json_or_none(phase.dir / FINGERPRINT_FILE) or {}).get("what") or {}).get("inputs") or {}
     inputs = {}
     for path in _external_inputs(phase, run_dir):
         fp = path_fingerprint(path)
@@ -1036,8 +1029,8 @@ def phase_status(phase: Phase, fp: str) -> tuple[str, dict | None]:
     """(status, the recorded `what` when it differs): `reused` (finished with this fingerprint), `resume` (started
     with it: a checkpoint or finished output to continue from), `rerun` (its directory holds output made from other
     settings or inputs, or of unknown origin), `new`."""
-    done = _read_json(phase.dir / PHASE_DONE)
-    started = _read_json(phase.dir / FINGERPRINT_FILE) or {}
+    done = read_json_or_none(phase.dir / PHASE_DONE)
+    started = read_json_or_none(phase.dir / FINGERPRINT_FILE) or {}
     if done is not None and done.get("fingerprint") == fp:
         return "reused", None
     if done is None and started.get("fingerprint") == fp:
