@@ -5,6 +5,7 @@ exists and loads, adapters chain as each method defines it, and a rerun skips ev
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -316,6 +317,21 @@ def test_cli_config_file_mappings_and_overrides(tmp_path):
     with pytest.raises(InputError, match="start_adapter needs LoRA"):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), start_adapter=str(tmp_path), tuning={"finetune": "full"}))
 
+
+@pytest.mark.parametrize("name,value,choices", [("launcher", "slurm", "inprocess, accelerate"),
+                                                ("teacher", "gpt", "heuristic, openai, published"),
+                                                ("on_change", "ask", "rerun, error"),
+                                                ("source_target_style", "quote", "wrap, item"),
+                                                ("cot_curriculum", "random", "ordered, shuffled, stagewise, trainer")])
+def test_a_config_built_in_python_is_checked_against_the_fields_choices(tmp_path, name, value, choices):
+    """What a flag or a config file outside a field's choices gets refused with, a PipelineConfig made in Python
+    gets too, in the same words as a config file's value, before anything is planned or written."""
+    with pytest.raises(InputError, match=rf"^--{name}: '{value}' is not one of {choices}$"):
+        pipeline_phases(PipelineConfig(run_dir=str(tmp_path / "r"), **{name: value}), check_data=False)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(InputError, match=rf"^{re.escape(str(tmp_path / 'p.yaml'))}: {name}: '{value}' is not one of {choices}$"):
+        (tmp_path / "p.yaml").write_text(f"run_dir: {tmp_path / 'r'}\n{name}: {value}\n")
+        run_pipeline.parse_args(["--config", str(tmp_path / "p.yaml")])
 
 def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir):
     import socket

@@ -164,15 +164,15 @@ def cell_argv(config, cell: Cell) -> list[str]:
 
 
 def cell_pipeline_config(config, cell: Cell):
-    from .pipeline import parse_pipeline_args
+    from .pipeline_config import parse_pipeline_args
 
     return parse_pipeline_args(cell_argv(config, cell))
 
 
 def cell_phases(config, cell: Cell, check_data: bool = True):
-    """The pipeline phases of a pipeline cell (experiments.pipeline.pipeline_phases), nothing run or written;
+    """The pipeline phases of a pipeline cell (phases.pipeline_phases), nothing run or written;
     `check_data=False`: a plan for a machine without the data."""
-    from .pipeline import pipeline_phases
+    from .phases import pipeline_phases
 
     return pipeline_phases(cell_pipeline_config(config, cell), check_data)
 
@@ -234,7 +234,7 @@ def check_grid(config: GridConfig, cells: list[Cell], launcher: str = "local") -
     cell's run_pipeline config (the grid's `pipeline`, the run's and the backbone's settings over the file
     `pipeline.config` names) parses and holds every variant a method asks of it. `launcher` local: the cells run
     here, so `launcher: accelerate` needs the command now."""
-    from .pipeline import check_launcher, check_values
+    from .pipeline_config import check_launcher, check_values
 
     for cell in cells:
         if cell.script != "run_pipeline.py":

@@ -145,6 +145,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
     data and no model: nothing is read beyond the config, nothing fetched or written; missing data shows as
     setup steps to do, record counts come from the known release sizes or are marked assumed. Returns the
     GPU-hours."""
+    from .phases import raw_dir
     from .pipeline import plan_fingerprints
 
     out = out or sys.stdout
@@ -168,8 +169,10 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
         plan = plan_fingerprints(pipeline_config, phases)
         print(f"{state}  {cell.path}  ({len(phases)} phases)", file=out)
         for which in ("source", "target"):
-            raw = _pipeline_raw_dir(pipeline_config, which)
-            if raw is not None and not raw.is_dir():
+            if getattr(pipeline_config, f"{which}_files"):  # published files by name: no raw folder
+                continue
+            raw = raw_dir(pipeline_config, getattr(pipeline_config, f"{which}_subdir"))
+            if not raw.is_dir():
                 print(f"  todo  [data] {raw} not found: the run fetches it with --download (the "
                       f"{getattr(pipeline_config, f'{which}_subdir')} release) or reads a copy put there", file=out)
         subdirs = {"source": pipeline_config.source_subdir, "target": pipeline_config.target_subdir}
@@ -202,12 +205,3 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
     print(f"  total: {total_train / 1e6:,.1f} M training + {total_forward / 1e6:,.1f} M forward tokens -> "
           f"{total:,.1f} GPU-hours", file=out)
     return total
-
-
-def _pipeline_raw_dir(pipeline_config, which: str) -> Path | None:
-    """DATA_DIR/<subdir> a pipeline cell prepares `which` from (None when it reads published files by name)."""
-    from ..data.paths import data_dir
-
-    if getattr(pipeline_config, f"{which}_files"):
-        return None
-    return data_dir(pipeline_config.data_dir) / getattr(pipeline_config, f"{which}_subdir")

@@ -17,7 +17,7 @@ or a wrong type is one error line naming the key and the file), e.g. configs/exp
     metrics: [auc, ndcg@10]
     pipeline: {data_dir: ..., base_model: ...}  # run_pipeline flags shared by every pipeline run
     pipeline_runs:                              # one run_pipeline run_dir each (all seeds), per backbone
-      main: {methods: [tlrec, tallrec]}         # run_pipeline --methods (pipeline.METHODS)
+      main: {methods: [tlrec, tallrec]}         # run_pipeline --methods (pipeline_config.METHODS)
       ablations: {methods: [wo_cot, wo_curriculum, wo_rec_tuning]}
     methods:                                    # Table 1 rows, in order
       - {name: TLRec, pipeline: main, variant: tlrec}
@@ -57,8 +57,8 @@ def setting_key(setting, where: str = "settings") -> str:
     if not s.isdigit():
         raise InputError(f"{where}: {setting!r} is neither zero-shot nor a K")
     if int(s) < 1:
-        raise InputError(f"{where}: {setting!r}: K must be at least 1 (the setting without target records is "
-                         "written zero-shot)")
+        raise InputError(f"{where}: {setting!r}: K must be >= 1, got {int(s)} (the setting without target records "
+                         "is written zero-shot)")
     return f"k{int(s)}"
 
 
@@ -80,7 +80,7 @@ class MethodSpec:
     baseline: str | None = None  # run_baselines --model
     options: dict = field(default_factory=dict)  # more run_baselines flags
     pipeline: str | None = None  # a key of pipeline_runs
-    variant: str | None = None  # a run_pipeline method (pipeline.METHODS)
+    variant: str | None = None  # a run_pipeline method (pipeline_config.METHODS)
     same_as: str | None = None  # an ablation that is this Table 1 method: its results again
 
 
@@ -216,7 +216,7 @@ def grid_config(raw: dict, path: str) -> GridConfig:
     from ..arguments import BaselineArguments
     from ..baselines.registry import BASELINES
     from ..validation import check_number, check_output_dir, check_seed, check_settings
-    from .pipeline import METHODS, PipelineConfig
+    from .pipeline_config import METHODS, PipelineConfig
 
     config = _typed(GridConfig, raw, path)
     config.path = path
@@ -293,13 +293,13 @@ def script_arguments(script: str) -> tuple | None:
 
         return (CotConfig,)
     if script in ("run_tuning.py", "run_eval.py"):
-        from .pipeline import phase_argument_types
+        from .pipeline_config import phase_argument_types
 
         return phase_argument_types("tuning" if script == "run_tuning.py" else "eval")
     if script == "run_baselines.py":
         return (A.BaselineArguments,)
     if script == "run_pipeline.py":
-        from .pipeline import PipelineConfig
+        from .pipeline_config import PipelineConfig
 
         return (PipelineConfig,)
     return None

@@ -239,13 +239,8 @@ def _phase_lock(phase_dir: Path):
 def run_one_phase(config, cells: list[Cell], cell_path: str, phase_key: str) -> int:
     """A SLURM phase job: run (or resume, or skip when finished) one phase of a pipeline cell. Returns the
     exit status (EXIT_INTERRUPTED after SIGTERM: the checkpoint is saved and the job is requeued)."""
-    from .pipeline import (
-        PhaseInterrupted,
-        _Signals,
-        pipeline_phases,
-        plan_fingerprints,
-        run_phase,
-    )
+    from .phases import pipeline_phases
+    from .pipeline import PhaseInterrupted, Signals, plan_fingerprints, run_phase
 
     cell = next((c for c in cells if c.path == cell_path and c.script == "run_pipeline.py"), None)
     if cell is None:
@@ -257,7 +252,7 @@ def run_one_phase(config, cells: list[Cell], cell_path: str, phase_key: str) -> 
     if phase is None:
         raise InputError(f"--run_phase: cell {cell_path} has no phase {phase_key!r}")
     upstream = {key: entry[0] for key, entry in plan_fingerprints(cfg, phases).items()}
-    with _phase_lock(phase.dir), _Signals() as signals:
+    with _phase_lock(phase.dir), Signals() as signals:
         try:
             run_phase(cfg, phase, signals, upstream)
         except PhaseInterrupted as exc:
