@@ -329,9 +329,10 @@ def test_a_config_built_in_python_is_checked_against_the_fields_choices(tmp_path
     with pytest.raises(InputError, match=rf"^--{name}: '{value}' is not one of {choices}$"):
         pipeline_phases(PipelineConfig(run_dir=str(tmp_path / "r"), **{name: value}), check_data=False)
     assert not (tmp_path / "r").exists()
-    with pytest.raises(InputError, match=rf"^{re.escape(str(tmp_path / 'p.yaml'))}: {name}: '{value}' is not one of {choices}$"):
-        (tmp_path / "p.yaml").write_text(f"run_dir: {tmp_path / 'r'}\n{name}: {value}\n")
-        run_pipeline.parse_args(["--config", str(tmp_path / "p.yaml")])
+    config = tmp_path / "p.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'r'}\n{name}: {value}\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(config))}: {name}: '{value}' is not one of {choices}$"):
+        run_pipeline.parse_args(["--config", str(config)])
 
 def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir):
     import socket
