@@ -320,15 +320,15 @@ def check_flags(dataclass_types, argv: list[str], flag: str, script: str) -> dic
         return {}
     from transformers import HfArgumentParser
 
-    from ..arguments import _optional
-    from ..errors import _one_line_argparse
+    from ..arguments import without_required_fields
+    from ..errors import one_line_argparse
     from ..validation import check_settings
 
-    parser = HfArgumentParser([_optional(t) for t in dataclass_types])
+    parser = HfArgumentParser([without_required_fields(t) for t in dataclass_types])
     argv = [str(a) for a in argv]
     dests = {option: action.dest for action in parser._actions for option in action.option_strings}
     try:
-        with _one_line_argparse():
+        with one_line_argparse():
             parsed, unknown = parser.parse_known_args(argv)
         if unknown:
             raise InputError(f"unrecognized arguments {' '.join(unknown)} (not {script} flags)")
