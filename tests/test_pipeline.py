@@ -31,6 +31,7 @@ from tlrec_utils.experiments.pipeline import (
 from tlrec_utils.experiments.pipeline import (
     run_pipeline as run,
 )
+from tlrec_utils.experiments.pipeline_config import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -264,7 +265,7 @@ def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path, data_d
     adapter = tmp_path / "alpaca-lora"
     adapter.mkdir()
     cfg = PipelineConfig(run_dir=str(tmp_path / "r"), data_dir=str(data_dir), base_model="/models/llama-7b",
-                         start_adapter=str(adapter), methods=list(pipeline_module.METHODS), k_shots=[16, 256],
+                         start_adapter=str(adapter), methods=list(METHODS), k_shots=[16, 256],
                          validate=True, tuning={"max_val_records": 100})
     phases = {p.key: p for p in pipeline_phases(cfg)}
     run_dir = tmp_path / "r"
