@@ -190,7 +190,7 @@ def current_outputs(config, cell: Cell) -> list[bool]:
     out = []
     for o in cell.outputs:
         key = by_dir.get(str((folder / o["metrics"]).resolve().parent))
-        out.append(key is not None and plan[key][2] == "reused" and (folder / o["metrics"]).is_file())
+        out.append(key is not None and plan[key].status == "reused" and (folder / o["metrics"]).is_file())
     return out
 
 
@@ -255,11 +255,13 @@ def check_grid(config: GridConfig, cells: list[Cell], launcher: str = "local") -
 def check_on_change(config, cells: list[Cell]) -> None:
     """`--on_change error`: refuse (one line) before any cell runs when one would redo results made from other
     settings."""
+    from .pipeline import with_status
+
     for cell in cells:
         folder = cell_dir(config, cell)
         if cell.script == "run_pipeline.py":
             plan, _ = _cell_plan(config, cell)
-            stale = [k for k, entry in plan.items() if entry[2] == "rerun"]
+            stale = with_status(plan, "rerun")
             if stale:
                 raise InputError(f"--on_change error: cell {cell.path}: {len(stale)} phase(s) were made from other "
                                  f"settings or inputs, first {stale[0]}; rerun with --on_change rerun, or use another "

@@ -180,7 +180,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
         figures.setdefault(what, []).append(cell.path)
         train = forward = 0.0
         for phase in phases:
-            done = {"reused": "done", "rerun": "stale"}.get(plan[phase.key][2], "todo")
+            done = {"reused": "done", "rerun": "stale"}.get(plan[phase.key].status, "todo")
             print(f"  {done}  [{phase.key}]  {mask_secrets(shlex.join(phase.command_line(pipeline_config)))}",
                   file=out)
             t, f = phase_tokens(phase, est, cache, subdirs)

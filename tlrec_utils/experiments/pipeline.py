@@ -84,6 +84,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 from ..data.paths import REPO_ROOT
 from ..errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
@@ -378,26 +379,39 @@ def phase_status(phase: Phase, fp: str) -> tuple[str, dict | None]:
     return "new", None
 
 
-def plan_fingerprints(cfg: PipelineConfig, phases: list[Phase]) -> dict[str, tuple[str, dict, str, dict | None]]:
-    """key -> (fingerprint, what, status, recorded what) of every phase, in run order; nothing runs."""
+class PlannedPhase(NamedTuple):
+    """A phase's entry in `plan_fingerprints`: what its output is made from and what a run would do with it."""
+
+    fingerprint: str
+    what: dict  # what the fingerprint hashes
+    status: str  # phase_status: reused | resume | rerun | new
+    recorded: dict | None  # the `what` its existing output was made from, when that differs
+
+
+def plan_fingerprints(cfg: PipelineConfig, phases: list[Phase]) -> dict[str, PlannedPhase]:
+    """key -> PlannedPhase of every phase, in run order; nothing runs."""
     out, upstream = {}, {}
     for phase in phases:
         fp, what = phase_fingerprint(cfg, phase, upstream)
         upstream[phase.key] = fp
-        out[phase.key] = (fp, what, *phase_status(phase, fp))
+        out[phase.key] = PlannedPhase(fp, what, *phase_status(phase, fp))
     return out
 
 
-def _changed(plan_entry) -> str:
+def with_status(plan: dict[str, PlannedPhase], status: str) -> list[str]:
+    """The keys of the planned phases with this status (`rerun`: made from other settings or inputs)."""
+    return [key for key, entry in plan.items() if entry.status == status]
+
+
+def _changed(entry: PlannedPhase) -> str:
     from ..provenance import changes
 
-    fp, what, status, old = plan_entry
-    return "; ".join(changes(old, what)[:3])
+    return "; ".join(changes(entry.recorded, entry.what)[:3])
 
 
-def check_on_change(cfg: PipelineConfig, plan: dict, where: str) -> None:
+def check_on_change(cfg: PipelineConfig, plan: dict[str, PlannedPhase], where: str) -> None:
     """--on_change error: refuse (one line) before anything runs when a phase would be rerun."""
-    stale = [key for key, entry in plan.items() if entry[2] == "rerun"]
+    stale = with_status(plan, "rerun")
     if stale and cfg.on_change == "error":
         raise InputError(f"--on_change error: {len(stale)} phase(s) in {where} were made from other settings or "
                          f"inputs, first {stale[0]} ({_changed(plan[stale[0]])}); rerun with --on_change rerun to "
@@ -430,7 +444,7 @@ def run_phase(cfg: PipelineConfig, phase: Phase, signals: Signals | None = None,
         logger.debug("[%s] reused (%s)", phase.name, phase.dir)
         return {**json.loads(marker.read_text()), "status": "reused"}
     if status == "rerun":
-        check_on_change(cfg, {phase.key: (fp, what, status, old)}, str(phase.dir))
+        check_on_change(cfg, {phase.key: PlannedPhase(fp, what, status, old)}, str(phase.dir))
         _clear_stale(cfg, phase)
     started = time.time()
     atomic_write_json(phase.dir / FINGERPRINT_FILE, {"fingerprint": fp, "what": what})
@@ -538,8 +552,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     with run_dir_lock(run_dir), Signals() as signals:
         plan = plan_fingerprints(cfg, phases)
         check_on_change(cfg, plan, str(run_dir))
-        reused = [key for key, entry in plan.items() if entry[2] == "reused"]
-        stale = [key for key, entry in plan.items() if entry[2] == "rerun"]
+        reused, stale = with_status(plan, "reused"), with_status(plan, "rerun")
         if reused:
             logger.info("reused %d phase(s), fingerprints match: %s", len(reused), ", ".join(reused))
         if stale:

@@ -130,7 +130,7 @@ def slurm_plan(config, cells: list[Cell], config_path, overrides=None) -> list[S
         phases = cell_phases(config, cell)
         plan = plan_fingerprints(cell_pipeline_config(config, cell), phases)
         for phase in phases:
-            status = plan[phase.key][2]
+            status = plan[phase.key].status
             if status == "reused" or (status == "resume" and finished_earlier(phase)):
                 continue
             left = {j.key for j in jobs}
@@ -251,7 +251,7 @@ def run_one_phase(config, cells: list[Cell], cell_path: str, phase_key: str) -> 
     phase = next((p for p in phases if p.key == phase_key), None)
     if phase is None:
         raise InputError(f"--run_phase: cell {cell_path} has no phase {phase_key!r}")
-    upstream = {key: entry[0] for key, entry in plan_fingerprints(cfg, phases).items()}
+    upstream = {key: entry.fingerprint for key, entry in plan_fingerprints(cfg, phases).items()}
     with _phase_lock(phase.dir), Signals() as signals:
         try:
             run_phase(cfg, phase, signals, upstream)
