@@ -64,12 +64,13 @@ def tiny_llama_sp(tmp_path_factory, synthetic):
 @pytest.fixture(scope="session")
 def small_data_dir(tmp_path_factory):
     """A data directory laid out as $TLREC_DATA_DIR, written by the tests: MovieLens-100K's raw files in the
-    published format (30 users x 25 ratings of 80 movies: 450 windows of 10). For tests that need files of the
-    real formats but not the real data."""
-    from helpers import write_ml100k
+    published format (30 users x 25 ratings of 80 movies: 450 windows of 10) and a windowed Netflix-format
+    release (not the published one). For tests that need files of the real formats but not the real data."""
+    from helpers import write_ml100k, write_windows_csv
 
     root = tmp_path_factory.mktemp("small_data")
     write_ml100k(root / "ml-100k", n_users=30, per_user=25, n_items=80)
+    write_windows_csv(root / "netflix")
     return root
 
 

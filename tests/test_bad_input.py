@@ -581,7 +581,7 @@ def test_credentials_in_urls_are_masked_in_errors_and_outputs(ctx, tmp_path, mon
     base_url = "https://alice:s3cret@llm.example/v1?api_key=KEY123"
     out = tmp_path / "cot"
     proc = run_entry("run_cot_generation", ["--data_dir", ctx.prepared, "--output_dir", out, "--teacher",
-                                            "heuristic", "--base_url", base_url, "--max_users", "2",
+                                            "heuristic", "--base_url", base_url, "--max_users", "30",
                                             "--ensure_target", "--no-progress"], capsys)
     assert proc.returncode == 0, proc.stderr
     stored = "".join(p.read_text() for p in out.iterdir() if p.is_file())

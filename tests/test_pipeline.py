@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PIPELINE_START, REPO, read_metrics, read_predictions, read_results
+from helpers import (
+    PIPELINE_START,
+    REPO,
+    assert_one_line_error,
+    read_metrics,
+    read_predictions,
+    read_results,
+    run_entry,
+)
 
 import run_pipeline
 from tlrec_utils.errors import InputError
@@ -317,18 +325,13 @@ def test_cli_config_file_mappings_and_overrides(tmp_path):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), start_adapter=str(tmp_path), tuning={"finetune": "full"}))
 
 
-def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir):
+def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir, capsys):
     import socket
-    import subprocess
-    import sys
 
     run_dir = tmp_path / "locked"
-    with run_dir_lock(run_dir):
-        proc = subprocess.run([sys.executable, "run_pipeline.py", "--run_dir", str(run_dir), "--data_dir",
-                               str(data_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    (line,) = proc.stderr.strip().splitlines()
-    assert f"pid {os.getpid()} on host {socket.gethostname()}" in line and str(run_dir) in line
+    with run_dir_lock(run_dir):  # the holder: this process (flock locks conflict across open files, here too)
+        proc = run_entry("run_pipeline", ["--run_dir", run_dir, "--data_dir", data_dir], capsys)
+    assert_one_line_error(proc, f"pid {os.getpid()} on host {socket.gethostname()}", str(run_dir))
     assert not (run_dir / "data").exists()
 
 

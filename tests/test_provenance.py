@@ -3,11 +3,9 @@ inputs; a rerun with other settings redoes exactly the affected phases and what 
 results.json equals a fresh run's; `--on_change error` refuses instead."""
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
-from helpers import REPO, read_results
+from helpers import assert_one_line_error, read_results, run_entry
 
 from tlrec_utils.experiments.pipeline import PHASE_DONE, PipelineConfig
 from tlrec_utils.experiments.pipeline import run_pipeline as run
@@ -91,7 +89,7 @@ def test_each_kind_of_change_reruns_exactly_the_affected_phases(data_dir, pipeli
     assert final["config"]["base_model"] == str(tiny_llama_sp)
 
 
-def test_on_change_error_refuses_before_anything_runs(data_dir, pipeline_start, tmp_path, tiny_llama):
+def test_on_change_error_refuses_before_anything_runs(data_dir, pipeline_start, tmp_path, tiny_llama, capsys):
     """Case 1 of issue 19 (resume with --test_limit changed): refused with one line, exit 2, nothing rerun;
     with the default the eval phases rerun and results.json holds the new test_limit's metrics."""
     run_dir = pipeline_start(tmp_path / "r", "data/source", "data/target")
@@ -102,11 +100,9 @@ def test_on_change_error_refuses_before_anything_runs(data_dir, pipeline_start, 
                           eval={"metrics": "auc", "num_negatives": 5}, source_records=None))
     assert cfg["variants"]["tallrec"]["zero_shot"]["counts"]["records"] == 20
     markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob(PHASE_DONE)}
-    proc = subprocess.run([sys.executable, "run_pipeline.py", *common, "--test_limit", "30", "--on_change", "error"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: --on_change error:") and "--limit 20 -> 30" in line and "tallrec/eval/" in line
+    proc = run_entry("run_pipeline", [*common, "--test_limit", "30", "--on_change", "error"], capsys)
+    line = assert_one_line_error(proc, "--limit 20 -> 30", "tallrec/eval/")
+    assert line.startswith("error: --on_change error:")
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob(PHASE_DONE)} == markers
     again = run(base_config(run_dir, data_dir, tiny_llama, methods=["tallrec"], seeds=[0], test_limit=30,
                             tuning={"max_length": 256}, eval={"metrics": "auc", "num_negatives": 5},
