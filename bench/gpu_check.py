@@ -196,7 +196,7 @@ def training_rows(model, tokenizer, records, work: Path, cpu: bool, n_params: in
 
 
 def record_measurements(path: Path, device: str, measured: dict, n_params: int) -> None:
-    """The training figures for the dry run's GPU-hours estimate (tlrec_utils/experiments/grid.py)."""
+    """The training figures for the dry run's GPU-hours estimate (tlrec_utils/experiments/estimate.py)."""
     import datetime
     import json
     import re
