@@ -177,6 +177,8 @@ def training_rows(model, tokenizer, records, work: Path, cpu: bool, n_params: in
         for label, key, settings in TRAIN_ROWS:
             if kernel != "sdpa" and not (settings.get("packing") or settings.get("budget")):
                 continue  # the padded rows once, with sdpa
+            if cpu and settings.get("budget"):
+                label = label.replace(str(settings["budget"]), str(CPU_BUDGETS[settings["budget"]]))
             label, key = f"LoRA r=8 q,v, {label}, {kernel}", f"{key}_{kernel}"
             steps = (3 if cpu else 4) if settings.get("budget") else (3 if cpu else 12)
             try:

@@ -184,7 +184,7 @@ def test_run_tuning_packed_with_a_token_budget(tiny_llama, synthetic, tmp_path, 
     summary = json.loads((out / "tuning_summary.json").read_text())
     assert summary["packing"] is True and summary["attn_implementation"] == "sdpa"
     assert summary["micro_batches_per_step"] >= 2 and summary["global_step"] == 2
-    assert "attention kernel: sdpa (no CUDA GPU for flash_attention_2)" in caplog.text
+    assert "attention kernel: sdpa (no CUDA GPU for flash_attention_2); packing on" in caplog.text
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -138,20 +138,17 @@ def resolve_target_modules(model, spec: str):
     )
 
 
-def choose_attn_implementation(requested: str | None) -> str:
-    """The attention kernel for training: the one asked for, else flash_attention_2 where it can run (the
-    flash-attn package and a CUDA GPU), else sdpa; said in one log line."""
+def choose_attn_implementation(requested: str | None) -> tuple[str, str]:
+    """(the attention kernel for training, why): the one asked for, else flash_attention_2 where it can run (the
+    flash-attn package and a CUDA GPU), else sdpa. The caller logs it once the model is set up."""
     if requested:
-        logger.info("attention kernel: %s (--attn_implementation)", requested)
-        return requested
+        return requested, "--attn_implementation"
     from transformers.utils import is_flash_attn_2_available
 
     if torch.cuda.is_available() and is_flash_attn_2_available():
-        logger.info("attention kernel: flash_attention_2 (flash-attn installed)")
-        return "flash_attention_2"
-    why = "no CUDA GPU" if not torch.cuda.is_available() else "flash-attn not installed"
-    logger.info("attention kernel: sdpa (%s for flash_attention_2)", why)
-    return "sdpa"
+        return "flash_attention_2", "flash-attn installed"
+    return "sdpa", ("no CUDA GPU" if not torch.cuda.is_available() else "flash-attn not installed") + \
+        " for flash_attention_2"
 
 
 def enable_checkpointing(model, fraction: float = 1.0, kwargs: dict | None = None) -> dict:
