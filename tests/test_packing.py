@@ -238,3 +238,21 @@ def test_training_features_dataset_is_what_packing_reads(tiny_llama, synthetic):
     assert batch["cu_seq_lens_q"].tolist() == [0, lengths[0], lengths[0] + lengths[1], sum(lengths)]
     assert batch["max_length_q"] == max(lengths) and batch["use_cache"] is False
     assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+
+
+def test_torch_compile_trains_the_packed_batches_to_the_same_loss(tiny_llama, synthetic, tmp_path):
+    """--torch_compile (TrainingArguments; here with the aot_eager backend, which needs no C++ compiler) on packed
+    token-budget batches: the same losses as without it."""
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(synthetic[0][:16]))
+    losses = []
+    for extra in ([], ["--torch_compile", "--torch_compile_backend", "aot_eager"]):
+        out = tmp_path / f"run{len(losses)}"
+        assert run_tuning.main(["--base_model", str(tiny_llama), "--train_files", str(path), "--output_dir", str(out),
+                                "--max_length", str(MAX_LEN), "--per_device_train_batch_size", "4",
+                                "--max_tokens_per_batch", "600", "--use_cpu", "--max_steps", "2", "--lora_dropout",
+                                "0", "--save_strategy", "no", "--logging_steps", "1", "--dataloader_num_workers", "0",
+                                *extra]) == 0
+        summary = json.loads((out / "tuning_summary.json").read_text())
+        losses.append([h["loss"] for h in summary["log_history"] if "loss" in h])
+    assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-4)
