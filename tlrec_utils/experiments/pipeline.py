@@ -149,7 +149,8 @@ class Signals:
         raise PhaseInterrupted(f"stopped by signal {signum}: rerun the same command to resume")
 
 
-def _import_main(script: str):
+def entry_main(script: str):
+    """The `main` of an entry script (run_*.py at the repository root) or of a `-m` module, undecorated."""
     import importlib
 
     if script.startswith("-m "):
@@ -202,7 +203,7 @@ def execute(cfg: PipelineConfig, phase: Phase, signals: Signals | None = None):
         if status != 0:
             raise PhaseFailed(f"phase {phase.name!r} failed (exit {status}): {_last_error_line(log)} [log: {log}]")
         return None
-    result = _import_main(phase.script)(list(phase.argv))
+    result = entry_main(phase.script)(list(phase.argv))
     if phase.kind == "tuning" and result == EXIT_INTERRUPTED:
         raise PhaseInterrupted(f"{phase.name} stopped (SIGTERM) after a checkpoint in {phase.dir}: rerun to resume")
     return result
