@@ -9,6 +9,7 @@ import dataclasses
 import shutil
 from dataclasses import dataclass, field
 
+from ..arguments import CURRICULUM_MODES
 from ..errors import InputError
 
 # method -> its tuning chain before the K-shot phase (paper 5.1.2 and 5.3; see the module docstring)
@@ -116,7 +117,7 @@ class PipelineConfig:
         default="ordered",
         metadata={"help": "Order of tlrec's CoT records (run_tuning --curriculum): ordered (Stage 1, 2, 3 each "
                           "epoch: the paper's text), trainer (the Trainer's random order: the authors' ins_tuning.py), "
-                          "shuffled or stagewise.", "choices": ["ordered", "shuffled", "stagewise", "trainer"]},
+                          "shuffled or stagewise.", "choices": list(CURRICULUM_MODES)},
     )
     cot_epochs: float = field(default=1.0)
     cot_max_length: int | None = field(
