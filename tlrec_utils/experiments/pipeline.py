@@ -657,7 +657,7 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
                                       mirror=cfg.mirror).resolve()
             argv = ["cot_records", "--cot_file", str(source), "--output_dir", str(run_dir / "cot")]
             phases.append(Phase("cot", "CoT records from a file", "cot", run_dir / "cot",
-                                "-m tlrec_utils.experiments.pipeline", argv))
+                                "-m tlrec_utils.cot.records", argv))
         else:
             argv = ["--data_dir", str(data["source"]), "--output_dir", str(run_dir / "cot"), "--teacher", cfg.teacher,
                     "--model", cfg.teacher_model, "--kind", cfg.item_kind, "--hit_match", cfg.hit_match,
@@ -891,7 +891,7 @@ def _phase_info(cfg: PipelineConfig, phase: Phase) -> dict:
         if not (phase.dir / "metrics.json").is_file():
             raise PhaseFailed(f"phase {phase.name!r} ended without writing {phase.dir / 'metrics.json'}")
         return {}
-    if phase.kind == "cot" and phase.script == "-m tlrec_utils.experiments.pipeline":
+    if phase.kind == "cot" and phase.script == "-m tlrec_utils.cot.records":
         return json.loads((phase.dir / "cot_records.json").read_text())
     if phase.kind == "cot":
         summary = json.loads((phase.dir / "summary.json").read_text())
@@ -1315,40 +1315,3 @@ def parse_pipeline_args(argv=None, description: str | None = None) -> PipelineCo
 
     (cfg,) = parse_args((PipelineConfig,), argv, description=description, rest_of_line=("tuning_args",))
     return cfg
-
-
-def write_cot_records(cot_file, output_dir) -> dict:
-    """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
-    stages recovered, written as OUTPUT_DIR/cot_train.json (+ cot_records.json: what was read)."""
-    from ..cot.records import load_cot_records
-    from ..fileio import sha256_file
-
-    path, out = Path(cot_file), Path(output_dir)
-    if not path.is_file():
-        raise InputError(f"{path}: CoT file not found (cot_file)")
-    records = load_cot_records(path)
-    atomic_write_json(out / "cot_train.json", records, indent=1)
-    stages = {s: sum(r["stage"] == s for r in records) for s in sorted({r["stage"] for r in records})}
-    info = {"cot_file": str(path), "sha256": sha256_file(path), "cot_records": len(records),
-            "records_per_stage": stages}
-    atomic_write_json(out / "cot_records.json", info)
-    return info
-
-
-def main(argv=None):
-    """`python -m tlrec_utils.experiments.pipeline cot_records --cot_file F --output_dir D`: the pipeline's CoT phase
-    when the CoT records come from a file (teacher: published, cot_file)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("command", choices=["cot_records"])
-    parser.add_argument("--cot_file", required=True)
-    parser.add_argument("--output_dir", required=True)
-    args = parser.parse_args(argv)
-    return write_cot_records(args.cot_file, args.output_dir)
-
-
-if __name__ == "__main__":
-    from ..errors import cli_entry
-
-    cli_entry(main)()
