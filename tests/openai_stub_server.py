@@ -8,12 +8,13 @@ error that echoes the key back, as some servers do). Every request is recorded.
 
 The Batch API too (`batch_api=True`, the default; False answers 404 as a live-only server such as vLLM's):
 POST /v1/files (multipart upload), GET /v1/files/{id}/content, POST /v1/batches, GET /v1/batches[/{id}]. A batch is
-`validating`, then `in_progress` for `polls` retrieves, then what `batch_plan` says next (default `completed`;
-`expired`: half its requests run, the rest are error lines `batch_expired`; `failed`: a validation error, nothing
-runs; `cancelled`). Requests run as the live endpoint answers them (`scripted_answer`); per-request faults come from
-the same `faults` queue: "error" (an error-file line with HTTP 500), "error_object" (an error line without a
-response), "refusal" (a 200 whose message is a refusal), "no_choices". `submitted` counts each custom_id submitted
-in a created batch. `offline_run(in, out)` is a fake `vllm run-batch`: the same answers, written to a file.
+`validating`, then `in_progress` for `polls` retrieves (as set when it was created; `release()`: 1), then what
+`batch_plan` says next (default `completed`; `expired`: half its requests run, the rest are error lines
+`batch_expired`; `failed`: a validation error, nothing runs; `cancelled`). Requests run as the live endpoint answers
+them (`scripted_answer`); per-request faults come from the same `faults` queue: "error" (an error-file line with HTTP
+500), "error_object" (an error line without a response), "refusal" (a 200 whose message is a refusal),
+"no_choices". `submitted` counts each custom_id submitted in a created batch. `offline_run(in, out)` is a fake
+`vllm run-batch`: the same answers, written to a file.
 """
 
 from __future__ import annotations
@@ -228,7 +229,8 @@ class StubOpenAI:
             "completion_window": "24h", "status": "validating", "created_at": int(time.time()),
             "metadata": body.get("metadata"), "output_file_id": None, "error_file_id": None, "errors": None,
             "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-            "_lines": lines, "_polls": 0, "_plan": self.batch_plan.popleft() if self.batch_plan else "completed",
+            "_lines": lines, "_polls": 0, "_hold": self.polls,
+            "_plan": self.batch_plan.popleft() if self.batch_plan else "completed",
         }
         return 200, self._public(self.batches[batch_id])
 
@@ -248,8 +250,8 @@ class StubOpenAI:
                 batch["status"] = "failed"
         elif batch["status"] == "in_progress":
             batch["_polls"] += 1
-            batch["request_counts"]["completed"] = len(batch["_lines"]) * batch["_polls"] // (self.polls + 1)
-            if batch["_polls"] >= self.polls:
+            batch["request_counts"]["completed"] = len(batch["_lines"]) * batch["_polls"] // (batch["_hold"] + 1)
+            if batch["_polls"] >= batch["_hold"]:
                 self._finish(batch)
         return batch
 
@@ -277,6 +279,12 @@ class StubOpenAI:
                 batch["output_file_id" if kind == "output" else "error_file_id"] = file_id
         batch["request_counts"].update(completed=len(files["output"]), failed=len(files["errors"]))
         batch["status"] = {"completed": "completed", "expired": "expired", "cancelled": "cancelled"}[plan]
+
+    def release(self) -> None:
+        """Every batch created so far finishes at its next retrieve (new ones wait `polls` retrieves)."""
+        with self.lock:
+            for batch in self.batches.values():
+                batch["_hold"] = 1
 
     def offline_run(self, requests_path, output_path) -> None:
         """A fake `vllm run-batch -i requests_path -o output_path`: every line answered into one file."""

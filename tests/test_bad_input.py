@@ -316,7 +316,7 @@ ROWS = [
     # issue 21: timeouts must be positive; a failed download leaves no folder in the data directory
     ("cot-request-timeout-0", "run_cot_generation",
      lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--request_timeout", "0"],
-     ["--request_timeout must be positive, got 0"]),
+     ["--request_timeout must be > 0, got 0"]),
     ("prepare-download-stall-0", "run_prepare_data",
      lambda c, t: ["--dataset", "windows-csv", "--data_dir", str(t / "data"), "--output_dir", str(t / "out"),
                    "--download", "--download_stall_s", "0"],

@@ -293,14 +293,20 @@ def response_line(user: CotUser, done: dict, cfg, label: str) -> dict:
 
 def ask_teacher(cfg: CotConfig, gen: Generator, source: Source, todo: list[int]) -> RunState:
     """Every user of `todo` asked: live (concurrent requests) or in batch rounds (--mode batch / files)."""
+    from .batch_files import BatchState
+
+    batches = BatchState(Path(cfg.output_dir))
     if cfg.mode == "live":
+        if batches.open_round():
+            raise InputError(f"{batches.path}: a round of --mode {batches.open_round()['mode']} is still open; rerun "
+                             f"with --mode {batches.open_round()['mode']} to collect it (asking live would ask again "
+                             "what is already asked)")
         teacher = TEACHERS[cfg.teacher].build(cfg, gen.budget, source.interactions, source.code, source.kind)
         gen.label = teacher.label
         return asyncio.run(gen.run(teacher, (source.users[j] for j in todo), total=len(todo)))
-    from .batch_files import BatchState
     from .rounds import BACKENDS, Rounds
 
-    backend = BACKENDS[cfg.mode](cfg, BatchState(Path(cfg.output_dir)))
+    backend = BACKENDS[cfg.mode](cfg, batches)
     return Rounds(gen, source.users, todo, backend).run()
 
 

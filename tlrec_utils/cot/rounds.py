@@ -102,17 +102,18 @@ class Rounds:
             keys = self.pending(stage)
             if not keys:
                 continue
-            lines = []
+            lines, capped = [], None
             for key in keys:
                 try:
                     self.gen.budget.take_request()
-                except BudgetExceeded as exc:  # checked between rounds: a round is submitted whole
-                    self.gen.state.stop_reason = str(exc)
+                except BudgetExceeded as exc:  # a cap: this round goes out with what is under it, then stop
+                    capped = str(exc)
                     break
                 user = self.users[self.rows[key]]
                 lines.append(request_line(custom_id(self.state.run_id, stage, key),
                                           request_body(self.cfg, self.prompt(user, stage))))
             if not lines:
+                self.gen.state.stop_reason = capped
                 return None
             parts = split_lines(lines, self.cfg.batch_file_requests) if self.cfg.mode == "batch" else [lines]
             round_ = self.state.new_round(stage, self.cfg.mode, parts)

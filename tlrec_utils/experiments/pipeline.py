@@ -85,6 +85,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..cot.registry import TEACHERS, help_text
 from ..data.paths import REPO_ROOT
 from ..errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
 from ..evaluation.metrics import NDCG_K, ndcg_key
@@ -180,8 +181,13 @@ class PipelineConfig:
     # CoT data (source domain)
     teacher: str = field(
         default="heuristic",
-        metadata={"help": "heuristic (offline, not an LLM), openai, or published (the TLRec authors' GPT-4 CoT data "
-                          "stage123.json: cot_file, default DATA_DIR/tlrec-cot/stage123.json, --download fetches it)."},
+        metadata={"help": help_text() + " (published: cot_file, default DATA_DIR/tlrec-cot/stage123.json, "
+                          "--download fetches it).", "choices": list(TEACHERS)},
+    )
+    teacher_mode: str = field(
+        default="live", metadata={"help": "How the openai teacher is asked (run_cot_generation --mode): live, or "
+                                          "batch (the OpenAI Batch API, half the price, within 24 h).",
+                                  "choices": ["live", "batch"]},
     )
     cot_file: str | None = field(
         default=None, metadata={"help": "Use these CoT records (ours or the authors' stage123.json) instead of "
@@ -366,8 +372,10 @@ def check_values(cfg: PipelineConfig) -> None:
         raise InputError(f"--methods: unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise InputError(f"--methods: {cfg.methods} names a method twice")
-    if cfg.teacher not in ("heuristic", "openai", "published"):
-        raise InputError(f"--teacher must be heuristic, openai or published, got {cfg.teacher!r}")
+    if cfg.teacher not in TEACHERS:
+        raise InputError(f"--teacher must be one of {', '.join(TEACHERS)}, got {cfg.teacher!r}")
+    if cfg.teacher_mode not in TEACHERS[cfg.teacher].modes and TEACHERS[cfg.teacher].build is not None:
+        raise InputError(f"--teacher_mode {cfg.teacher_mode}: the {cfg.teacher} teacher is asked live only")
     if not cfg.k_shots:
         raise InputError("--k_shots: give at least one K")
     for k in cfg.k_shots:
@@ -638,7 +646,7 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
     cot_file = None
     if uses_cot:
         cot_file = run_dir / "cot" / "cot_train.json"
-        if cfg.cot_file or cfg.teacher == "published":
+        if cfg.cot_file or TEACHERS[cfg.teacher].build is None:  # records from a file, asked of no one
             if cfg.cot_file:
                 source = Path(cfg.cot_file).resolve()
             elif not check_data:  # a plan: where the file will be
@@ -662,6 +670,7 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
             argv = ["--data_dir", str(data["source"]), "--output_dir", str(run_dir / "cot"), "--teacher", cfg.teacher,
                     "--model", cfg.teacher_model, "--kind", cfg.item_kind, "--hit_match", cfg.hit_match,
                     "--context_style", cfg.cot_context_style, "--no-progress"]
+            argv += ["--mode", cfg.teacher_mode] if cfg.teacher_mode != "live" else []
             argv += ["--allow_same_user_neighbors"] if cfg.cot_same_user_neighbors else []
             for flag, value in (("--base_url", cfg.teacher_base_url), ("--max_users", cfg.cot_max_users),
                                 ("--max_cost", cfg.cot_max_cost), ("--system_prompt", cfg.teacher_system_prompt)):
@@ -1080,7 +1089,7 @@ def _clear_stale(cfg: PipelineConfig, phase: Phase) -> None:
 
     if not phase.dir.exists():
         return
-    if phase.kind == "cot" and cfg.teacher == "openai":
+    if phase.kind == "cot" and TEACHERS[cfg.teacher].paid:
         aside = phase.dir.with_name(f"{phase.dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         phase.dir.rename(aside)
         logger.warning("[%s] the CoT answers made with other settings moved to %s", phase.name, aside)
