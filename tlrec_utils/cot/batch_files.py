@@ -148,6 +148,14 @@ class BatchState:
     def open_round(self) -> dict | None:
         return next((r for r in self.rounds if not r["collected"]), None)
 
+    def check_open_round(self, mode: str) -> None:
+        """A round still open is finished in its own mode (another would ask again what is already asked)."""
+        open_ = self.open_round()
+        if open_ and open_["mode"] != mode:
+            raise InputError(f"{self.path}: a Stage-{open_['stage']} round of --mode {open_['mode']} is still open; "
+                             f"rerun with --mode {open_['mode']} to collect it (--mode {mode} would ask again what "
+                             "is already asked)")
+
     def new_round(self, stage: int, mode: str, parts: list[list[bytes]]) -> dict:
         number = sum(r["stage"] == stage for r in self.rounds)
         folder = self.output_dir / FOLDER

@@ -297,10 +297,7 @@ def ask_teacher(cfg: CotConfig, gen: Generator, source: Source, todo: list[int])
 
     batches = BatchState(Path(cfg.output_dir))
     if cfg.mode == "live":
-        if batches.open_round():
-            raise InputError(f"{batches.path}: a round of --mode {batches.open_round()['mode']} is still open; rerun "
-                             f"with --mode {batches.open_round()['mode']} to collect it (asking live would ask again "
-                             "what is already asked)")
+        batches.check_open_round(cfg.mode)
         teacher = TEACHERS[cfg.teacher].build(cfg, gen.budget, source.interactions, source.code, source.kind)
         gen.label = teacher.label
         return asyncio.run(gen.run(teacher, (source.users[j] for j in todo), total=len(todo)))
@@ -500,11 +497,11 @@ def generate(cfg: CotConfig, source: Source, budget: Budget, progress: dict, res
     cot = cot_records(lines, source.kind, cfg.hit_match)
     left = len(users.pending(responses))
     nothing = not cot and not state.stop_reason and not left  # all asked, none hit
-    if not nothing and (cot or not state.waiting):  # nothing: an error below, not an empty file to tune on
+    failure = teacher_failure(state, cfg, todo, len(responses) - answered_before)
+    if cot or not (nothing or state.waiting or failure):  # never an empty file a tuning run would take
         atomic_write_json(output_dir / "cot_train.json", cot, indent=1)
     summary = summarize(cfg, stats, gen, cot, left)
     atomic_write_json(output_dir / "summary.json", summary)
-    failure = teacher_failure(state, cfg, todo, len(responses) - answered_before)
     if failure:
         raise InputError(failure)
     if nothing:

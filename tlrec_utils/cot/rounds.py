@@ -70,10 +70,7 @@ class Rounds:
             round_ = self.state.open_round() or self.next_round()
             if round_ is None:
                 break
-            if round_["mode"] != self.cfg.mode:
-                raise InputError(f"{self.state.path}: a Stage-{round_['stage']} round of --mode {round_['mode']} is "
-                                 f"still open; rerun with --mode {round_['mode']} to collect it (another mode would "
-                                 "ask again what is already asked)")
+            self.state.check_open_round(self.cfg.mode)
             outcome, waiting, failure = self.backend.answer(round_)
             if waiting:
                 run_state.stop_reason, run_state.waiting = waiting, True
