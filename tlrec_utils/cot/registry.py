@@ -13,7 +13,7 @@ from dataclasses import dataclass
 # how run_cot_generation asks an OpenAI-protocol teacher (--mode; docs/cot.md)
 MODES = {
     "live": "requests in flight at once, answers as they come (resume, retries, caps)",
-    "batch": "the OpenAI Batch API (/v1/files + /v1/batches): one batch round per stage, 50% of the live price",
+    "batch": "the OpenAI Batch API (/v1/files + /v1/batches): one batch round per stage, half the live price",
     "files": "request JSONL files for an offline runner (vllm run-batch), read back on the next run",
 }
 
