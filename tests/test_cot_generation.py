@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from openai_stub_server import StubOpenAI
 
 from run_cot_generation import main
 from tlrec_utils.cot.replies import parse_recommendations
 from tlrec_utils.data.records import build_record, save_records
 
-REPO = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-SECRET-7f3a9c"
 TITLES = [f"Film {chr(65 + i % 26)}{i} ({1960 + i})" for i in range(36)] + [
     "Star Wars: Episode V - The Empire Strikes Back (1980)",  # ' - ' inside a title

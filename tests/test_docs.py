@@ -12,11 +12,10 @@ import runpy
 import shlex
 import sys
 from functools import cache
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LAUNCHERS = ("python", "accelerate", "torchrun", "bash", "sbatch")
 # run_pipeline flags whose values are `key=value` settings of another script's flags

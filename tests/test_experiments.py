@@ -1,20 +1,18 @@
 """The experiment grid: cells run, rerun skips finished cells, report written; SLURM array script."""
 
+import csv
 import json
 import os
-import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import synthetic_records
+from helpers import REPO, read_metrics, read_results, synthetic_records
 
 import run_experiments
 from tlrec_utils.errors import InputError, cli_entry
 from tlrec_utils.experiments import grid as X
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -60,7 +58,7 @@ def test_grid_runs_every_cell_once_and_reports(grid_config, capsys):
     cells = X.build_cells(cfg)
     assert len(cells) == (3 + 1) * 3 * 2
     for cell in cells:
-        metrics = json.loads((X.cell_dir(cfg, cell) / "metrics.json").read_text())
+        metrics = read_metrics(X.cell_dir(cfg, cell))
         assert metrics["settings"]["seed"] == cell.seed
         expected_k = None if cell.setting == "zero-shot" else int(cell.setting[1:])
         assert metrics["settings"]["k_shot"] == expected_k
@@ -71,7 +69,17 @@ def test_grid_runs_every_cell_once_and_reports(grid_config, capsys):
     assert lines[0] == ("| Method | Zero-shot AUC | Zero-shot NDCG@10 | K=16 AUC | K=16 NDCG@10 "
                         "| K=64 AUC | K=64 NDCG@10 |")
     assert [line.split(" | ")[0] for line in lines[2:5]] == ["| LogReg", "| Popularity", "| User share"]
-    assert (tmp / "ablation.png").stat().st_size > 0 and (tmp / "table1.csv").is_file()
+    # table1.csv holds each method's mean over the seeds of the cells' own metrics.json
+    table_rows = {(r["method"], r["setting"], r["metric"]): r for r in csv.DictReader((tmp / "table1.csv").open())}
+    for method in ("LogReg", "Popularity", "User share"):
+        for setting in ("zero-shot", "k16", "k64"):
+            aucs = [read_metrics(X.cell_dir(cfg, c))["auc"] for c in cells if (c.name, c.setting) == (method, setting)]
+            row = table_rows[(method, setting, "auc")]
+            assert len(aucs) == int(row["n"]) == 2 and float(row["mean"]) == pytest.approx(sum(aucs) / 2)
+    from matplotlib import image
+
+    figure = image.imread(tmp / "ablation.png")  # a real PNG that decodes, not an empty file
+    assert figure.ndim == 3 and min(figure.shape[:2]) > 100 and figure.std() > 0
     assert not any("Pop_again" in c.path for c in cells)  # `same_as` reuses Popularity's cells
     assert "| LogReg |" in capsys.readouterr().out
 
@@ -94,18 +102,6 @@ def test_k_shot_cells_pass_k_and_seed(grid_config):
     assert argv[argv.index("--k_shot") + 1] == "16" and argv[argv.index("--seed") + 1] == "1"
 
 
-@pytest.fixture()
-def fake_sbatch(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "sbatch_calls.txt"
-    script = bin_dir / "sbatch"
-    script.write_text(f'#!/bin/bash\necho "$@" >> {log}\necho "Submitted batch job 4242"\n')
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return log
-
-
 def test_slurm_array_over_unfinished_cells(grid_config, fake_sbatch):
     path, config = grid_config
     cfg = X.load_config(path)
@@ -115,7 +111,7 @@ def test_slurm_array_over_unfinished_cells(grid_config, fake_sbatch):
     script = X.runs_dir(cfg).parent.resolve() / "slurm" / "grid.sbatch"
     array_call, report_call = fake_sbatch.read_text().splitlines()  # the baseline array, then the report
     assert array_call.split() == ["--parsable", str(script)]
-    assert report_call.split()[:2] == ["--parsable", "--dependency=afterany:4242"]
+    assert report_call.split()[:2] == ["--parsable", "--dependency=afterany:1001"]
     text = script.read_text()
     assert f"#SBATCH --array=0-{len(cells) - 2}%4" in text
     assert "#SBATCH --partition=gpu" in text and "#SBATCH --time=02:00:00" in text and "module load cuda" in text
@@ -265,14 +261,14 @@ def test_report_tables_only_the_cells_of_this_config(grid_config):
     path.write_text(yaml.safe_dump(config))
     assert run_experiments.main(["--config", str(path)]) == 0
     results = X.runs_dir(X.load_config(path)).parent / "results"
-    assert {r["method"] for r in json.loads((results / "results.json").read_text())["rows"]} == {
+    assert {r["method"] for r in read_results(results)["rows"]} == {
         "LogReg", "Popularity", "User share"}
 
     path.write_text(yaml.safe_dump({**config, "methods": config["methods"][:1]}))
     assert run_experiments.main(["--config", str(path)]) == 0
     table = (results / "table1.md").read_text()
     assert "| LogReg |" in table and "Popularity" not in table and "User share" not in table
-    report = json.loads((results / "results.json").read_text())
+    report = read_results(results)
     assert {r["method"] for r in report["rows"]} == {"LogReg"}
     assert sorted(report["stale"]) == sorted(f"main/{m}/{s}/seed0 (not a cell of this config)"
                                              for m in ("Popularity", "User_share") for s in ("zero-shot", "k16"))
@@ -290,12 +286,12 @@ def test_report_tables_only_the_cells_of_this_config(grid_config):
     with pytest.raises(InputError, match="--on_change error: cell main/LogReg/zero-shot/seed0 holds results made"):
         run_experiments.main(["--config", str(path), "--on_change", "error"])
     assert run_experiments.main(["--config", str(path)]) == 0
-    report = json.loads((results / "results.json").read_text())
+    report = read_results(results)
     assert [r["metrics"]["counts"]["records"] for r in report["rows"]] == [20, 20]
 
     path.write_text(yaml.safe_dump({**config, "methods": []}))
     assert run_experiments.main(["--config", str(path)]) == 0
-    assert not (results / "table1.md").exists() and json.loads((results / "results.json").read_text())["rows"] == []
+    assert not (results / "table1.md").exists() and read_results(results)["rows"] == []
 
 
 def test_one_test_set_per_grid(grid_config, data_dir, tiny_llama):

@@ -4,13 +4,12 @@ one cell of paper_movie.yaml runs end to end on the CPU with the tiny LLaMA as b
 
 import json
 import shlex
-from pathlib import Path
 
 import pytest
+from helpers import REPO, read_metrics, snapshot
 
 import run_experiments
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIGS = ["paper_movie", "paper_book", "paper_backbones"]
 
 
@@ -57,9 +56,12 @@ def test_paper_config_dry_run(name, no_data_machine, capsys, monkeypatch):
     monkeypatch.chdir(no_data_machine)  # not the repository: a config file's paths are read from its folder
     output_dir = REPO / "runs" / "experiments" / name
     existed = output_dir.exists()
+    before = snapshot(REPO / "runs", no_data_machine.parent), sorted(REPO.iterdir())
     assert run_experiments.main(["--config", str(REPO / f"configs/experiments/{name}.yaml"), "--dry_run"]) == 0
     out = capsys.readouterr().out
-    assert output_dir.exists() == existed and not any(no_data_machine.iterdir())  # nothing written
+    # nothing written: in the clone (runs/ or a new top-level entry), the home or the working directory
+    assert output_dir.exists() == existed
+    assert (snapshot(REPO / "runs", no_data_machine.parent), sorted(REPO.iterdir())) == before
     assert f"--output_dir {output_dir}/runs/" in out  # output_dir: ../../runs/... of the file
     if name != "paper_backbones":  # start_adapter: ../../models/... of paper_recipe.yaml, the file it names
         assert f"--init_adapter {REPO / 'models' / 'alpaca-lora-7B'} " in out
@@ -199,7 +201,7 @@ def test_one_paper_movie_cell_end_to_end_on_cpu(data_dir, tiny_llama, tmp_path, 
     cell = out / "runs" / "main" / "pipeline-main"
     info = json.loads((cell / "cell.json").read_text())
     assert {o["setting"] for o in info["outputs"]} == {"zero-shot", "k16"}
-    metrics = json.loads((cell / "tlrec" / "eval" / "k16_seed0" / "metrics.json").read_text())
+    metrics = read_metrics(cell / "tlrec" / "eval" / "k16_seed0")
     assert {"auc", "auc_authors", "ndcg@10", "ndcg@10_authors"} <= set(metrics)
     kshot_cmd = shlex.split((cell / "tlrec" / "k16_seed0" / "command.txt").read_text())
     assert not _flag_values(_script_argv(kshot_cmd))[1]  # command.txt: each flag once
@@ -211,3 +213,8 @@ def test_one_paper_movie_cell_end_to_end_on_cpu(data_dir, tiny_llama, tmp_path, 
     assert (few["seed"], few["k_shot_seed"], few["train_records"]) == (42, 0, 16)
     table = (out / "results" / "table1.md").read_text()
     assert "AUC (authors)" in table.splitlines()[2] and "AUC (authors): the authors' score" in table
+    # Table 1's TLRec row holds the cell's own metrics, zero-shot then K=16, in the config's metric order
+    row = next(line for line in table.splitlines() if line.startswith("| TLRec |"))
+    values = [read_metrics(cell / "tlrec" / "eval" / setting)[key] for setting in ("zero_shot", "k16_seed0")
+              for key in ("auc_authors", "ndcg@10", "auc")]
+    assert [c.strip("*<u/> ") for c in row.split("|")[2:-1]] == [f"{v:.4f}" for v in values], row
