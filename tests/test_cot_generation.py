@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, assert_one_line_error, run_entry
 from openai_stub_server import StubOpenAI
 
 from run_cot_generation import main
@@ -710,78 +710,13 @@ def test_split_lines_keeps_both_limits():
     assert b"".join(b"".join(p) for p in parts) == b"".join(lines)
 
 
-# ---- one line, exit 2 (the bad-input table's form) ----------------------------------------------------------
-
-
-def one_line(capsys, exc, *expected):
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    for part in expected:
-        assert part in err[0], (part, err[0])
-
-
-def test_bad_input_a_server_without_the_batch_api(source, tmp_path, secret_key, capsys):
-    out = tmp_path / "out"
-    with StubOpenAI(batch_api=False) as server, pytest.raises(SystemExit) as exc:
-        main(cot_args(source, out, server, "--mode", "batch"))
-    one_line(capsys, exc, f"--base_url {server.base_url}: no OpenAI Batch API there", "files.create: HTTP 404",
-             "use --mode files")
-    assert not out.exists()  # nothing uploaded, nothing written
-
-
-def test_bad_input_an_expired_batch_with_no_retry_left(source, tmp_path, secret_key, capsys):
-    with StubOpenAI() as server, pytest.raises(SystemExit) as exc:
-        server.batch_plan.append("expired")  # one request: expired before it ran
-        main(cot_args(source, tmp_path, server, "--mode", "batch", "--max_users", "1", "--max_retries", "0"))
-    one_line(capsys, exc, "no user was answered (1 failed", "gave up after 1 attempts: batch_expired")
-    assert not (tmp_path / "cot_train.json").exists() and rounds(tmp_path)[0]["parts"][0]["batch_id"]  # ids kept
-
-
-@pytest.fixture()
-def waiting_round(source, tmp_path, capsys):
-    """A files-mode run waiting for Stage 1's output (and a second one's Stage-1 output to mix in)."""
-    with StubOpenAI(batch_api=False) as server:
-        for out in (tmp_path / "run", tmp_path / "other"):
-            main(cot_args(source, out, server, "--mode", "files"))
-        server.offline_run(tmp_path / "other" / "batches" / "stage1-round0.requests.jsonl",
-                           tmp_path / "other" / "batches" / "stage1-round0.output.jsonl")
-    capsys.readouterr()
-    return tmp_path / "run", tmp_path / "other" / "batches" / "stage1-round0.output.jsonl", server
-
-
-@pytest.mark.parametrize("case", ["malformed", "another_run", "another_stage"])
-def test_bad_input_files_mode_output_that_is_not_this_rounds(case, source, waiting_round, capsys, tmp_path):
-    out, others, server = waiting_round
-    target = out / "batches" / "stage1-round0.output.jsonl"
-    if case == "malformed":
-        target.write_text('{"custom_id": "x", "response": {"status_code": 200, "bo\n')
-        expected = [f"{target} line 1: not a JSON batch output line"]
-    elif case == "another_run":
-        target.write_bytes(others.read_bytes())
-        expected = [f"{target} line 1: custom_id", "belongs to another CoT run"]
-    else:  # Stage 1's answers given as Stage 2's output
-        server.offline_run(out / "batches" / "stage1-round0.requests.jsonl", target)
-        main(cot_args(source, out, server, "--mode", "files"))
-        target.rename(out / "batches" / "stage2-round0.output.jsonl")
-        target = out / "batches" / "stage2-round0.output.jsonl"
-        expected = [f"{target} line 1: custom_id", "answers Stage 1, but this file's requests ask Stage 2"]
-    capsys.readouterr()
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(SystemExit) as exc:
-        main(cot_args(source, out, server, "--mode", "files"))
-    one_line(capsys, exc, *expected)
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
-
-
 def test_a_round_still_open_must_be_finished_in_its_own_mode(source, tmp_path, secret_key, capsys):
     with StubOpenAI(batch_api=False) as server:
         main(cot_args(source, tmp_path, server, "--mode", "files"))  # Stage 1's requests wait for the runner
-        capsys.readouterr()
         for mode in ("live", "batch"):
-            with pytest.raises(SystemExit) as exc:
-                main(cot_args(source, tmp_path, server, "--mode", mode))
-            one_line(capsys, exc, "batches.json: a ", "round of --mode files is still open",
-                     "rerun with --mode files")
+            proc = run_entry("run_cot_generation", cot_args(source, tmp_path, server, "--mode", mode), capsys)
+            assert_one_line_error(proc, "batches.json: a Stage-1 round of --mode files is still open",
+                                  "rerun with --mode files", logs_ok=True)
     assert server.requests == [] and sum(server.calls.values()) == 0
 
 
