@@ -400,7 +400,7 @@ ROWS = [
      lambda c, t: dry_grid(c, t, **{"pipeline.source_files": {"train": 5, "valid": "v.json", "test": "t.json"}}),
      ["grid.yaml: pipeline.source_files.train: expected a file path", "got 5"]),
     ("dry-settings-k0", "run_experiments", lambda c, t: dry_grid(c, t, settings=["zero-shot", "k0"]),
-     ["grid.yaml: settings: 'k0': K must be at least 1", "zero-shot"]),
+     ["grid.yaml: settings: 'k0': K must be >= 1, got 0", "zero-shot"]),
     ("dry-setup-script-missing", "run_experiments",
      lambda c, t: dry_grid(c, t, setup=[{"script": "run_prepare.py", "creates": str(t / "x")}]),
      ["grid.yaml: setup entry 0: script 'run_prepare.py' not found", "run_prepare_data.py"]),

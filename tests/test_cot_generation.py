@@ -722,12 +722,13 @@ def test_a_round_still_open_must_be_finished_in_its_own_mode(source, tmp_path, s
 
 def test_the_pipeline_asks_in_batch_mode_and_checks_the_teacher_against_the_table():
     from tlrec_utils.errors import InputError
-    from tlrec_utils.experiments.pipeline import PipelineConfig, check_values, pipeline_phases
+    from tlrec_utils.experiments.phases import pipeline_phases
+    from tlrec_utils.experiments.pipeline_config import PipelineConfig, check_values
 
     cfg = PipelineConfig(run_dir="runs/x", teacher="openai", teacher_mode="batch", methods=["tlrec"])
     (cot,) = [p for p in pipeline_phases(cfg, check_data=False) if p.kind == "cot"]
     assert cot.script == "run_cot_generation.py" and cot.argv[-2:] == ["--mode", "batch"]
     with pytest.raises(InputError, match="--teacher_mode batch: the heuristic teacher is asked live only"):
         check_values(PipelineConfig(run_dir="runs/x", teacher="heuristic", teacher_mode="batch"))
-    with pytest.raises(InputError, match="--teacher must be one of openai, heuristic, published, got 'gpt'"):
+    with pytest.raises(InputError, match="--teacher: 'gpt' is not one of openai, heuristic, published"):
         check_values(PipelineConfig(run_dir="runs/x", teacher="gpt"))

@@ -317,16 +317,17 @@ def test_published_cot_file_is_found_or_fetched_in_the_data_directory(mirror, mi
 
 def test_grid_setup_steps_download_what_they_lack(mirror, data_dir, tmp_path, monkeypatch):
     """run_experiments --download --mirror: the run_prepare_data setup steps fetch their releases first."""
-    from tlrec_utils.experiments import grid as experiments
+    from tlrec_utils.experiments.grid_config import GridConfig, SetupStep, Splits
+    from tlrec_utils.experiments.local import run_setup
 
     monkeypatch.setenv("TLREC_DATA_DIR", str(tmp_path / "data"))
     (tmp_path / "data").mkdir()
     out = tmp_path / "prepared" / "netflix"
-    step = experiments.SetupStep(script="run_prepare_data.py", creates=str(out / "test.json"),
-                                 args={"dataset": "windows-csv", "release": "netflix", "output_dir": str(out)})
-    config = experiments.GridConfig(output_dir=str(tmp_path / "grid"), target=experiments.Splits(), methods=[],
-                                    setup=[step], path="grid.yaml")
-    experiments.run_setup(config, download=True, mirror=mirror.url)
+    step = SetupStep(script="run_prepare_data.py", creates=str(out / "test.json"),
+                     args={"dataset": "windows-csv", "release": "netflix", "output_dir": str(out)})
+    config = GridConfig(output_dir=str(tmp_path / "grid"), target=Splits(), methods=[],
+                        setup=[step], path="grid.yaml")
+    run_setup(config, download=True, mirror=mirror.url)
     assert (out / "test.json").is_file() and len(mirror.requests) == len(download.RELEASES["netflix"].files)
     meta = json.loads((out / "meta.json").read_text())
     assert all(s["downloaded"]["url"].startswith("https://raw.githubusercontent.com/") for s in meta["sources"])

@@ -230,3 +230,46 @@ def test_encodings_are_memoised_across_models_and_give_the_same_results(setup, t
     (tmp_path / "fewer.json").write_text(json.dumps(records[:-2]))
     run("fewer", test_file=str(tmp_path / "fewer.json"))
     assert len(calls) > 2 * cold_calls
+
+
+def test_assemble_gathers_payloads_of_two_processes_without_a_model():
+    """evaluate's metric assembly on hand-made payloads (answer statistics [no, yes, logsumexp] per prompt; two-logit
+    P(Yes) = sigmoid(yes - no)), split over two processes as a data-parallel run gathers them."""
+    from collections import Counter
+
+    import numpy as np
+
+    from tlrec_utils.evaluation.evaluate import assemble
+
+    def stats(margins):  # yes - no margins -> statistics rows (logsumexp far above: authors' P(Yes) ~ 0.5)
+        return np.array([[0.0, m, 50.0] for m in margins])
+
+    records = [{"user_id": "a", "label": 1, "target": {"item_id": "t0"}},
+               {"user_id": "a", "label": 0, "target": {"item_id": "t1"}},
+               {"user_id": "b", "label": 1, "target": {"item_id": "t2"}},
+               {"user_id": "b", "label": 0, "target": {"item_id": "t3"}}]
+    candidates = [(0, ["t0", "n1", "n2"]), (2, ["t2", "n3", "n4"])]
+    payloads = [
+        {"scored": ([0, 1], stats([2.0, -1.0])), "ranked": ([0], [stats([0.0, 1.0, -1.0])]),
+         "candidates": candidates, "truncated": Counter(history=1), "truncated_ranking": Counter()},
+        {"scored": ([2, 3], stats([0.5, 1.0])), "ranked": ([1], [stats([3.0, 0.0, 0.0])]),
+         "candidates": candidates, "truncated": Counter(history=2), "truncated_ranking": Counter(middle=1)},
+    ]
+    result, predictions = assemble(records, payloads, ["two_logit", "authors"], k=10)
+    # AUC: positives 2.0, 0.5 against negatives -1.0, 1.0: 3 of 4 pairs ordered
+    assert result["auc"] == pytest.approx(0.75)
+    # per user: a ranks its like first (1), b ranks its like second (1 / log2(3))
+    assert result["ndcg@10_user"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    # sampled: record 0's target second of three (1 / log2(3)), record 2's first (1)
+    assert result["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+    assert {"auc_authors", "auc_ci95_authors", "ndcg@10_authors", "ndcg@10_user_authors"} <= set(result)
+    assert result["counts"] == {"records": 4, "liked": 2, "users_ranked": 2, "ranked": 2, "liked_without_structure": 0,
+                                "truncated": {"history": 3}, "truncated_ranking_prompts": {"middle": 1}}
+    sigmoid = [1 / (1 + math.exp(-m)) for m in (2.0, -1.0, 0.5, 1.0)]
+    assert [p["p_yes"] for p in predictions] == pytest.approx(sigmoid)
+    assert [p["item_id"] for p in predictions] == ["t0", "t1", "t2", "t3"]
+    assert predictions[2]["ranking_item_ids"] == ["t2", "n3", "n4"] and "ranking_item_ids" not in predictions[1]
+    assert predictions[0]["ranking_p_yes"] == pytest.approx([0.5, 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))])
+    auc_only, _ = assemble(records, [{k: v for k, v in p.items() if k not in ("ranked", "candidates")}
+                                     for p in payloads])
+    assert "ndcg@10" not in auc_only and "ranked" not in auc_only["counts"] and auc_only["auc"] == result["auc"]

@@ -144,18 +144,19 @@ def test_paper_commands_keep_the_old_effective_values(no_data_machine):
     except what issue 18 changes (listed in _issue18_changes); checked on the same phases of every pipeline cell of
     the three configs."""
     from tlrec_utils.data.paths import data_dir
-    from tlrec_utils.experiments import grid as X
+    from tlrec_utils.experiments import cells as C
+    from tlrec_utils.experiments.grid_config import load_config
 
     old_all = json.loads(OLD_COMMANDS.read_text())
     data = str(data_dir())
     checked = 0
     for config_name in CONFIGS:
-        config = X.load_config(f"configs/experiments/{config_name}.yaml", [])
-        for cell in X.build_cells(config):
+        config = load_config(f"configs/experiments/{config_name}.yaml", [])
+        for cell in C.build_cells(config):
             if cell.script != "run_pipeline.py":
                 continue
-            cfg = X.cell_pipeline_config(config, cell)
-            phases = {p.key: p for p in X.cell_phases(config, cell, check_data=False)}
+            cfg = C.cell_pipeline_config(config, cell)
+            phases = {p.key: p for p in C.cell_phases(config, cell, check_data=False)}
             for key, old in old_all[config_name][cell.path].items():
                 argv = _script_argv(phases[key].command_line(cfg))
                 # a config file's relative paths are read from its folder: REPO/ds_configs/... was ds_configs/...

@@ -5,6 +5,7 @@ exists and loads, adapters chain as each method defines it, and a rerun skips ev
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -39,6 +40,7 @@ from tlrec_utils.experiments.pipeline import (
 from tlrec_utils.experiments.pipeline import (
     run_pipeline as run,
 )
+from tlrec_utils.experiments.pipeline_config import METHODS
 
 
 def small_config(run_dir, data_dir, **overrides):
@@ -271,7 +273,7 @@ def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path, data_d
     adapter = tmp_path / "alpaca-lora"
     adapter.mkdir()
     cfg = PipelineConfig(run_dir=str(tmp_path / "r"), data_dir=str(data_dir), base_model="/models/llama-7b",
-                         start_adapter=str(adapter), methods=list(pipeline_module.METHODS), k_shots=[16, 256],
+                         start_adapter=str(adapter), methods=list(METHODS), k_shots=[16, 256],
                          validate=True, tuning={"max_val_records": 100})
     phases = {p.key: p for p in pipeline_phases(cfg)}
     run_dir = tmp_path / "r"
@@ -323,6 +325,23 @@ def test_cli_config_file_mappings_and_overrides(tmp_path):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), kshot_tuning={"num_train_epochs": 4}))
     with pytest.raises(InputError, match="start_adapter needs LoRA"):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), start_adapter=str(tmp_path), tuning={"finetune": "full"}))
+
+
+@pytest.mark.parametrize("name,value,choices", [("launcher", "slurm", "inprocess, accelerate"),
+                                                ("teacher", "gpt", "heuristic, openai, published"),
+                                                ("on_change", "ask", "rerun, error"),
+                                                ("source_target_style", "quote", "wrap, item"),
+                                                ("cot_curriculum", "random", "ordered, shuffled, stagewise, trainer")])
+def test_a_config_built_in_python_is_checked_against_the_fields_choices(tmp_path, name, value, choices):
+    """What a flag or a config file outside a field's choices gets refused with, a PipelineConfig made in Python
+    gets too, in the same words as a config file's value, before anything is planned or written."""
+    with pytest.raises(InputError, match=rf"^--{name}: '{value}' is not one of {choices}$"):
+        pipeline_phases(PipelineConfig(run_dir=str(tmp_path / "r"), **{name: value}), check_data=False)
+    assert not (tmp_path / "r").exists()
+    config = tmp_path / "p.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'r'}\n{name}: {value}\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(config))}: {name}: '{value}' is not one of {choices}$"):
+        run_pipeline.parse_args(["--config", str(config)])
 
 
 def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir, capsys):

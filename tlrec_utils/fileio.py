@@ -49,6 +49,14 @@ def atomic_write_json(path, obj, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
 
 
+def read_json_or_none(path):
+    """A JSON file's content, or None when it is missing or unreadable (a marker or record that may not be there)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def staged_output_dir(output_dir, overwrite: bool = True):
     """Yield a temporary sibling directory; on success it replaces `output_dir`, on error it is removed.

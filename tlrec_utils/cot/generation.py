@@ -390,12 +390,9 @@ def summarize(cfg: CotConfig, stats: dict, gen: Generator, cot: list, todo_left:
 
 def check_config(cfg: CotConfig) -> None:
     """Every setting: choices (the fields' `choices`) and ranges (validation.check_number)."""
-    from dataclasses import fields
+    from ..validation import check_choices, check_number, check_seed
 
-    from ..validation import check_config_values, check_number, check_seed
-
-    check_config_values({f.name: getattr(cfg, f.name) for f in fields(CotConfig) if f.metadata.get("choices")},
-                        (CotConfig,), None)
+    check_choices(CotConfig, cfg)
     for name in ("concurrency", "neighbor_num", "max_tokens", "batch_file_requests"):
         check_number(f"--{name}", getattr(cfg, name), 1)
     check_number("--candidate_num", cfg.candidate_num, 10)  # Stage 3 asks for 10
