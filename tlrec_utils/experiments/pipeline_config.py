@@ -9,6 +9,7 @@ import dataclasses
 import shutil
 from dataclasses import dataclass, field
 
+from ..arguments import CURRICULUM_MODES
 from ..cot.registry import TEACHERS, help_text
 from ..errors import InputError
 
@@ -121,7 +122,7 @@ class PipelineConfig:
         default="ordered",
         metadata={"help": "Order of tlrec's CoT records (run_tuning --curriculum): ordered (Stage 1, 2, 3 each "
                           "epoch: the paper's text), trainer (the Trainer's random order: the authors' ins_tuning.py), "
-                          "shuffled or stagewise.", "choices": ["ordered", "shuffled", "stagewise", "trainer"]},
+                          "shuffled or stagewise.", "choices": list(CURRICULUM_MODES)},
     )
     cot_epochs: float = field(default=1.0)
     cot_max_length: int | None = field(
