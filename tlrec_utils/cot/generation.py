@@ -393,8 +393,9 @@ def check_config(cfg: CotConfig) -> None:
     from ..validation import check_choices, check_number, check_seed
 
     check_choices(CotConfig, cfg)
-    for name in ("concurrency", "neighbor_num", "max_tokens", "batch_file_requests"):
+    for name in ("concurrency", "neighbor_num", "max_tokens"):
         check_number(f"--{name}", getattr(cfg, name), 1)
+    check_number("--batch_file_requests", cfg.batch_file_requests, 1, MAX_REQUESTS_PER_FILE)  # the API's limit
     check_number("--candidate_num", cfg.candidate_num, 10)  # Stage 3 asks for 10
     for name in ("max_requests", "max_cost", "max_users", "requests_per_minute", "request_timeout",
                  "poll_interval"):
