@@ -93,7 +93,9 @@ class CotConfig:
                                          "skipping the user."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the candidate sampling."})
-    kind: str = field(default="auto", metadata={"help": "movie, book or auto (from the records' instruction)."})
+    kind: str = field(default="auto", metadata={"help": "Item kind of the wording: movie, book, game, item (prompts."
+                                                        "ITEM_KINDS), NOUN/VERB, NOUN/PLURAL/VERB, or auto (the "
+                                                        "records' noun)."})
     hit_match: str = field(
         default="title_in_answer",
         metadata={"help": "Which users are kept (HIT_RULES): title_in_answer (the target's title appears in the "
@@ -324,9 +326,7 @@ def run(cfg: CotConfig) -> dict:
     data_dir, output_dir = Path(cfg.data_dir), Path(cfg.output_dir)
     train_path = data_dir / "train.json"
     records = load_records(train_path)
-    kind = detect_kind(records) if cfg.kind == "auto" else cfg.kind
-    if kind not in prompts.ITEM_KINDS:
-        raise InputError(f"--kind must be one of {prompts.ITEM_KINDS} or auto, got {cfg.kind!r}")
+    kind = prompts.item_kind(detect_kind(records) if cfg.kind == "auto" else cfg.kind, "--kind").spec
     users, stats, interactions, code = build_users(records, cfg, kind)
     if not len(users) and not cfg.dry_run:
         raise InputError(no_users_message(train_path, stats, cfg))
