@@ -106,12 +106,12 @@ class PrepareConfig:
         default=None, metadata={"help": "interactions: the interactions file's separator ('\\t' for a tab; "
                                         "default: from the file name)."})
     items_sep: str | None = field(default=None, metadata={"help": "interactions: the items file's separator."})
+    encoding: str = field(default="utf-8", metadata={"help": "interactions: the text encoding of both files."})
     interactions_names: str | None = field(
         default=None, metadata={"help": "interactions: column names of a file without a header row, comma-separated "
                                         "(its first N columns; e.g. user,item,rating,time)."})
     items_names: str | None = field(
         default=None, metadata={"help": "interactions: column names of an items file without a header row."})
-    encoding: str = field(default="utf-8", metadata={"help": "interactions: the text encoding of both files."})
     category: str | None = field(
         default=None, metadata={"help": "amazon-2023: the category (file CATEGORY.jsonl[.gz] and "
                                         "meta_CATEGORY.jsonl[.gz] in --raw_dir), e.g. Video_Games."})
