@@ -22,14 +22,12 @@ def main(argv=None):
         evaluate,
         load_catalog,
         load_test_records,
-        score_fns_of,
         summary_line,
         write_outputs,
     )
     from tlrec_utils.model.loading import load_for_inference
     from tlrec_utils.prompts import resolve_template
 
-    score_fns_of(eval_args.score_fn)
     records = load_test_records(eval_args.test_file, eval_args.limit)
     wanted = eval_args.metrics.split(",")  # validated and stripped by EvalArguments
     catalog = load_catalog(eval_args.items_file, records) if "ndcg" in wanted else None

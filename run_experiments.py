@@ -24,39 +24,43 @@ def main(argv=None):
     from tlrec_utils.arguments import ExperimentsArguments, parse_args
 
     (args,) = parse_args((ExperimentsArguments,), argv, description=__doc__, config_field="config")
-    from tlrec_utils.experiments import grid as X
+    from tlrec_utils.errors import InputError
+    from tlrec_utils.experiments import estimate, local, results, slurm
+    from tlrec_utils.experiments.cells import build_cells, check_grid
+    from tlrec_utils.experiments.grid_config import load_config
 
-    config = X.load_config(args.config, args.override)
-    cells = X.build_cells(config)
+    config = load_config(args.config, args.override)
+    cells = build_cells(config)
     if args.only:
         cells = [c for c in cells if any(text in c.path for text in args.only)]
         if not cells:
-            raise X.InputError(f"--only {' '.join(args.only)}: no cell path contains it")
+            raise InputError(f"--only {' '.join(args.only)}: no cell path contains it")
     if args.run_phase:
-        return X.run_one_phase(config, cells, *args.run_phase)
+        return slurm.run_one_phase(config, cells, *args.run_phase)
     if args.cells_file is not None:
-        X.run_cell(config, X.cell_from_index(config, cells, args.cells_file, args.cell_index), on_change=args.on_change)
+        cell = slurm.cell_from_index(config, cells, args.cells_file, args.cell_index)
+        local.run_cell(config, cell, on_change=args.on_change)
         return 0
     if not args.report_only:  # every cell's settings, before any setup step or cell runs (--dry_run too)
-        X.check_grid(config, cells, args.launcher)
+        check_grid(config, cells, args.launcher)
     if args.dry_run and args.launcher == "slurm":  # the plan and its job scripts, nothing submitted
-        X.submit_slurm_chains(config, cells, args.config, args.override, dry_run=True)
+        slurm.submit_slurm_chains(config, cells, args.config, args.override, dry_run=True)
         return 0
     if args.dry_run:
-        X.dry_run(config, cells)
+        estimate.dry_run(config, cells)
         return 0
     failures = []
     if not args.report_only:
-        X.run_setup(config, in_process=not args.subprocess, download=args.download, mirror=args.mirror)
+        local.run_setup(config, in_process=not args.subprocess, download=args.download, mirror=args.mirror)
         if args.launcher == "slurm":
-            X.submit_slurm_chains(config, cells, args.config, args.override)
+            slurm.submit_slurm_chains(config, cells, args.config, args.override)
             return 0
         try:
-            failures = X.run_local(config, cells, in_process=not args.subprocess, on_change=args.on_change)
-        except X.GridInterrupted as exc:
+            failures = local.run_local(config, cells, in_process=not args.subprocess, on_change=args.on_change)
+        except local.GridInterrupted as exc:
             print(f"interrupted: {exc}; rerun the same command to resume", file=sys.stderr)
             return EXIT_INTERRUPTED
-    written = X.report(config)
+    written = results.report(config)
     for path in written.values():
         print(f"wrote {path}")
     if "table1.md" in written:

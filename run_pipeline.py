@@ -18,7 +18,7 @@ from tlrec_utils.errors import cli_entry
 
 
 def parse_args(argv=None):
-    from tlrec_utils.experiments.pipeline import parse_pipeline_args
+    from tlrec_utils.experiments.pipeline_config import parse_pipeline_args
 
     return parse_pipeline_args(argv, description=__doc__)
 
@@ -33,8 +33,8 @@ def main(argv=None):
         format_table,
         method_lines,
         run_pipeline,
-        setting,
     )
+    from tlrec_utils.experiments.pipeline_config import setting
 
     cfg = parse_args(argv)
     from tlrec_utils.validation import check_output_dir

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import read_metrics, read_predictions
 from safetensors.torch import load_file
 
 import run_eval
@@ -80,8 +81,8 @@ def test_backbone_tunes_with_auto_lora_targets_and_evaluates(name, tokenizer, sy
             "--base_model", str(model_dir), *adapter, "--test_file", str(tmp_path / "test.json"),
             "--output_dir", str(tmp_path / name), "--metrics", "auc", "--batch_size", "8", "--device", "cpu",
         ]) == 0  # fmt: skip
-        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        preds = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        metrics = read_metrics(tmp_path / name)
+        preds = read_predictions(tmp_path / name)
         assert len(preds) == 24 and all(0.0 < p["p_yes"] < 1.0 for p in preds)
         assert metrics["auc"] == pytest.approx(auc([p["label"] for p in preds], [p["p_yes"] for p in preds]))
         return metrics, [p["p_yes"] for p in preds]

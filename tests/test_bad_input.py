@@ -1,16 +1,19 @@
 """Bad input across the seven entry scripts, one table row each (issue 12 and the README's promises).
 
-Every row runs the real script in a subprocess and asserts: the exit status (2 for a user's mistake),
-exactly one line on stderr naming the flag/file/record and the problem, no traceback, and no new file or
-folder under any directory the run could write to. One tiny model and one prepared ml-100k directory serve
-the whole module; errors are found before any model loads (the rows run in about two seconds each).
+Every row asserts: the exit status (2 for a user's mistake), exactly one line on stderr naming the
+flag/file/record and the problem, no traceback, and no new file or folder under any directory the run could
+write to. Rows run in this process through the scripts' own `errors.cli_entry` guard (a row costs no
+interpreter start and no torch import); one row per script (`SUBPROCESS_ROWS`) runs the real command line in
+a subprocess. The data are written by the tests (MovieLens-100K's raw files in the published format, prepared
+once for the module) and one tiny model serves all rows: the table needs no $TLREC_DATA_DIR.
+
+A new row: (id, script, argv builder (ctx, row dir) -> argv, fragments of the one stderr line[, setup]).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -23,9 +26,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from helpers import REPO, assert_one_line_error, free_port, run_entry, snapshot
 
-REPO = Path(__file__).resolve().parent.parent
-LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ")
 SECRET = "sk-test-bad-input-0123456789abcdef"
 
 
@@ -33,9 +35,9 @@ SECRET = "sk-test-bad-input-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory, tiny_llama, synthetic, data_dir):
-    """Prepared ml-100k (300 windows), the tiny LLaMA, a LoRA adapter made for it, and a second tiny LLaMA of
-    another size (the wrong base for that adapter)."""
+def ctx(tmp_path_factory, tiny_llama, synthetic, small_data_dir):
+    """Prepared ml-100k (300 windows of the generated raw files), the tiny LLaMA, a LoRA adapter made for it,
+    and a second tiny LLaMA of another size (the wrong base for that adapter)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -44,23 +46,19 @@ def ctx(tmp_path_factory, tiny_llama, synthetic, data_dir):
 
     base = tmp_path_factory.mktemp("bad_input")
     prepared = base / "ml100k"
-    prepare_dataset(PrepareConfig(dataset="ml-100k", raw_dir=str(data_dir / "ml-100k"), output_dir=str(prepared),
-                                  max_windows=300))
+    prepare_dataset(PrepareConfig(dataset="ml-100k", raw_dir=str(small_data_dir / "ml-100k"),
+                                  output_dir=str(prepared), max_windows=300))
     adapter = base / "adapter"
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     lora.save_pretrained(str(adapter))
     other = build_tiny_llama([synthetic[2]], base / "other_model", hidden_size=32, vocab_size=1000)
     return SimpleNamespace(base=base, prepared=prepared, model=Path(tiny_llama), adapter=adapter,
-                           other_model=Path(other), data=data_dir)
+                           other_model=Path(other), data=small_data_dir)
 
 
 def tree(*roots) -> set[str]:
-    out = set()
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            out.update(os.path.join(dirpath, n) for n in dirnames + filenames)
-    return out
+    return set(snapshot(*roots))
 
 
 def env(ctx, **extra):
@@ -139,16 +137,55 @@ def windows_csv(ctx, t):
     return raw
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+QUICKSTART = REPO / "configs" / "experiments" / "quickstart.yaml"
+
+
+def dry_grid(ctx, t, **changes):
+    """A grid with a pipeline run (the quickstart's settings) and a baseline, checked with --dry_run."""
+    config = {"output_dir": str(t / "grid"), "target": {"train": str(ctx.prepared / "train.json"),
+                                                        "test": str(ctx.prepared / "test.json")},
+              "source": {"train": str(ctx.prepared / "valid.json")}, "settings": ["zero-shot", 16], "seeds": [0],
+              "pipeline": {"config": str(QUICKSTART)}, "pipeline_runs": {"main": {"methods": ["tlrec", "tallrec"]}},
+              "methods": [{"name": "TLRec", "pipeline": "main", "variant": "tlrec"},
+                          {"name": "Pop", "baseline": "item-popularity"}]}
+    for key, value in changes.items():
+        if key.startswith("pipeline."):
+            config["pipeline"][key.split(".", 1)[1]] = value
+        else:
+            config[key] = value
+    return ["--config", str(write(t / "grid.yaml", yaml.safe_dump(config))), "--dry_run"]
+
+
+def pipeline_config(ctx, t, text: str, *extra):
+    return ["--config", str(write(t / "p.yaml", text)), "--run_dir", str(t / "run"), *extra]
+
+
+def finished_data_phase(ctx, t, marker: str | None, drop: str | None = None):
+    """A run directory whose data/source phase is marked done: `marker` is phase_done.json's text, `drop` a file
+    of the phase's output removed afterwards (deleted by hand)."""
+    phase = t / "run" / "data" / "source"
+    shutil.copytree(ctx.prepared, phase)
+    write(phase / "phase_done.json", marker)
+    if drop:
+        (phase / drop).unlink()
+    return ["--run_dir", str(t / "run"), "--methods", "tallrec", "--k_shots", "16"]
+
+
+def authors_cot_file(ctx, t):
+    """The TLRec authors' stage123.json format, its first instruction not one of the three stages'."""
+    record = {"instruction": "Explain the user's taste in three steps.", "input": "",
+              "output": "The user likes dramas from the nineties, so they would enjoy more of them."}
+    return tune_args(ctx, t, train=write(t / "stage123.json", [record, record]))
+
+
+def no_accelerate_on_path(monkeypatch, t):
+    (t / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(t / "bin"))
 
 
 # ---- the table ---------------------------------------------------------------------------------------------
-# (id, script, argv builder (ctx, row dir) -> argv, substrings of the one stderr line). Exit status 2.
+# (id, script, argv builder (ctx, row dir) -> argv, fragments of the one stderr line[, setup(monkeypatch, dir)]).
+# Exit status 2.
 
 ROWS = [
     # 1. comma lists: stripped; an unknown entry is named
@@ -192,7 +229,7 @@ ROWS = [
     # 4. CoT generation that obtains nothing, or is refused (the 401 row runs against a live stub: see below)
     ("cot-connection-refused", "run_cot_generation",
      lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--model", "m",
-                   "--base_url", f"http://127.0.0.1:{closed_port()}/v1", "--max_users", "2", "--max_retries", "0",
+                   "--base_url", f"http://127.0.0.1:{free_port()}/v1", "--max_users", "2", "--max_retries", "0",
                    "--ensure_target", "--no-progress"], ["--base_url", "cannot connect", "server is running"]),
     ("cot-no-key", "run_cot_generation",
      lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--no-progress"],
@@ -316,7 +353,7 @@ ROWS = [
     # issue 21: timeouts must be positive; a failed download leaves no folder in the data directory
     ("cot-request-timeout-0", "run_cot_generation",
      lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--request_timeout", "0"],
-     ["--request_timeout must be positive, got 0"]),
+     ["--request_timeout must be > 0, got 0"]),
     ("prepare-download-stall-0", "run_prepare_data",
      lambda c, t: ["--dataset", "windows-csv", "--data_dir", str(t / "data"), "--output_dir", str(t / "out"),
                    "--download", "--download_stall_s", "0"],
@@ -327,317 +364,10 @@ ROWS = [
      ["--download_deadline_s must be a positive number of seconds, got -5"]),
     ("prepare-download-offline-no-empty-folder", "run_prepare_data",
      lambda c, t: ["--dataset", "windows-csv", "--data_dir", str(t / "data"), "--output_dir", str(t / "out"),
-                   "--download", "--mirror", f"http://127.0.0.1:{closed_port()}"],
+                   "--download", "--mirror", f"http://127.0.0.1:{free_port()}"],
      ["train.csv: cannot download", "download it by hand to"]),
-]
-
-
-# rows whose run reached the teacher: each failed user is logged (ERROR) before the one-line verdict
-LOGS_BEFORE_THE_ERROR = {"cot-connection-refused"}
-
-
-def run(script, argv, ctx, prefix=(), **env_extra):
-    return subprocess.run([*prefix, sys.executable, f"{script}.py", *map(str, argv)], cwd=REPO, capture_output=True,
-                          text=True, env=env(ctx, **env_extra), timeout=300)
-
-
-def without_write_override() -> list[str]:
-    """The command prefix that makes a process respect write permissions: none for a user; as root (how CI runs),
-    setpriv drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so root is refused a read-only folder as a user is."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv (util-linux): root writes anywhere")
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-
-
-def check_one_line(proc, expected, status=2, logs_ok=False):
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not (logs_ok and LOG_LINE.match(ln))]
-    assert len(lines) == 1, proc.stderr
-    assert proc.returncode == status, proc.stderr
-    for part in expected:
-        assert part in lines[0], (part, lines[0])
-    return lines[0]
-
-
-@pytest.mark.parametrize("name,script,build,expected", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_input(ctx, tmp_path, name, script, build, expected):
-    if name == "eval-device-cuda":
-        import torch
-
-        if torch.cuda.is_available():
-            pytest.skip("this machine has CUDA")
-    argv = build(ctx, tmp_path)
-    watched = (tmp_path, ctx.prepared, ctx.model, ctx.other_model, ctx.adapter)
-    before = tree(*watched)
-    proc = run(script, argv, ctx, OPENAI_API_KEY="") if script == "run_cot_generation" else run(script, argv, ctx)
-    line = check_one_line(proc, expected, logs_ok=name in LOGS_BEFORE_THE_ERROR)
-    assert line.startswith("error: ")
-    assert tree(*watched) == before, sorted(tree(*watched) - before)
-
-
-# ---- rows that need a live peer or a signal ----------------------------------------------------------------
-
-
-def test_cot_401_is_a_failure_with_the_key_masked(ctx, tmp_path):
-    sys.path.insert(0, str(REPO / "tests"))
-    from openai_stub_server import StubOpenAI
-
-    before = tree(tmp_path)
-    with StubOpenAI() as server:
-        server.faults.append("401_echo")
-        proc = run("run_cot_generation", ["--data_dir", ctx.prepared, "--output_dir", tmp_path / "out", "--model", "m",
-                                          "--base_url", server.base_url, "--max_users", "2", "--concurrency", "1",
-                                          "--ensure_target", "--no-progress"], ctx, OPENAI_API_KEY=SECRET)
-    line = check_one_line(proc, ["refused the API key", "HTTP 401", "check OPENAI_API_KEY"], logs_ok=True)
-    assert SECRET not in proc.stderr and "***" in line
-    assert tree(tmp_path) == before  # nothing obtained: no output directory left behind
-
-
-def test_credentials_in_urls_are_masked_in_errors_and_outputs(ctx, tmp_path):
-    """user:password@ and secret query values of --mirror / --base_url: masked in the error line and in
-    summary.json; the rest of the URL stays readable."""
-    mirror = f"http://bob:hunter2@127.0.0.1:{closed_port()}/m?token=tok123&region=eu"
-    before = tree(tmp_path)
-    proc = run("run_prepare_data", ["--dataset", "windows-csv", "--data_dir", tmp_path / "data", "--output_dir",
-                                    tmp_path / "out", "--download", "--mirror", mirror], ctx)
-    line = check_one_line(proc, ["error: http://***@127.0.0.1:", "/m?token=***&region=eu/raw.githubusercontent.com/",
-                                 "cannot download"])
-    assert "hunter2" not in proc.stderr and "tok123" not in proc.stderr and line.startswith("error: ")
-    assert tree(tmp_path) == before
-
-    base_url = "https://alice:s3cret@llm.example/v1?api_key=KEY123"
-    out = tmp_path / "cot"
-    proc = run("run_cot_generation", ["--data_dir", ctx.prepared, "--output_dir", out, "--teacher", "heuristic",
-                                      "--base_url", base_url, "--max_users", "2", "--ensure_target", "--no-progress"],
-               ctx, TLREC_LOG_LEVEL="INFO")
-    assert proc.returncode == 0, proc.stderr
-    stored = "".join(p.read_text() for p in out.iterdir() if p.is_file())
-    assert "s3cret" not in stored + proc.stderr and "KEY123" not in stored + proc.stderr
-    settings = json.loads((out / "summary.json").read_text())["settings"]
-    assert settings["base_url"] == "https://***@llm.example/v1?api_key=***"
-
-
-def test_logs_and_crash_logs_mask_credentials(tmp_path, monkeypatch, capsys):
-    import logging
-
-    from tlrec_utils import errors
-
-    assert errors.mask_secrets("see https://u:p@h.example:8080/x?sig=abc&author=Ann&Token=t9#f, a@b.c") == (
-        "see https://***@h.example:8080/x?sig=***&author=Ann&Token=***#f, a@b.c")
-    assert errors.mask_secrets_in({"a": ["ftp://me@h/"], "b": 3}) == {"a": ["ftp://***@h/"], "b": 3}
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "fetching %s", ("https://u:pw@h/f",), None)
-    assert errors._MaskingFormatter("%(message)s").format(record) == "fetching https://***@h/f"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv("TLREC_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["run_x.py", "--mirror", "https://u:pw@h/"])
-
-    @errors.cli_entry
-    def broken(argv=None):
-        raise RuntimeError("cannot reach https://u:pw@h/")
-
-    with pytest.raises(SystemExit):
-        broken([])
-    err = capsys.readouterr().err
-    log = Path(err.split("traceback and command line in ")[1].strip())
-    assert "pw@" not in err + log.read_text() and "https://***@h/" in log.read_text()
-
-
-def test_a_pipeline_that_fails_leaves_no_lock(ctx, tmp_path):
-    """The data phase fails (nothing to download from): one line, exit 2, no .pipeline.lock in the run dir and
-    no folder in the data directory."""
-    (tmp_path / "data").mkdir()
-    proc = run("run_pipeline", ["--run_dir", tmp_path / "run", "--data_dir", tmp_path / "data", "--download",
-                                "--mirror", f"http://127.0.0.1:{closed_port()}"], ctx)
-    check_one_line(proc, ["cannot download"])
-    assert not list(tmp_path.rglob(".pipeline.lock")) and list((tmp_path / "data").iterdir()) == []
-
-
-def test_ctrl_c_is_one_line_exit_130(ctx, tmp_path):
-    """A teacher that never answers; Ctrl-C while the request hangs."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    before = tree(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "run_cot_generation.py", "--data_dir", str(ctx.prepared), "--output_dir",
-         str(tmp_path / "out"), "--model", "m", "--base_url", f"http://127.0.0.1:{listener.getsockname()[1]}/v1",
-         "--max_users", "1", "--ensure_target", "--no-progress"],
-        cwd=REPO, stderr=subprocess.PIPE, text=True, env=env(ctx, OPENAI_API_KEY=SECRET),
-        # Ctrl-C as a terminal delivers it: an earlier test in this pytest process can leave SIGINT ignored,
-        # and an ignored signal is inherited across exec (Python then never raises KeyboardInterrupt)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        ready, _, _ = select.select([listener], [], [], 120)  # the request is in flight
-        assert ready, "run_cot_generation never connected"
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        listener.close()
-    check_one_line(SimpleNamespace(stderr=err, returncode=proc.returncode), ["interrupted (Ctrl-C)"], status=130)
-    assert tree(tmp_path) == before
-
-
-# ---- the guard itself, the teacher's masking, and the silent wrong results that are now right -------------
-
-
-def test_internal_error_is_one_line_with_a_crash_log(tmp_path, monkeypatch, capsys):
-    from tlrec_utils import errors
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv("TLREC_DEBUG", raising=False)
-
-    @errors.cli_entry
-    def broken(argv=None):
-        return {}["missing"]
-
-    with pytest.raises(SystemExit) as exc:
-        broken([])
-    assert exc.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("internal error") and "KeyError" in err
-    log = Path(err.split("traceback and command line in ")[1])
-    assert log.parent == tmp_path / "tlrec" / "crashes"
-    text = log.read_text()
-    assert "command:" in text and "Traceback" in text and "broken" in text
-    monkeypatch.setenv("TLREC_DEBUG", "1")  # developers get the exception itself
-    with pytest.raises(KeyError):
-        broken([])
-
-
-def test_crash_log_only_in_the_crash_folder(tmp_path, monkeypatch, capsys):
-    """A crash after the output directory was checked leaves nothing in it: the log is in the crash folder."""
-    from tlrec_utils import errors
-    from tlrec_utils.validation import check_output_dir
-
-    monkeypatch.delenv("TLREC_DEBUG", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    (tmp_path / "out").mkdir()
-
-    @errors.cli_entry
-    def broken(argv=None):
-        check_output_dir(tmp_path / "out", "--output_dir")
-        raise RuntimeError("boom")
-
-    with pytest.raises(SystemExit):
-        broken([])
-    assert str(tmp_path / "cache" / "tlrec" / "crashes") in capsys.readouterr().err
-    assert list((tmp_path / "out").iterdir()) == [] and list((tmp_path / "cache").rglob("tlrec-crash-*.log"))
-
-
-def test_metrics_list_with_spaces_keeps_ndcg_and_items_file(ctx, tmp_path):
-    from tlrec_utils.arguments import EvalArguments, ModelArguments, parse_args
-
-    _, args = parse_args((ModelArguments, EvalArguments),
-                         ["--base_model", str(ctx.model), "--test_file", str(ctx.prepared / "test.json"),
-                          "--output_dir", str(tmp_path / "o"), "--metrics", " auc , ndcg,", "--items_file",
-                          str(ctx.prepared / "items.json")])
-    assert args.metrics == "auc,ndcg"
-    assert not (tmp_path / "o").exists()
-
-
-def test_reprepare_removes_k_shot_files_of_the_old_train_split(ctx, tmp_path):
-    import run_prepare_data
-
-    out = tmp_path / "d"
-    common = ["--dataset", "ml-100k", "--raw_dir", str(ctx.data / "ml-100k"), "--output_dir", str(out)]
-    run_prepare_data.main(common + ["--max_windows", "200"])
-    kshot = run_prepare_data.main(["--output_dir", str(out), "--k_shot", "5"])
-    run_prepare_data.main(common + ["--max_windows", "200"])  # the same split: its K-shot file stays valid
-    assert kshot.is_file()
-    run_prepare_data.main(common + ["--max_windows", "150"])  # another split: the old sample is removed
-    assert not kshot.exists() and (out / "train.json").is_file()
-
-
-def test_teacher_reply_repeating_the_key_is_stored_masked(ctx, tmp_path, monkeypatch):
-    """A server that echoes the key inside a 200 reply: what is stored has it masked."""
-    import asyncio
-
-    from tlrec_utils.cot.teacher import OpenAITeacher
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from openai_stub_server import StubOpenAI
-
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    with StubOpenAI() as server:
-        teacher = OpenAITeacher(model="m", base_url=server.base_url, max_retries=0)
-        prompt = f'Step 1:\nThe movies that the user has watched (watched movies): "{SECRET}", "B"'  # stub format
-
-        async def ask():
-            try:
-                return await teacher.answer(None, 1, [{"role": "user", "content": prompt}])
-            finally:
-                await teacher.close()
-
-        reply = asyncio.run(ask())
-    assert SECRET not in reply.text and "***" in reply.text
-
-
-def test_output_dir_without_write_permission(ctx, tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o555)
-    proc = run("run_prepare_data", ["--dataset", "ml-100k", "--raw_dir", ctx.data / "ml-100k", "--output_dir",
-                                    locked / "out"], ctx, prefix=without_write_override())
-    check_one_line(proc, ["--output_dir", "no permission to write in", "locked"])
-    assert not (locked / "out").exists()
-
-
-# ---- issue 21: every mistake caught before any work, in one line (in this process, through cli_entry) -----
-# The same promises as the table above (exit 2, one line naming the file/flag/key/record, no traceback, nothing
-# new on disk), run in this process: a row costs no interpreter and no torch import.
-
-QUICKSTART = REPO / "configs" / "experiments" / "quickstart.yaml"
-
-
-def dry_grid(ctx, t, **changes):
-    """A grid with a pipeline run (the quickstart's settings) and a baseline, checked with --dry_run."""
-    config = {"output_dir": str(t / "grid"), "target": {"train": str(ctx.prepared / "train.json"),
-                                                        "test": str(ctx.prepared / "test.json")},
-              "source": {"train": str(ctx.prepared / "valid.json")}, "settings": ["zero-shot", 16], "seeds": [0],
-              "pipeline": {"config": str(QUICKSTART)}, "pipeline_runs": {"main": {"methods": ["tlrec", "tallrec"]}},
-              "methods": [{"name": "TLRec", "pipeline": "main", "variant": "tlrec"},
-                          {"name": "Pop", "baseline": "item-popularity"}]}
-    for key, value in changes.items():
-        if key.startswith("pipeline."):
-            config["pipeline"][key.split(".", 1)[1]] = value
-        else:
-            config[key] = value
-    return ["--config", str(write(t / "grid.yaml", yaml.safe_dump(config))), "--dry_run"]
-
-
-def pipeline_config(ctx, t, text: str, *extra):
-    return ["--config", str(write(t / "p.yaml", text)), "--run_dir", str(t / "run"), *extra]
-
-
-def finished_data_phase(ctx, t, marker: str | None, drop: str | None = None):
-    """A run directory whose data/source phase is marked done: `marker` is phase_done.json's text, `drop` a file
-    of the phase's output removed afterwards (deleted by hand)."""
-    phase = t / "run" / "data" / "source"
-    shutil.copytree(ctx.prepared, phase)
-    write(phase / "phase_done.json", marker)
-    if drop:
-        (phase / drop).unlink()
-    return ["--run_dir", str(t / "run"), "--methods", "tallrec", "--k_shots", "16"]
-
-
-def authors_cot_file(ctx, t):
-    """The TLRec authors' stage123.json format, its first instruction not one of the three stages'."""
-    record = {"instruction": "Explain the user's taste in three steps.", "input": "",
-              "output": "The user likes dramas from the nineties, so they would enjoy more of them."}
-    return tune_args(ctx, t, train=write(t / "stage123.json", [record, record]))
-
-
-def no_accelerate_on_path(monkeypatch, t):
-    (t / "bin").mkdir()
-    monkeypatch.setenv("PATH", str(t / "bin"))
-
-
-# (id, script, argv builder (ctx, row dir) -> argv, substrings of the one stderr line[, setup(monkeypatch, dir)])
-IN_PROCESS_ROWS = [
-    # the nine (and more) configs `run_experiments.py --dry_run` accepted while the real run rejected them
+    # issue 21: every mistake caught before any work; the configs `run_experiments.py --dry_run` accepted while
+    # the real run rejected them
     ("dry-tuning-learning-rate-fast", "run_experiments",
      lambda c, t: dry_grid(c, t, **{"pipeline.tuning": {"learning_rate": "fast"}}),
      ["grid.yaml: pipeline.tuning.learning_rate: expected a number, got 'fast'"]),
@@ -670,7 +400,7 @@ IN_PROCESS_ROWS = [
      lambda c, t: dry_grid(c, t, **{"pipeline.source_files": {"train": 5, "valid": "v.json", "test": "t.json"}}),
      ["grid.yaml: pipeline.source_files.train: expected a file path", "got 5"]),
     ("dry-settings-k0", "run_experiments", lambda c, t: dry_grid(c, t, settings=["zero-shot", "k0"]),
-     ["grid.yaml: settings: 'k0': K must be at least 1", "zero-shot"]),
+     ["grid.yaml: settings: 'k0': K must be >= 1, got 0", "zero-shot"]),
     ("dry-setup-script-missing", "run_experiments",
      lambda c, t: dry_grid(c, t, setup=[{"script": "run_prepare.py", "creates": str(t / "x")}]),
      ["grid.yaml: setup entry 0: script 'run_prepare.py' not found", "run_prepare_data.py"]),
@@ -737,48 +467,72 @@ IN_PROCESS_ROWS = [
      ["train.json: no CoT user within --max_users 1", "raise --max_users", "--ensure_target"]),
 ]
 
-
-def run_in_process(script, argv, capsys):
-    import importlib
-
-    from tlrec_utils import errors
-
-    main = importlib.import_module(script).main
-    main = getattr(main, "__wrapped__", main)
-    capsys.readouterr()
-    try:
-        errors.cli_entry(main)([str(a) for a in argv])
-        status = 0
-    except SystemExit as exc:
-        status = exc.code
-    return SimpleNamespace(stderr=capsys.readouterr().err, returncode=status)
+# one row per entry script runs its real command line (the script's `__main__`, the interpreter's exit status)
+SUBPROCESS_ROWS = {"run_eval": "eval-limit-not-int", "run_tuning": "tuning-unknown-flag",
+                   "run_baselines": "baselines-unknown-model", "run_prepare_data": "prepare-unknown-dataset",
+                   "run_cot_generation": "cot-no-key", "run_pipeline": "pipeline-run-dir-is-file",
+                   "run_experiments": "grid-non-utf8"}
+# rows whose run reached the teacher: each failed user is logged (ERROR) before the one-line verdict
+LOGS_BEFORE_THE_ERROR = {"cot-connection-refused"}
 
 
-@pytest.mark.parametrize("row", IN_PROCESS_ROWS, ids=[r[0] for r in IN_PROCESS_ROWS])
-def test_bad_input_caught_before_any_work(ctx, tmp_path, monkeypatch, capsys, row):
-    name, script, build, expected = row[:4]
-    monkeypatch.setenv("TLREC_DATA_DIR", str(ctx.data))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(ctx.base / "cache"))
-    monkeypatch.setenv("OPENAI_API_KEY", "")
+def as_the_command_line(ctx, monkeypatch, **env_extra):
+    """This process's environment made the one `run` gives a subprocess (for rows run in this process)."""
+    for key, value in env(ctx, **env_extra).items():
+        monkeypatch.setenv(key, value)
     monkeypatch.delenv("TLREC_DEBUG", raising=False)
-    if str(REPO) not in sys.path:
-        monkeypatch.syspath_prepend(str(REPO))
+
+
+def run(script, argv, ctx, prefix=(), **env_extra):
+    """The real command line in a subprocess."""
+    return subprocess.run([*prefix, sys.executable, f"{script}.py", *map(str, argv)], cwd=REPO, capture_output=True,
+                          text=True, env=env(ctx, **env_extra), timeout=300)
+
+
+def without_write_override() -> list[str]:
+    """The command prefix that makes a process respect write permissions: none for a user; as root (how CI runs),
+    setpriv drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so root is refused a read-only folder as a user is."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux): root writes anywhere")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input(ctx, tmp_path, monkeypatch, capsys, row):
+    name, script, build, expected = row[:4]
+    if name == "eval-device-cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    as_the_command_line(ctx, monkeypatch, OPENAI_API_KEY="")
     argv = build(ctx, tmp_path)
     if len(row) > 4:
         row[4](monkeypatch, tmp_path)
-    watched = (tmp_path, ctx.prepared, ctx.model)
+    watched = (tmp_path, ctx.prepared, ctx.model, ctx.other_model, ctx.adapter)
     before = tree(*watched)
-    line = check_one_line(run_in_process(script, argv, capsys), expected)
-    assert line.startswith("error: ")
+    if SUBPROCESS_ROWS.get(script) == name:
+        proc = run(script, argv, ctx, OPENAI_API_KEY="")
+    else:
+        proc = run_entry(script, argv, capsys)
+    assert_one_line_error(proc, *expected, logs_ok=name in LOGS_BEFORE_THE_ERROR)
     assert tree(*watched) == before, sorted(tree(*watched) - before)
+
+
+def test_one_subprocess_row_per_script():
+    scripts = sorted(p.stem for p in REPO.glob("run_*.py"))
+    assert sorted(SUBPROCESS_ROWS) == scripts
+    assert all((name, script) in {(r[0], r[1]) for r in ROWS} for script, name in SUBPROCESS_ROWS.items())
+    assert len({r[0] for r in ROWS}) == len(ROWS)  # ids are unique
 
 
 def test_dry_run_accepts_the_grid_the_rows_above_break(ctx, tmp_path, monkeypatch, capsys):
     """The rows' base grid is a good one: its dry run exits 0 and prints every phase's command."""
-    monkeypatch.setenv("TLREC_DATA_DIR", str(ctx.data))
-    monkeypatch.syspath_prepend(str(REPO))
+    as_the_command_line(ctx, monkeypatch)
     before = tree(tmp_path)
-    proc = run_in_process("run_experiments", dry_grid(ctx, tmp_path), capsys)
+    proc = run_entry("run_experiments", dry_grid(ctx, tmp_path), capsys)
     assert proc.returncode == 0, proc.stderr
     assert tree(tmp_path) - before == {str(tmp_path / "grid.yaml")}
 
@@ -788,5 +542,285 @@ def test_download_into_a_data_dir_without_write_permission(ctx, tmp_path):
     locked.mkdir(mode=0o555)
     proc = run("run_prepare_data", ["--dataset", "ml-100k", "--download", "--data_dir", locked,
                                     "--output_dir", tmp_path / "out"], ctx, prefix=without_write_override())
-    check_one_line(proc, ["--data_dir", "no permission to write in", "locked"])
+    assert_one_line_error(proc, "--data_dir", "no permission to write in", "locked")
     assert not list(locked.iterdir())
+
+
+# ---- rows that need a live peer or a signal ----------------------------------------------------------------
+
+
+def test_cot_401_is_a_failure_with_the_key_masked(ctx, tmp_path, monkeypatch, capsys, caplog):
+    from openai_stub_server import StubOpenAI
+
+    as_the_command_line(ctx, monkeypatch, OPENAI_API_KEY=SECRET)
+    before = tree(tmp_path)
+    with StubOpenAI() as server:
+        server.faults.append("401_echo")
+        proc = run_entry("run_cot_generation", ["--data_dir", ctx.prepared, "--output_dir", tmp_path / "out",
+                                                "--model", "m", "--base_url", server.base_url, "--max_users", "2",
+                                                "--concurrency", "1", "--ensure_target", "--no-progress"], capsys)
+    line = assert_one_line_error(proc, "refused the API key", "HTTP 401", "check OPENAI_API_KEY", logs_ok=True)
+    assert SECRET not in proc.stderr + caplog.text and "***" in line
+    assert tree(tmp_path) == before  # nothing obtained: no output directory left behind
+
+
+def test_credentials_in_urls_are_masked_in_errors_and_outputs(ctx, tmp_path, monkeypatch, capsys, caplog):
+    """user:password@ and secret query values of --mirror / --base_url: masked in the error line, the logs and
+    summary.json; the rest of the URL stays readable."""
+    as_the_command_line(ctx, monkeypatch, TLREC_LOG_LEVEL="INFO")
+    caplog.set_level("INFO")
+    mirror = f"http://bob:hunter2@127.0.0.1:{free_port()}/m?token=tok123&region=eu"
+    before = tree(tmp_path)
+    proc = run_entry("run_prepare_data", ["--dataset", "windows-csv", "--data_dir", tmp_path / "data",
+                                          "--output_dir", tmp_path / "out", "--download", "--mirror", mirror], capsys)
+    assert_one_line_error(proc, "error: http://***@127.0.0.1:", "/m?token=***&region=eu/raw.githubusercontent.com/",
+                          "cannot download", logs_ok=True)
+    assert "hunter2" not in proc.stderr + caplog.text and "tok123" not in proc.stderr + caplog.text
+    assert tree(tmp_path) == before
+
+    base_url = "https://alice:s3cret@llm.example/v1?api_key=KEY123"
+    out = tmp_path / "cot"
+    proc = run_entry("run_cot_generation", ["--data_dir", ctx.prepared, "--output_dir", out, "--teacher",
+                                            "heuristic", "--base_url", base_url, "--max_users", "30",
+                                            "--ensure_target", "--no-progress"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    stored = "".join(p.read_text() for p in out.iterdir() if p.is_file())
+    said = stored + proc.stderr + caplog.text
+    assert "s3cret" not in said and "KEY123" not in said and "users hit" in caplog.text  # the logs were read
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["base_url"] == "https://***@llm.example/v1?api_key=***"
+
+
+def test_logs_and_crash_logs_mask_credentials(tmp_path, monkeypatch, capsys):
+    import logging
+
+    from tlrec_utils import errors
+
+    assert errors.mask_secrets("see https://u:p@h.example:8080/x?sig=abc&author=Ann&Token=t9#f, a@b.c") == (
+        "see https://***@h.example:8080/x?sig=***&author=Ann&Token=***#f, a@b.c")
+    assert errors.mask_secrets_in({"a": ["ftp://me@h/"], "b": 3}) == {"a": ["ftp://***@h/"], "b": 3}
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "fetching %s", ("https://u:pw@h/f",), None)
+    assert errors._MaskingFormatter("%(message)s").format(record) == "fetching https://***@h/f"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("TLREC_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["run_x.py", "--mirror", "https://u:pw@h/"])
+
+    @errors.cli_entry
+    def broken(argv=None):
+        raise RuntimeError("cannot reach https://u:pw@h/")
+
+    with pytest.raises(SystemExit):
+        broken([])
+    err = capsys.readouterr().err
+    log = Path(err.split("traceback and command line in ")[1].strip())
+    assert "pw@" not in err + log.read_text() and "https://***@h/" in log.read_text()
+
+
+def test_a_pipeline_that_fails_leaves_no_lock(ctx, tmp_path, monkeypatch, capsys):
+    """The data phase fails (nothing to download from): one line, exit 2, no .pipeline.lock in the run dir and
+    no folder in the data directory."""
+    as_the_command_line(ctx, monkeypatch)
+    (tmp_path / "data").mkdir()
+    proc = run_entry("run_pipeline", ["--run_dir", tmp_path / "run", "--data_dir", tmp_path / "data", "--download",
+                                      "--mirror", f"http://127.0.0.1:{free_port()}"], capsys)
+    assert_one_line_error(proc, "cannot download", logs_ok=True)
+    assert not list(tmp_path.rglob(".pipeline.lock")) and list((tmp_path / "data").iterdir()) == []
+
+
+def test_ctrl_c_is_one_line_exit_130(ctx, tmp_path):
+    """A teacher that never answers; Ctrl-C while the request hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    before = tree(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "run_cot_generation.py", "--data_dir", str(ctx.prepared), "--output_dir",
+         str(tmp_path / "out"), "--model", "m", "--base_url", f"http://127.0.0.1:{listener.getsockname()[1]}/v1",
+         "--max_users", "1", "--ensure_target", "--no-progress"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True, env=env(ctx, OPENAI_API_KEY=SECRET),
+        # Ctrl-C as a terminal delivers it: an earlier test in this pytest process can leave SIGINT ignored,
+        # and an ignored signal is inherited across exec (Python then never raises KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        ready, _, _ = select.select([listener], [], [], 120)  # the request is in flight
+        assert ready, "run_cot_generation never connected"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        listener.close()
+    assert_one_line_error(SimpleNamespace(stderr=err, returncode=proc.returncode), "interrupted (Ctrl-C)", status=130)
+    assert tree(tmp_path) == before
+
+
+# ---- the guard itself, the teacher's masking, and the silent wrong results that are now right -------------
+
+
+def test_internal_error_is_one_line_with_a_crash_log(tmp_path, monkeypatch, capsys):
+    from tlrec_utils import errors
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("TLREC_DEBUG", raising=False)
+
+    @errors.cli_entry
+    def broken(argv=None):
+        return {}["missing"]
+
+    with pytest.raises(SystemExit) as exc:
+        broken([])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("internal error") and "KeyError" in err
+    log = Path(err.split("traceback and command line in ")[1])
+    assert log.parent == tmp_path / "tlrec" / "crashes"
+    text = log.read_text()
+    assert "command:" in text and "Traceback" in text and "broken" in text
+    monkeypatch.setenv("TLREC_DEBUG", "1")  # developers get the exception itself
+    with pytest.raises(KeyError):
+        broken([])
+
+
+def test_crash_log_only_in_the_crash_folder(tmp_path, monkeypatch, capsys):
+    """A crash after the output directory was checked leaves nothing in it: the log is in the crash folder."""
+    from tlrec_utils import errors
+    from tlrec_utils.validation import check_output_dir
+
+    monkeypatch.delenv("TLREC_DEBUG", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "out").mkdir()
+
+    @errors.cli_entry
+    def broken(argv=None):
+        check_output_dir(tmp_path / "out", "--output_dir")
+        raise RuntimeError("boom")
+
+    with pytest.raises(SystemExit):
+        broken([])
+    assert str(tmp_path / "cache" / "tlrec" / "crashes") in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == [] and list((tmp_path / "cache").rglob("tlrec-crash-*.log"))
+
+
+def test_metrics_list_with_spaces_keeps_ndcg_and_items_file(ctx, tmp_path):
+    from tlrec_utils.arguments import EvalArguments, ModelArguments, parse_args
+
+    _, args = parse_args((ModelArguments, EvalArguments),
+                         ["--base_model", str(ctx.model), "--test_file", str(ctx.prepared / "test.json"),
+                          "--output_dir", str(tmp_path / "o"), "--metrics", " auc , ndcg,", "--items_file",
+                          str(ctx.prepared / "items.json")])
+    assert args.metrics == "auc,ndcg" and args.items_file == str(ctx.prepared / "items.json")
+    assert not (tmp_path / "o").exists()
+
+
+def test_reprepare_removes_k_shot_files_of_the_old_train_split(ctx, tmp_path):
+    import run_prepare_data
+
+    out = tmp_path / "d"
+    common = ["--dataset", "ml-100k", "--raw_dir", str(ctx.data / "ml-100k"), "--output_dir", str(out)]
+    run_prepare_data.main(common + ["--max_windows", "200"])
+    kshot = run_prepare_data.main(["--output_dir", str(out), "--k_shot", "5"])
+    run_prepare_data.main(common + ["--max_windows", "200"])  # the same split: its K-shot file stays valid
+    assert kshot.is_file()
+    run_prepare_data.main(common + ["--max_windows", "150"])  # another split: the old sample is removed
+    assert not kshot.exists() and (out / "train.json").is_file()
+
+
+def test_teacher_reply_repeating_the_key_is_stored_masked(ctx, tmp_path, monkeypatch):
+    """A server that echoes the key inside a 200 reply: what is stored has it masked."""
+    import asyncio
+
+    from openai_stub_server import StubOpenAI
+
+    from tlrec_utils.cot.teacher import OpenAITeacher
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with StubOpenAI() as server:
+        teacher = OpenAITeacher(model="m", base_url=server.base_url, max_retries=0)
+        prompt = f'Step 1:\nThe movies that the user has watched (watched movies): "{SECRET}", "B"'  # stub format
+
+        async def ask():
+            try:
+                return await teacher.answer(None, 1, [{"role": "user", "content": prompt}])
+            finally:
+                await teacher.close()
+
+        reply = asyncio.run(ask())
+    assert SECRET not in reply.text and "***" in reply.text
+
+
+def test_output_dir_without_write_permission(ctx, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    proc = run("run_prepare_data", ["--dataset", "ml-100k", "--raw_dir", ctx.data / "ml-100k", "--output_dir",
+                                    locked / "out"], ctx, prefix=without_write_override())
+    assert_one_line_error(proc, "--output_dir", "no permission to write in", "locked")
+    assert not (locked / "out").exists()
+
+
+
+
+# ---- the CoT batch modes (issue 25): a server without the Batch API, an expired batch, files-mode output that is not
+# the round's (malformed, another run's, another stage's): one line, exit 2, nothing written ---------------------------
+
+
+def cot_batch_args(ctx, out, server, mode, *extra):
+    return ["--data_dir", ctx.prepared, "--output_dir", out, "--model", "m", "--base_url", server.base_url,
+            "--mode", mode, "--poll_interval", "0.01", "--ensure_target", "--no-progress", *extra]
+
+
+def test_cot_batch_mode_against_a_server_without_the_batch_api(ctx, tmp_path, monkeypatch, capsys):
+    from openai_stub_server import StubOpenAI
+
+    as_the_command_line(ctx, monkeypatch, OPENAI_API_KEY=SECRET)
+    before = tree(tmp_path)
+    with StubOpenAI(batch_api=False) as server:  # a live-only server (vLLM's, Ollama's): /v1/files is 404
+        proc = run_entry("run_cot_generation", cot_batch_args(ctx, tmp_path / "out", server, "batch"), capsys)
+    assert_one_line_error(proc, f"--base_url {server.base_url}: no OpenAI Batch API there", "files.create: HTTP 404",
+                          "use --mode files", logs_ok=True)
+    assert tree(tmp_path) == before  # nothing uploaded, no output directory left behind
+
+
+def test_cot_batch_expired_with_no_retry_left(ctx, tmp_path, monkeypatch, capsys):
+    from openai_stub_server import StubOpenAI
+
+    as_the_command_line(ctx, monkeypatch, OPENAI_API_KEY=SECRET)
+    out = tmp_path / "out"
+    with StubOpenAI() as server:
+        server.batch_plan.append("expired")  # one request, expired before it ran
+        proc = run_entry("run_cot_generation", cot_batch_args(ctx, out, server, "batch", "--max_users", "1",
+                                                              "--max_retries", "0"), capsys)
+    assert_one_line_error(proc, "no user was answered (1 failed", "Stage 1: gave up after 1 attempts: batch_expired",
+                          logs_ok=True)
+    assert not (out / "cot_train.json").exists()
+    assert json.loads((out / "batches.json").read_text())["rounds"][0]["parts"][0]["batch_id"] == "batch-0"  # kept
+
+
+@pytest.mark.parametrize("case", ["malformed", "another_run", "another_stage"])
+def test_cot_files_mode_output_that_is_not_the_rounds(case, ctx, tmp_path, monkeypatch, capsys):
+    from openai_stub_server import StubOpenAI
+
+    as_the_command_line(ctx, monkeypatch)
+    run_dir, other = tmp_path / "run", tmp_path / "other"
+    with StubOpenAI(batch_api=False) as server:  # a fake offline runner (vllm run-batch) answers the files
+        for out in (run_dir, other):  # two runs waiting for Stage 1's output
+            assert run_entry("run_cot_generation", cot_batch_args(ctx, out, server, "files", "--max_users", "3"),
+                             capsys).returncode == 0
+    stage1 = run_dir / "batches" / "stage1-round0.output.jsonl"
+    if case == "malformed":
+        target = stage1
+        target.write_text('{"custom_id": "x", "response": {"status_code": 200, "bo\n')
+        expected = [f"{target} line 1: not a JSON batch output line"]
+    elif case == "another_run":
+        target = stage1
+        server.offline_run(other / "batches" / "stage1-round0.requests.jsonl", target)
+        expected = [f"{target} line 1: custom_id", "belongs to another CoT run"]
+    else:  # Stage 1's answers given as Stage 2's output
+        server.offline_run(run_dir / "batches" / "stage1-round0.requests.jsonl", stage1)
+        assert run_entry("run_cot_generation", cot_batch_args(ctx, run_dir, server, "files", "--max_users", "3"),
+                         capsys).returncode == 0  # reads them, writes Stage 2's requests
+        target = stage1.rename(run_dir / "batches" / "stage2-round0.output.jsonl")
+        expected = [f"{target} line 1: custom_id", "answers Stage 1, but this file's requests ask Stage 2"]
+    before = snapshot(run_dir)
+    proc = run_entry("run_cot_generation", cot_batch_args(ctx, run_dir, server, "files", "--max_users", "3"), capsys)
+    assert_one_line_error(proc, *expected, logs_ok=True)
+    assert snapshot(run_dir) == before  # nothing recorded

@@ -7,11 +7,12 @@ import random
 
 import numpy as np
 import pytest
-from helpers import GENRES
+from helpers import GENRES, assert_one_line_error, read_metrics, read_predictions, run_entry
 
 from tlrec_utils.baselines import BASELINES, make_model
 from tlrec_utils.baselines.evaluate import evaluate
 from tlrec_utils.data.records import build_record
+from tlrec_utils.evaluation.metrics import auc, mean_sampled_ndcg
 
 
 def planted_records(n_train=1500, n_test=400, n_items=150, n_users=60, seed=0):
@@ -88,8 +89,6 @@ def test_baseline_learns_the_planted_signal(name, planted, tiny_bert):
     """AUC on held-out records at least FLOOR_FRACTION of the way from 0.5 to the Bayes-optimal AUC of what the
     baseline sees (the generating probability scored against the same test labels); the answer prior alone
     (a constant score, the training like-rate) gets 0.5, far below."""
-    from tlrec_utils.evaluation.metrics import auc
-
     train, test, titles, oracle = planted
     labels = [r["label"] for r in test]
     best_possible = auc(labels, [o[BASELINE_VIEW.get(name, "full")] for o in oracle])
@@ -103,8 +102,6 @@ def test_baseline_learns_the_planted_signal(name, planted, tiny_bert):
     assert metrics["auc"] >= floor, (metrics["auc"], floor, best_possible)
     assert metrics["counts"]["ranked"] == sum(r["label"] for r in test)
     # the sampled NDCG in metrics.json is the one of the written ranking scores (target first)
-    from tlrec_utils.evaluation.metrics import mean_sampled_ndcg
-
     rankings = [(p["ranking_p_yes"][0], p["ranking_p_yes"][1:]) for p in predictions if "ranking_p_yes" in p]
     assert metrics["ndcg@10"] == pytest.approx(mean_sampled_ndcg(rankings, 10))
     # sampled NDCG@10 of random scores among 51 items is about 0.075
@@ -149,43 +146,29 @@ def test_run_baselines_cli_writes_run_eval_outputs(tmp_path, planted):
         "--test_file", str(tmp_path / "test.json"), "--items_file", str(tmp_path / "items.json"),
         "--k_shot", "64", "--seed", "3", "--output_dir", str(out),
     ])
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_metrics(out)
     assert {"auc", "ndcg@10", "ndcg@10_user", "counts", "settings"} <= set(metrics)
     assert metrics["counts"]["records"] == 100
     assert metrics["settings"]["k_shot"] == 64 and metrics["settings"]["num_train_records"] == 64
-    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    preds = read_predictions(out)
     assert len(preds) == 100 and all(0 <= p["p_yes"] <= 1 for p in preds)
     # the AUC in metrics.json is the AUC of the written predictions
-    from tlrec_utils.evaluation.metrics import auc
-
     assert metrics["auc"] == pytest.approx(auc([p["label"] for p in preds], [p["p_yes"] for p in preds]))
 
 
-def test_bad_input_is_one_line_exit_2(tmp_path):
-    import subprocess
-    import sys
-
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "train.json").write_text(json.dumps([{"instruction": "x", "input": "y", "output": "Maybe."}]))
-    proc = subprocess.run(
-        [sys.executable, "run_baselines.py", "--model", "item-popularity", "--train_file", str(tmp_path / "train.json"),
-         "--test_file", str(tmp_path / "train.json"), "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=__import__("pathlib").Path(__file__).resolve().parent.parent,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "record 0" in proc.stderr
+    argv = ["--model", "item-popularity", "--train_file", tmp_path / "train.json", "--test_file",
+            tmp_path / "train.json", "--output_dir", tmp_path / "out"]
+    proc = run_entry("run_baselines", argv, capsys)
+    assert_one_line_error(proc, "train.json record 0", "'Maybe.'")
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_baseline_is_one_line_exit_2(tmp_path, capsys):
-    import run_baselines
-
-    with pytest.raises(SystemExit) as exc:
-        run_baselines.cli_entry(run_baselines.main)(
-            ["--model", "nope", "--train_file", "x.json", "--test_file", "y.json", "--output_dir", str(tmp_path / "o")]
-        )
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "unknown baseline 'nope'" in err and "sasrec" in err
+    proc = run_entry("run_baselines", ["--model", "nope", "--train_file", "x.json", "--test_file", "y.json",
+                                       "--output_dir", tmp_path / "o"], capsys)
+    assert_one_line_error(proc, "unknown baseline 'nope'", "sasrec")
     assert not (tmp_path / "o").exists()
 
 
@@ -201,13 +184,16 @@ def test_published_book_records_without_user_ids(name, data_dir, tmp_path):
     out = tmp_path / "run"
     run_baselines.main(["--model", name, "--train_file", str(tmp_path / "train.json"), "--test_file",
                         str(tmp_path / "test.json"), "--output_dir", str(out), "--epochs", "1"])
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics, preds = read_metrics(out), read_predictions(out)
     liked = sum(r["output"].startswith("Yes") for r in records[300:420])
     assert metrics["counts"]["records"] == 120 and metrics["counts"]["ranked"] == liked > 0
-    assert 0 <= metrics["auc"] <= 1 and metrics["ndcg@10"] is not None
     assert metrics["ndcg@10_user"] is None and "no user_id" in metrics["notes"]["ndcg@10_user"]
-    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 120 and all(p["user_id"] is None for p in preds)
+    # the AUC and NDCG are those of the written scores, with the published labels
+    assert [p["label"] for p in preds] == [int(r["output"].startswith("Yes")) for r in records[300:420]]
+    assert metrics["auc"] == pytest.approx(auc([p["label"] for p in preds], [p["p_yes"] for p in preds]))
+    rankings = [(p["ranking_p_yes"][0], p["ranking_p_yes"][1:]) for p in preds if "ranking_p_yes" in p]
+    assert len(rankings) == liked and metrics["ndcg@10"] == pytest.approx(mean_sampled_ndcg(rankings))
 
 
 def test_text_embeddings_are_encoded_once_per_process(tiny_bert, planted, monkeypatch):

@@ -12,11 +12,10 @@ import runpy
 import shlex
 import sys
 from functools import cache
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LAUNCHERS = ("python", "accelerate", "torchrun", "bash", "sbatch")
 # run_pipeline flags whose values are `key=value` settings of another script's flags
@@ -281,5 +280,6 @@ def test_readme_layout_lists_every_module_and_nothing_else():
         listed |= {package + name for name in re.findall(r"`(\w+\.py)`", files)}
     modules = {str(p.relative_to(REPO)) for p in [*REPO.glob("run_*.py"), *(REPO / "tlrec_utils").rglob("*.py")]}
     missing, gone = sorted(modules - listed), sorted(listed - modules)
-    assert not missing, f"README's Layout does not list {missing} (a row per package: | `tlrec_utils/pkg/` | `file.py` ... |)"
+    assert not missing, (f"README's Layout does not list {missing} (a row per package: "
+                         "| `tlrec_utils/pkg/` | `file.py` ... |)")
     assert not gone, f"README's Layout names modules that do not exist: {gone}"

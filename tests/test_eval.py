@@ -6,9 +6,11 @@ import math
 from collections import defaultdict
 
 import pytest
+from helpers import free_port, read_metrics, read_predictions
 
 import run_eval
 import run_tuning
+from tlrec_utils.evaluation.metrics import auc, mean_sampled_ndcg
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,8 @@ def setup(tmp_path_factory, tiny_llama, synthetic):
     assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(d / "lora"), "--test_file",
                           str(d / "test.json"), "--items_file", str(d / "items.json"), "--output_dir", str(out),
                           "--batch_size", "7"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    preds = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    metrics = read_metrics(out)
+    preds = read_predictions(out)
     return d, records[120:200], metrics, preds
 
 
@@ -40,8 +42,15 @@ def test_auc_by_pair_counting(setup):
     assert [p["label"] for p in preds] == [r["label"] for r in records]
 
 
-def _dcg(relevances):
-    return sum(rel / math.log2(i + 2) for i, rel in enumerate(relevances[:10]))
+def _dcg(scores, gains, k=10):
+    """DCG@k by hand, tied scores sharing the mean gain of their group over the group's places (never the
+    optimistic or the pessimistic place)."""
+    total, place = 0.0, 0
+    for value in sorted(set(scores), reverse=True):
+        group = [g for s, g in zip(scores, gains) if s == value]
+        total += sum(group) / len(group) * sum(1 / math.log2(p + 2) for p in range(place, min(place + len(group), k)))
+        place += len(group)
+    return total
 
 
 def test_user_ndcg_by_hand(setup):
@@ -54,8 +63,8 @@ def test_user_ndcg_by_hand(setup):
         labels = [y for _, y in rows]
         if len(rows) < 2 or sum(labels) == 0:
             continue
-        ranked = [y for _, y in sorted(rows, key=lambda r: -r[0])]
-        values.append(_dcg(ranked) / _dcg(sorted(labels, reverse=True)))
+        ideal = _dcg(range(len(labels), 0, -1), sorted(labels, reverse=True))
+        values.append(_dcg([s for s, _ in rows], labels) / ideal)
     assert values and metrics["counts"]["users_ranked"] == len(values)
     assert metrics["ndcg@10_user"] == pytest.approx(sum(values) / len(values), abs=1e-12)
 
@@ -72,8 +81,7 @@ def test_sampled_ndcg_by_hand(setup):
         assert not set(ids[1:]) & {h["item_id"] for h in rec["history"]}
         # the target's score in the shared-prefix pass equals its full-prompt score
         assert scores[0] == pytest.approx(p["p_yes"], abs=1e-4)
-        rank = 1 + sum(s > scores[0] for s in scores[1:])
-        values.append(1 / math.log2(rank + 1) if rank <= 10 else 0.0)
+        values.append(_dcg(scores, [1] + [0] * 50))
     assert metrics["ndcg@10"] == pytest.approx(sum(values) / len(values), abs=1e-12)
     assert set(metrics) >= {"auc", "ndcg@10", "ndcg@10_user", "counts", "settings"}
 
@@ -83,9 +91,9 @@ def test_generate_mode_gives_the_same_scores(setup, tiny_llama, tmp_path):
     assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(d / "lora"), "--test_file",
                           str(d / "test.json"), "--output_dir", str(tmp_path), "--metrics", "auc",
                           "--eval_mode", "generate", "--max_new_tokens", "3", "--limit", "20"]) == 0
-    gen = [json.loads(line)["p_yes"] for line in (tmp_path / "predictions.jsonl").open()]
+    gen = [p["p_yes"] for p in read_predictions(tmp_path)]
     assert gen == pytest.approx([p["p_yes"] for p in preds[:20]], abs=1e-4)
-    assert json.loads((tmp_path / "metrics.json").read_text())["counts"]["generated_tokens"] >= 20
+    assert read_metrics(tmp_path)["counts"]["generated_tokens"] >= 20
 
 
 def test_published_records_without_structure(data_dir, tiny_llama, tmp_path):
@@ -96,8 +104,8 @@ def test_published_records_without_structure(data_dir, tiny_llama, tmp_path):
     published = json.loads((data_dir / "netflix" / "test.json").read_text())[:24]
     assert run_eval.main(["--base_model", str(tiny_llama), "--test_file", str(data_dir / "netflix" / "test.json"),
                           "--output_dir", str(tmp_path), "--limit", "24", "--num_negatives", "20"]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").open()]
+    metrics = read_metrics(tmp_path)
+    preds = read_predictions(tmp_path)
     labels = [int(r["output"] == "Yes.") for r in published]
     assert metrics["counts"]["records"] == 24 and [p["label"] for p in preds] == labels
     assert metrics["auc"] == pytest.approx(auc(labels, [p["p_yes"] for p in preds]), abs=1e-12)
@@ -132,14 +140,6 @@ def test_bad_eval_input(tiny_llama, tmp_path, capsys):
         assert not (tmp_path / "out").exists()
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_give_the_one_process_results(setup, tiny_llama, tmp_path):
     """accelerate launch with 2 processes (gloo on CPU): each scores a shard, rank 0 writes the same predictions
     (same order, float tolerance) and metrics as the one-process run of the fixture."""
@@ -151,14 +151,14 @@ def test_two_processes_give_the_one_process_results(setup, tiny_llama, tmp_path)
     out = tmp_path / "ev2"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "run_eval.py", "--base_model", str(tiny_llama),
+           "--main_process_port", str(free_port()), "run_eval.py", "--base_model", str(tiny_llama),
            "--adapter", str(d / "lora"), "--test_file", str(d / "test.json"), "--items_file",
            str(d / "items.json"), "--output_dir", str(out), "--batch_size", "7", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=run_eval.__file__.rsplit("/", 1)[0], capture_output=True, text=True, check=False,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics2 = json.loads((out / "metrics.json").read_text())
-    preds2 = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    metrics2 = read_metrics(out)
+    preds2 = read_predictions(out)
     assert metrics2["settings"]["num_processes"] == 2 and metrics["settings"]["num_processes"] == 1
     assert [p["index"] for p in preds2] == [p["index"] for p in preds] == list(range(len(preds)))
     for one, two in zip(preds, preds2):
@@ -183,8 +183,14 @@ def test_records_without_user_ids_get_a_null_user_ndcg_with_the_reason(data_dir,
     assert run_eval.main(["--base_model", str(tiny_llama), "--test_file", str(tmp_path / "prepared" / "test.json"),
                           "--items_file", str(tmp_path / "prepared" / "items.json"), "--output_dir",
                           str(tmp_path / "eval"), "--limit", "16", "--num_negatives", "5"]) == 0
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["ndcg@10_user"] is None and 0 <= metrics["auc"] <= 1 and metrics["counts"]["ranked"] > 0
+    metrics, preds = read_metrics(tmp_path / "eval"), read_predictions(tmp_path / "eval")
+    assert metrics["ndcg@10_user"] is None and metrics["counts"]["ranked"] > 0
+    # the AUC and NDCG are those of the written scores: every record scored, every liked one ranked
+    assert len(preds) == 16 and metrics["auc"] == pytest.approx(auc([p["label"] for p in preds],
+                                                                    [p["p_yes"] for p in preds]), abs=1e-12)
+    rankings = [(p["ranking_p_yes"][0], p["ranking_p_yes"][1:]) for p in preds if "ranking_p_yes" in p]
+    assert len(rankings) == metrics["counts"]["ranked"] == sum(p["label"] for p in preds)
+    assert metrics["ndcg@10"] == pytest.approx(mean_sampled_ndcg(rankings), abs=1e-12)
     assert metrics["notes"]["ndcg@10_user"] == "not computed: 16 of 16 records carry no user_id"
 
 
@@ -204,8 +210,8 @@ def test_encodings_are_memoised_across_models_and_give_the_same_results(setup, t
         argv = ["--base_model", str(tiny_llama), "--test_file", str(d / test_file), "--items_file",
                 str(d / "items.json"), "--output_dir", str(tmp_path / out), "--batch_size", "7"]
         assert run_eval.main(argv + (["--adapter", str(d / "lora")] if adapter else [])) == 0
-        metrics = json.loads((tmp_path / out / "metrics.json").read_text())
-        preds = [json.loads(line) for line in (tmp_path / out / "predictions.jsonl").open()]
+        metrics = read_metrics(tmp_path / out)
+        preds = read_predictions(tmp_path / out)
         return {k: v for k, v in metrics.items() if k != "wall_time_s"}, preds
 
     evaluation._ENCODING_MEMO.clear()
@@ -224,3 +230,46 @@ def test_encodings_are_memoised_across_models_and_give_the_same_results(setup, t
     (tmp_path / "fewer.json").write_text(json.dumps(records[:-2]))
     run("fewer", test_file=str(tmp_path / "fewer.json"))
     assert len(calls) > 2 * cold_calls
+
+
+def test_assemble_gathers_payloads_of_two_processes_without_a_model():
+    """evaluate's metric assembly on hand-made payloads (answer statistics [no, yes, logsumexp] per prompt; two-logit
+    P(Yes) = sigmoid(yes - no)), split over two processes as a data-parallel run gathers them."""
+    from collections import Counter
+
+    import numpy as np
+
+    from tlrec_utils.evaluation.evaluate import assemble
+
+    def stats(margins):  # yes - no margins -> statistics rows (logsumexp far above: authors' P(Yes) ~ 0.5)
+        return np.array([[0.0, m, 50.0] for m in margins])
+
+    records = [{"user_id": "a", "label": 1, "target": {"item_id": "t0"}},
+               {"user_id": "a", "label": 0, "target": {"item_id": "t1"}},
+               {"user_id": "b", "label": 1, "target": {"item_id": "t2"}},
+               {"user_id": "b", "label": 0, "target": {"item_id": "t3"}}]
+    candidates = [(0, ["t0", "n1", "n2"]), (2, ["t2", "n3", "n4"])]
+    payloads = [
+        {"scored": ([0, 1], stats([2.0, -1.0])), "ranked": ([0], [stats([0.0, 1.0, -1.0])]),
+         "candidates": candidates, "truncated": Counter(history=1), "truncated_ranking": Counter()},
+        {"scored": ([2, 3], stats([0.5, 1.0])), "ranked": ([1], [stats([3.0, 0.0, 0.0])]),
+         "candidates": candidates, "truncated": Counter(history=2), "truncated_ranking": Counter(middle=1)},
+    ]
+    result, predictions = assemble(records, payloads, ["two_logit", "authors"], k=10)
+    # AUC: positives 2.0, 0.5 against negatives -1.0, 1.0: 3 of 4 pairs ordered
+    assert result["auc"] == pytest.approx(0.75)
+    # per user: a ranks its like first (1), b ranks its like second (1 / log2(3))
+    assert result["ndcg@10_user"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    # sampled: record 0's target second of three (1 / log2(3)), record 2's first (1)
+    assert result["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+    assert {"auc_authors", "auc_ci95_authors", "ndcg@10_authors", "ndcg@10_user_authors"} <= set(result)
+    assert result["counts"] == {"records": 4, "liked": 2, "users_ranked": 2, "ranked": 2, "liked_without_structure": 0,
+                                "truncated": {"history": 3}, "truncated_ranking_prompts": {"middle": 1}}
+    sigmoid = [1 / (1 + math.exp(-m)) for m in (2.0, -1.0, 0.5, 1.0)]
+    assert [p["p_yes"] for p in predictions] == pytest.approx(sigmoid)
+    assert [p["item_id"] for p in predictions] == ["t0", "t1", "t2", "t3"]
+    assert predictions[2]["ranking_item_ids"] == ["t2", "n3", "n4"] and "ranking_item_ids" not in predictions[1]
+    assert predictions[0]["ranking_p_yes"] == pytest.approx([0.5, 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))])
+    auc_only, _ = assemble(records, [{k: v for k, v in p.items() if k not in ("ranked", "candidates")}
+                                     for p in payloads])
+    assert "ndcg@10" not in auc_only and "ranked" not in auc_only["counts"] and auc_only["auc"] == result["auc"]

@@ -1,18 +1,17 @@
 """The metrics (tlrec_utils/evaluation/metrics.py) equal scikit-learn's definitions, ties included, and run_eval's timed
 path does not import scikit-learn (issue 21: its import cost more than scoring the test split)."""
 
+import math
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 from sklearn.metrics import ndcg_score, roc_auc_score
 
 from tlrec_utils.evaluation import metrics as M
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("n,levels", [(2, 2), (7, 3), (50, 4), (400, 10), (1000, 0)])
@@ -61,6 +60,27 @@ def test_user_ndcg_equals_sklearn_with_ties():
                 for rows in by_user.values() if len(rows) >= 2 and sum(y for y, _ in rows) > 0]
         value, n_users = M.user_ndcg(users, labels, scores, k)
         assert n_users == len(want) > 20 and value == pytest.approx(np.mean(want), abs=1e-12)
+
+
+def test_exact_values_with_ties():
+    """Values worked out by hand (not by another implementation), ties averaged, never the optimistic rank."""
+    # a target tied with all 50 negatives sits at each of the 51 places with chance 1/51:
+    # (1/log2(2) + ... + 1/log2(11)) / 51
+    assert M.sampled_ndcg(0.5, [0.5] * 50, k=10) == pytest.approx(0.0890894, abs=5e-8)
+    assert M.sampled_ndcg(0.5, [0.5] * 50, k=10) == pytest.approx(sum(1 / math.log2(i + 1) for i in range(1, 11)) / 51)
+    assert M.sampled_ndcg(0.9, [0.5] * 50) == 1.0 and M.sampled_ndcg(0.1, [0.5] * 50) == 0.0
+    # one negative above, two tied: places 2, 3 or 4
+    assert M.sampled_ndcg(0.5, [0.7, 0.5, 0.5, 0.1]) == pytest.approx((1 / math.log2(3) + 0.5 + 1 / math.log2(5)) / 3)
+    # tied at places 10 and 11 (nine above): half of place 10's gain
+    assert M.sampled_ndcg(0.5, [0.9] * 9 + [0.5] + [0.1] * 40) == pytest.approx(0.5 / math.log2(11))
+    assert M.mean_sampled_ndcg([(0.5, [0.5] * 50), (0.9, [0.5] * 50)]) == pytest.approx((0.0890894 + 1) / 2, abs=5e-8)
+    assert M.auc([1, 0], [0.5, 0.5]) == 0.5
+    assert M.auc([1, 1, 0, 0], [0.8, 0.5, 0.5, 0.2]) == pytest.approx(0.875)  # 3 wins and a tie of 4 pairs
+    # one user, liked and not liked tied: the liked one's gain is shared by places 1 and 2
+    value, users = M.user_ndcg(["u", "u"], [1, 0], [0.5, 0.5])
+    assert users == 1 and value == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    value, users = M.user_ndcg(["u", "u", "v", "v"], [0, 1, 0, 0], [0.9, 0.1, 0.3, 0.4])  # v: no like, not counted
+    assert users == 1 and value == pytest.approx(1 / math.log2(3))
 
 
 def test_the_evaluation_path_does_not_import_sklearn():

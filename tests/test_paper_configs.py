@@ -4,13 +4,12 @@ one cell of paper_movie.yaml runs end to end on the CPU with the tiny LLaMA as b
 
 import json
 import shlex
-from pathlib import Path
 
 import pytest
+from helpers import REPO, read_metrics, snapshot
 
 import run_experiments
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIGS = ["paper_movie", "paper_book", "paper_backbones"]
 
 
@@ -57,9 +56,12 @@ def test_paper_config_dry_run(name, no_data_machine, capsys, monkeypatch):
     monkeypatch.chdir(no_data_machine)  # not the repository: a config file's paths are read from its folder
     output_dir = REPO / "runs" / "experiments" / name
     existed = output_dir.exists()
+    before = snapshot(REPO / "runs", no_data_machine.parent), sorted(REPO.iterdir())
     assert run_experiments.main(["--config", str(REPO / f"configs/experiments/{name}.yaml"), "--dry_run"]) == 0
     out = capsys.readouterr().out
-    assert output_dir.exists() == existed and not any(no_data_machine.iterdir())  # nothing written
+    # nothing written: in the clone (runs/ or a new top-level entry), the home or the working directory
+    assert output_dir.exists() == existed
+    assert (snapshot(REPO / "runs", no_data_machine.parent), sorted(REPO.iterdir())) == before
     assert f"--output_dir {output_dir}/runs/" in out  # output_dir: ../../runs/... of the file
     if name != "paper_backbones":  # start_adapter: ../../models/... of paper_recipe.yaml, the file it names
         assert f"--init_adapter {REPO / 'models' / 'alpaca-lora-7B'} " in out
@@ -142,18 +144,19 @@ def test_paper_commands_keep_the_old_effective_values(no_data_machine):
     except what issue 18 changes (listed in _issue18_changes); checked on the same phases of every pipeline cell of
     the three configs."""
     from tlrec_utils.data.paths import data_dir
-    from tlrec_utils.experiments import grid as X
+    from tlrec_utils.experiments import cells as C
+    from tlrec_utils.experiments.grid_config import load_config
 
     old_all = json.loads(OLD_COMMANDS.read_text())
     data = str(data_dir())
     checked = 0
     for config_name in CONFIGS:
-        config = X.load_config(f"configs/experiments/{config_name}.yaml", [])
-        for cell in X.build_cells(config):
+        config = load_config(f"configs/experiments/{config_name}.yaml", [])
+        for cell in C.build_cells(config):
             if cell.script != "run_pipeline.py":
                 continue
-            cfg = X.cell_pipeline_config(config, cell)
-            phases = {p.key: p for p in X.cell_phases(config, cell, check_data=False)}
+            cfg = C.cell_pipeline_config(config, cell)
+            phases = {p.key: p for p in C.cell_phases(config, cell, check_data=False)}
             for key, old in old_all[config_name][cell.path].items():
                 argv = _script_argv(phases[key].command_line(cfg))
                 # a config file's relative paths are read from its folder: REPO/ds_configs/... was ds_configs/...
@@ -199,7 +202,7 @@ def test_one_paper_movie_cell_end_to_end_on_cpu(data_dir, tiny_llama, tmp_path, 
     cell = out / "runs" / "main" / "pipeline-main"
     info = json.loads((cell / "cell.json").read_text())
     assert {o["setting"] for o in info["outputs"]} == {"zero-shot", "k16"}
-    metrics = json.loads((cell / "tlrec" / "eval" / "k16_seed0" / "metrics.json").read_text())
+    metrics = read_metrics(cell / "tlrec" / "eval" / "k16_seed0")
     assert {"auc", "auc_authors", "ndcg@10", "ndcg@10_authors"} <= set(metrics)
     kshot_cmd = shlex.split((cell / "tlrec" / "k16_seed0" / "command.txt").read_text())
     assert not _flag_values(_script_argv(kshot_cmd))[1]  # command.txt: each flag once
@@ -211,3 +214,8 @@ def test_one_paper_movie_cell_end_to_end_on_cpu(data_dir, tiny_llama, tmp_path, 
     assert (few["seed"], few["k_shot_seed"], few["train_records"]) == (42, 0, 16)
     table = (out / "results" / "table1.md").read_text()
     assert "AUC (authors)" in table.splitlines()[2] and "AUC (authors): the authors' score" in table
+    # Table 1's TLRec row holds the cell's own metrics, zero-shot then K=16, in the config's metric order
+    row = next(line for line in table.splitlines() if line.startswith("| TLRec |"))
+    values = [read_metrics(cell / "tlrec" / "eval" / setting)[key] for setting in ("zero_shot", "k16_seed0")
+              for key in ("auc_authors", "ndcg@10", "auc")]
+    assert [c.strip("*<u/> ") for c in row.split("|")[2:-1]] == [f"{v:.4f}" for v in values], row

@@ -5,12 +5,22 @@ exists and loads, adapters chain as each method defines it, and a rerun skips ev
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import (
+    PIPELINE_START,
+    REPO,
+    assert_one_line_error,
+    read_metrics,
+    read_predictions,
+    read_results,
+    run_entry,
+)
 
 import run_pipeline
 from tlrec_utils.errors import InputError
@@ -30,13 +40,12 @@ from tlrec_utils.experiments.pipeline import (
 from tlrec_utils.experiments.pipeline import (
     run_pipeline as run,
 )
-
-REPO = Path(__file__).resolve().parent.parent
+from tlrec_utils.experiments.pipeline_config import METHODS
 
 
 def small_config(run_dir, data_dir, **overrides):
     values = dict(
-        run_dir=str(run_dir), data_dir=str(data_dir), max_windows=300, cot_max_users=60, tiny_vocab_size=600,
+        run_dir=str(run_dir), data_dir=str(data_dir), **PIPELINE_START,
         cot_epochs=1, source_records=128, source_epochs=1, k_shots=[16], seeds=[3], kshot_epochs=1,
         methods=["tlrec", "tallrec"], tuning={"learning_rate": 1e-3, "per_device_train_batch_size": 8,
                                               "max_length": 512},
@@ -61,14 +70,14 @@ def phase_markers(run_dir: Path):
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob(PHASE_DONE)}
 
 
-def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, caplog):
+def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, pipeline_start, tmp_path, caplog):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from tlrec_utils.data.records import load_records
 
     caplog.set_level(logging.INFO)
-    run_dir = tmp_path / "run"
+    run_dir = pipeline_start(tmp_path / "run")  # data, CoT records and tiny model as this run makes them
     cfg = small_config(run_dir, data_dir)
     source_tuning = run_dir / "tlrec" / "source_tuning"
 
@@ -126,7 +135,7 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     assert any("lora_A" in n for n, _ in model.named_parameters())
     assert not (run_dir / "tallrec" / "cot_tuning").exists() and not (run_dir / "tallrec" / "source_tuning").exists()
     # TALLRec's zero-shot cell is the start model itself
-    zero = json.loads((run_dir / "tallrec/eval/zero_shot/metrics.json").read_text())
+    zero = read_metrics(run_dir / "tallrec/eval/zero_shot")
     assert zero["settings"]["base_model"] == str(run_dir / "model") and zero["settings"]["adapter"] is None
 
     assert set(results["variants"]) == {"tlrec", "tallrec"}
@@ -138,17 +147,17 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     for variant, settings in results["variants"].items():
         assert set(settings) == {"zero_shot", "k16_seed3"}
         for setting, metrics in settings.items():
-            on_disk = json.loads((run_dir / variant / "eval" / setting / "metrics.json").read_text())
+            on_disk = read_metrics(run_dir / variant / "eval" / setting)
             assert on_disk == metrics and "ndcg@10" in metrics
             adapter = evaluated_adapter[variant, setting]
             assert metrics["settings"]["base_model"] == str(run_dir / "model")
             assert metrics["settings"]["adapter"] == (str(run_dir / adapter) if adapter else None)
-            preds = [json.loads(line) for line in (run_dir / variant / "eval" / setting / "predictions.jsonl").open()]
+            preds = read_predictions(run_dir / variant / "eval" / setting)
             assert len(preds) == 20
             assert metrics["auc"] == pytest.approx(auc([p["label"] for p in preds], [p["p_yes"] for p in preds]))
             scores[variant, setting] = tuple(p["p_yes"] for p in preds)
     assert len(set(scores.values())) == len(scores)  # each setting scored by its own model: no two alike
-    assert json.loads((run_dir / "results.json").read_text())["variants"] == results["variants"]
+    assert read_results(run_dir)["variants"] == results["variants"]
     # each tuning phase moved its held-out figure: the same records scored by its start model and its trained model
     effects = results["phases"]
     assert set(effects) == {"tlrec/cot_tuning", "tlrec/source_tuning", "tlrec/k16_seed3", "tallrec/k16_seed3"}
@@ -191,11 +200,12 @@ def test_pipeline_interrupt_resume_outputs_and_rerun_skip(data_dir, tmp_path, ca
     assert resumed_from["same_run"] is True and resumed_from["forced"] is False
 
 
-def test_a_phase_that_changes_nothing_warns_and_a_broken_chain_stops_the_run(data_dir, tmp_path, monkeypatch, caplog):
+def test_a_phase_that_changes_nothing_warns_and_a_broken_chain_stops_the_run(data_dir, pipeline_start, tmp_path,
+                                                                              monkeypatch, caplog):
     """A K-shot phase at learning rate 0 (its LoRA adapter stays zero) scores its held-out records exactly as its
     start model: a warning naming the phase. A K-shot phase fed the start model instead of the source rec-tuned
     one (a chain that dropped a phase) is caught by its start figures and stops the run."""
-    run_dir = tmp_path / "chain"
+    run_dir = pipeline_start(tmp_path / "chain", "data/source", "data/target")  # its model has seen no CoT
     cfg = small_config(run_dir, data_dir, methods=["wo_cot"], source_records=64, eval={"metrics": "auc"},
                        tuning_args=[], kshot_tuning={"learning_rate": 0.0})
     caplog.set_level(logging.WARNING)
@@ -230,10 +240,10 @@ def test_a_phase_that_changes_nothing_warns_and_a_broken_chain_stops_the_run(dat
         run(cfg)
 
 
-def test_ablation_methods_share_phases_and_cut_cot(data_dir, tmp_path):
+def test_ablation_methods_share_phases_and_cut_cot(data_dir, pipeline_start, tmp_path):
     """w/o rec-tuning continues tlrec's CoT adapter (one shared phase) straight into K-shot; w/o curriculum
     shuffles the CoT records; a short cot_max_length cuts CoT records and the phase summary counts them."""
-    run_dir = tmp_path / "abl"
+    run_dir = pipeline_start(tmp_path / "abl")
     cfg = small_config(run_dir, data_dir, methods=["wo_rec_tuning", "wo_curriculum"], source_records=32,
                        cot_max_length=400, eval={"metrics": "auc"}, tuning_args=[])
     results = run(cfg)
@@ -245,7 +255,7 @@ def test_ablation_methods_share_phases_and_cut_cot(data_dir, tmp_path):
     assert done["truncated_records"] == sum(cot["truncated_train_records"].values()) > 0
     few = json.loads((run_dir / "wo_rec_tuning" / "k16_seed3" / "tuning_summary.json").read_text())
     assert few["init_adapter"] == str(run_dir / "wo_rec_tuning" / "cot_tuning")
-    zero = json.loads((run_dir / "wo_rec_tuning" / "eval" / "zero_shot" / "metrics.json").read_text())
+    zero = read_metrics(run_dir / "wo_rec_tuning" / "eval" / "zero_shot")
     assert zero["settings"]["adapter"] == str(run_dir / "wo_rec_tuning" / "cot_tuning")
     shuffled = json.loads((run_dir / "wo_curriculum" / "cot_tuning" / "tuning_summary.json").read_text())
     assert shuffled["curriculum"] == "shuffled"
@@ -263,7 +273,7 @@ def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path, data_d
     adapter = tmp_path / "alpaca-lora"
     adapter.mkdir()
     cfg = PipelineConfig(run_dir=str(tmp_path / "r"), data_dir=str(data_dir), base_model="/models/llama-7b",
-                         start_adapter=str(adapter), methods=list(pipeline_module.METHODS), k_shots=[16, 256],
+                         start_adapter=str(adapter), methods=list(METHODS), k_shots=[16, 256],
                          validate=True, tuning={"max_val_records": 100})
     phases = {p.key: p for p in pipeline_phases(cfg)}
     run_dir = tmp_path / "r"
@@ -317,22 +327,35 @@ def test_cli_config_file_mappings_and_overrides(tmp_path):
         run(PipelineConfig(run_dir=str(tmp_path / "r"), start_adapter=str(tmp_path), tuning={"finetune": "full"}))
 
 
-def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir):
+@pytest.mark.parametrize("name,value,choices", [("launcher", "slurm", "inprocess, accelerate"),
+                                                ("teacher", "gpt", "heuristic, openai, published"),
+                                                ("on_change", "ask", "rerun, error"),
+                                                ("source_target_style", "quote", "wrap, item"),
+                                                ("cot_curriculum", "random", "ordered, shuffled, stagewise, trainer")])
+def test_a_config_built_in_python_is_checked_against_the_fields_choices(tmp_path, name, value, choices):
+    """What a flag or a config file outside a field's choices gets refused with, a PipelineConfig made in Python
+    gets too, in the same words as a config file's value, before anything is planned or written."""
+    with pytest.raises(InputError, match=rf"^--{name}: '{value}' is not one of {choices}$"):
+        pipeline_phases(PipelineConfig(run_dir=str(tmp_path / "r"), **{name: value}), check_data=False)
+    assert not (tmp_path / "r").exists()
+    config = tmp_path / "p.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'r'}\n{name}: {value}\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(config))}: {name}: '{value}' is not one of {choices}$"):
+        run_pipeline.parse_args(["--config", str(config)])
+
+
+def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir, capsys):
     import socket
-    import subprocess
-    import sys
 
     run_dir = tmp_path / "locked"
-    with run_dir_lock(run_dir):
-        proc = subprocess.run([sys.executable, "run_pipeline.py", "--run_dir", str(run_dir), "--data_dir",
-                               str(data_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    (line,) = proc.stderr.strip().splitlines()
-    assert f"pid {os.getpid()} on host {socket.gethostname()}" in line and str(run_dir) in line
+    with run_dir_lock(run_dir):  # the holder: this process (flock locks conflict across open files, here too)
+        proc = run_entry("run_pipeline", ["--run_dir", run_dir, "--data_dir", data_dir], capsys)
+    assert_one_line_error(proc, f"pid {os.getpid()} on host {socket.gethostname()}", str(run_dir))
     assert not (run_dir / "data").exists()
 
 
-def test_start_adapter_and_validation_keep_the_best_checkpoint(data_dir, tmp_path, tiny_llama, synthetic):
+def test_start_adapter_and_validation_keep_the_best_checkpoint(data_dir, pipeline_start, tmp_path, tiny_llama,
+                                                                synthetic):
     """Every method starts from the start adapter (TALLRec's zero-shot cell is that model); with `validate`
     each tuning phase evaluates on the target valid split every eval_steps and keeps the checkpoint with the
     lowest validation loss (the authors' rec_tuning.py)."""
@@ -341,7 +364,7 @@ def test_start_adapter_and_validation_keep_the_best_checkpoint(data_dir, tmp_pat
     start = tmp_path / "start-lora"
     assert run_tuning.main(["--base_model", str(tiny_llama), "--train_files", str(synthetic[2]), "--output_dir",
                             str(start), "--max_steps", "1", "--per_device_train_batch_size", "4"]) == 0
-    run_dir = tmp_path / "val"
+    run_dir = pipeline_start(tmp_path / "val", "data/source", "data/target")
     cfg = small_config(run_dir, data_dir, base_model=str(tiny_llama), start_adapter=str(start), methods=["tallrec"],
                        kshot_epochs=3, validate=True, eval={"metrics": "auc"}, tuning_args=[],
                        tuning={"per_device_train_batch_size": 8, "max_val_records": 24, "eval_steps": 2,
@@ -358,12 +381,12 @@ def test_start_adapter_and_validation_keep_the_best_checkpoint(data_dir, tmp_pat
     assert zero["settings"]["adapter"] == str(start) and zero["settings"]["base_model"] == str(tiny_llama)
 
 
-def test_published_cot_data_and_prompt_template_pass_through_every_phase(data_dir, tmp_path):
+def test_published_cot_data_and_prompt_template_pass_through_every_phase(data_dir, pipeline_start, tmp_path):
     """teacher: published reads CoT records in the TLRec authors' stage123.json format (a made-up fixture);
     prompt_template reaches every tuning and evaluation phase."""
     from tlrec_utils import prompts
 
-    run_dir = tmp_path / "pub"
+    run_dir = pipeline_start(tmp_path / "pub", "data/source", "data/target")
     fixture = REPO / "tests" / "data" / "stage123_fixture.json"
     cfg = small_config(run_dir, data_dir, teacher="published", cot_file=str(fixture), prompt_template="alpaca",
                        methods=["wo_rec_tuning"], eval={"metrics": "auc"}, tuning_args=[])
@@ -374,7 +397,7 @@ def test_published_cot_data_and_prompt_template_pass_through_every_phase(data_di
     for phase in ("cot_tuning", "k16_seed3"):
         assert prompts.load_saved_template(run_dir / "wo_rec_tuning" / phase).name == "alpaca"
     for setting in ("zero_shot", "k16_seed3"):
-        metrics = json.loads((run_dir / "wo_rec_tuning" / "eval" / setting / "metrics.json").read_text())
+        metrics = read_metrics(run_dir / "wo_rec_tuning" / "eval" / setting)
         assert metrics["settings"]["prompt_template"] == "alpaca"
     with pytest.raises(InputError, match="none.json: CoT file not found"):
         run(small_config(tmp_path / "missing", data_dir, teacher="published", cot_file=str(tmp_path / "none.json")))

@@ -10,27 +10,27 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import pytest
 import yaml
+from helpers import PIPELINE_START, REPO, read_metrics, read_predictions, read_results
 
 import run_pipeline
+from tlrec_utils.evaluation.metrics import auc
 from tlrec_utils.experiments.pipeline import PHASE_DONE, pipeline_phases
 
-REPO = Path(__file__).resolve().parent.parent
-
 SLICE = {
-    "max_windows": 300, "cot_max_users": 60, "tiny_vocab_size": 600, "cot_epochs": 1, "k_shots": [16],
+    **PIPELINE_START, "cot_epochs": 1, "k_shots": [16],
     "seeds": [3], "kshot_epochs": 4, "methods": ["wo_rec_tuning"], "test_limit": 20,
     "tuning": {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "max_length": 512, "save_steps": 1},
     "eval": {"metrics": "auc", "batch_size": 16},
 }  # fmt: skip
 
 
-def test_accelerate_launcher_two_processes_sigterm_resume_and_same_results_keys(data_dir, tmp_path):
+def test_accelerate_launcher_two_processes_sigterm_resume_and_same_results_keys(data_dir, pipeline_start, tmp_path):
     config = tmp_path / "slice.yaml"
     config.write_text(yaml.safe_dump({**SLICE, "data_dir": str(data_dir)}))
-    launched = tmp_path / "launched"
+    launched = pipeline_start(tmp_path / "launched")  # data, CoT records and tiny model as this slice makes them
     argv = ["--config", str(config), "--run_dir", str(launched), "--launcher", "accelerate", "--num_processes", "2",
             "--tuning_args", "--use_cpu"]
     kshot = launched / "wo_rec_tuning" / "k16_seed3"
@@ -54,7 +54,7 @@ def test_accelerate_launcher_two_processes_sigterm_resume_and_same_results_keys(
     # 2) the rerun skips the finished phases and the child resumes from its checkpoint
     assert run_pipeline.main(argv) == 0
     assert "resuming from" in (kshot / "log.txt").read_text()
-    results = json.loads((launched / "results.json").read_text())
+    results = read_results(launched)
     cfg = run_pipeline.parse_args(argv)
     for phase in pipeline_phases(cfg):
         assert (phase.dir / PHASE_DONE).is_file()
@@ -66,15 +66,25 @@ def test_accelerate_launcher_two_processes_sigterm_resume_and_same_results_keys(
     summary = json.loads((kshot / "tuning_summary.json").read_text())
     assert summary["global_step"] == 16 * 4 // (4 * 2)  # 2 processes x 4 records per step, 4 epochs
 
-    # 3) the same slice in-process: results.json has the same keys
-    inprocess = tmp_path / "inprocess"
+    # 3) the same slice in-process: results.json has the same entries, the same test records were scored (in
+    # 2 processes when launched, 1 in-process), and each launched AUC is the one of its own written scores
+    inprocess = pipeline_start(tmp_path / "inprocess")
     assert run_pipeline.main(["--config", str(config), "--run_dir", str(inprocess), "--tuning_args", "--use_cpu"]) == 0
-    expected = json.loads((inprocess / "results.json").read_text())
-    assert set(results) == set(expected)
+    expected = read_results(inprocess)
+    assert set(results) == set(expected) and set(results["variants"]) == set(expected["variants"]) == {"wo_rec_tuning"}
     for method, settings in expected["variants"].items():
-        assert set(results["variants"][method]) == set(settings)
+        assert set(results["variants"][method]) == set(settings) == {"zero_shot", "k16_seed3"}
         for setting, metrics in settings.items():
-            assert set(results["variants"][method][setting]) == set(metrics)
+            got = results["variants"][method][setting]
+            assert set(got) == set(metrics) and got["counts"] == metrics["counts"]
+            assert got["counts"]["records"] == SLICE["test_limit"]
+            ours, theirs = launched / method / "eval" / setting, inprocess / method / "eval" / setting
+            preds = read_predictions(ours)
+            assert [(p["index"], p["label"]) for p in preds] == [(p["index"], p["label"])
+                                                                 for p in read_predictions(theirs)]
+            assert got["auc"] == pytest.approx(auc([p["label"] for p in preds], [p["p_yes"] for p in preds]))
+            assert (read_metrics(ours)["settings"]["num_processes"],
+                    read_metrics(theirs)["settings"]["num_processes"]) == (2, 1)
 
 
 def test_failing_child_is_one_line_naming_the_phase_and_its_log(data_dir, tmp_path, capsys):

@@ -2,29 +2,19 @@
 
 import hashlib
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from test_raw_datasets import write_ml100k  # tests/ is on sys.path (conftest)
+from helpers import assert_one_line_error, run_entry, write_ml100k  # tests/ is on sys.path (conftest)
 
 import run_prepare_data
 from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset, write_k_shot
 from tlrec_utils.data.records import load_records
 from tlrec_utils.errors import InputError
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture()
 def ml_raw(tmp_path):
     return write_ml100k(tmp_path / "raw", n_users=4, per_user=15)
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(REPO / "run_prepare_data.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO)
 
 
 def test_outputs_and_meta(ml_raw, tmp_path):
@@ -73,25 +63,20 @@ def test_download_needs_a_published_release(tmp_path):
 
 
 # -------------------------------------------------------------- bad input: exit 2, one line, no output
-def _assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in lines[0]
-
-
-def test_cli_bad_inputs_exit_2_one_line(ml_raw, tmp_path):
+def test_cli_bad_inputs_exit_2_one_line(ml_raw, tmp_path, capsys):
     out = tmp_path / "out"
-    _assert_one_line_error(run_cli("--dataset", "ml-100k", "--raw_dir", tmp_path / "missing", "--output_dir", out),
-                           "directory not found (u.data, u.item)", "grouplens")
-    _assert_one_line_error(run_cli("--dataset", "movielens", "--raw_dir", ml_raw, "--output_dir", out),
-                           "unknown dataset", "ml-100k")
+
+    def run_cli(*argv):  # the command line, in this process
+        return run_entry("run_prepare_data", argv, capsys)
+
+    assert_one_line_error(run_cli("--dataset", "ml-100k", "--raw_dir", tmp_path / "missing", "--output_dir", out),
+                          "directory not found (u.data, u.item)", "grouplens")
+    assert_one_line_error(run_cli("--dataset", "movielens", "--raw_dir", ml_raw, "--output_dir", out),
+                          "unknown dataset", "ml-100k")
     (tmp_path / "pool").mkdir()
     (tmp_path / "pool" / "train.json").write_text(json.dumps({"not": "a list"}))
-    _assert_one_line_error(run_cli("--output_dir", tmp_path / "pool", "--k_shot", "4"),
-                           "train.json", "expected a JSON list")
+    assert_one_line_error(run_cli("--output_dir", tmp_path / "pool", "--k_shot", "4"),
+                          "train.json", "expected a JSON list")
     assert not out.exists()
 
 

@@ -2,16 +2,13 @@
 inputs; a rerun with other settings redoes exactly the affected phases and what follows them, and its
 results.json equals a fresh run's; `--on_change error` refuses instead."""
 
-import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
+
+from helpers import assert_one_line_error, read_results, run_entry
 
 from tlrec_utils.experiments.pipeline import PHASE_DONE, PipelineConfig
 from tlrec_utils.experiments.pipeline import run_pipeline as run
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def base_config(run_dir, data_dir, base_model, **overrides):
@@ -49,8 +46,8 @@ ALL = ["data/source", "data/target", "tallrec/eval/zero_shot", "tallrec/k16_seed
        "wo_cot/source_tuning", "wo_cot/eval/zero_shot", "wo_cot/k16_seed3", "wo_cot/eval/k16_seed3"]
 
 
-def test_each_kind_of_change_reruns_exactly_the_affected_phases(data_dir, tmp_path, tiny_llama, tiny_llama_sp,
-                                                                caplog):
+def test_each_kind_of_change_reruns_exactly_the_affected_phases(data_dir, pipeline_start, tmp_path, tiny_llama,
+                                                                tiny_llama_sp, caplog):
     caplog.set_level(logging.INFO)
     run_dir = tmp_path / "run"
     first = run(base_config(run_dir, data_dir, tiny_llama))
@@ -79,22 +76,23 @@ def test_each_kind_of_change_reruns_exactly_the_affected_phases(data_dir, tmp_pa
         rerun_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rerun ")]
         assert len(reused_lines) == 1 and len(rerun_lines) == 1, what
         assert all(k in rerun_lines[0] for k in redo)
-        on_disk = json.loads((run_dir / "results.json").read_text())
+        on_disk = read_results(run_dir)
         assert on_disk["provenance"] == resumed["provenance"] and on_disk["fingerprint"] == resumed["fingerprint"]
-        fresh_dir = tmp_path / f"fresh-{len(settings)}"
+        # a fresh run (its data prepared once for all the tests: the source data change redoes that phase)
+        fresh_dir = pipeline_start(tmp_path / f"fresh-{len(settings)}", "data/source", "data/target")
         fresh = run(base_config(fresh_dir, data_dir, model, **options))
         got, want = numbers(resumed, run_dir), numbers(fresh, fresh_dir)
         assert {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)} == {}, what
         assert fresh["fingerprint"] == resumed["fingerprint"], what  # the same settings: the same fingerprint
-    final = json.loads((run_dir / "results.json").read_text())
+    final = read_results(run_dir)
     assert "ndcg@10" in final["variants"]["wo_cot"]["zero_shot"]  # the eval change reached every evaluation
     assert final["config"]["base_model"] == str(tiny_llama_sp)
 
 
-def test_on_change_error_refuses_before_anything_runs(data_dir, tmp_path, tiny_llama):
+def test_on_change_error_refuses_before_anything_runs(data_dir, pipeline_start, tmp_path, tiny_llama, capsys):
     """Case 1 of issue 19 (resume with --test_limit changed): refused with one line, exit 2, nothing rerun;
     with the default the eval phases rerun and results.json holds the new test_limit's metrics."""
-    run_dir = tmp_path / "r"
+    run_dir = pipeline_start(tmp_path / "r", "data/source", "data/target")
     common = ["--run_dir", str(run_dir), "--data_dir", str(data_dir), "--base_model", str(tiny_llama),
               "--methods", "tallrec", "--k_shots", "16", "--kshot_epochs", "1", "--max_windows", "300",
               "--tuning", "max_length=256", "--eval", "metrics=auc", "num_negatives=5"]
@@ -102,11 +100,9 @@ def test_on_change_error_refuses_before_anything_runs(data_dir, tmp_path, tiny_l
                           eval={"metrics": "auc", "num_negatives": 5}, source_records=None))
     assert cfg["variants"]["tallrec"]["zero_shot"]["counts"]["records"] == 20
     markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob(PHASE_DONE)}
-    proc = subprocess.run([sys.executable, "run_pipeline.py", *common, "--test_limit", "30", "--on_change", "error"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: --on_change error:") and "--limit 20 -> 30" in line and "tallrec/eval/" in line
+    proc = run_entry("run_pipeline", [*common, "--test_limit", "30", "--on_change", "error"], capsys)
+    line = assert_one_line_error(proc, "--limit 20 -> 30", "tallrec/eval/")
+    assert line.startswith("error: --on_change error:")
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob(PHASE_DONE)} == markers
     again = run(base_config(run_dir, data_dir, tiny_llama, methods=["tallrec"], seeds=[0], test_limit=30,
                             tuning={"max_length": 256}, eval={"metrics": "auc", "num_negatives": 5},

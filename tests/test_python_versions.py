@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 VERSIONS = ("3.10", "3.11", "3.12", "3.13")
 
 # the entry scripts' guard (setup_logging, argparse in one line, a user's mistake -> one line, exit 2)

@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from helpers import write_ml100k  # tests/ is on sys.path (conftest)
 
 from tlrec_utils.data import loaders as raw_datasets
 from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset
@@ -195,19 +196,6 @@ def test_sliding_windows_small():
 
 
 # ---------------------------------------------------------------- fixtures in raw formats
-def write_ml100k(raw, n_users=3, per_user=14, bad_lines=()):
-    raw.mkdir(parents=True, exist_ok=True)
-    items = [f"Movie {i}, The ({1990 + i})" for i in range(1, 21)]
-    (raw / "u.item").write_bytes("".join(f"{i}|{t}|01-Jan-1995||http://x|0\n" for i, t in enumerate(items, 1))
-                                 .replace("Movie 3", "Caf\u00e9 3").encode("iso-8859-1"))
-    rng = np.random.default_rng(0)
-    lines = [f"{u}\t{rng.integers(1, 21)}\t{rng.integers(1, 6)}\t{1000 + rng.integers(0, 50)}\n"
-             for _ in range(per_user) for u in range(1, n_users + 1)]
-    lines += list(bad_lines)
-    (raw / "u.data").write_text("".join(lines))
-    return raw
-
-
 def test_ml100k_fixture_with_malformed_lines(tmp_path):
     raw = write_ml100k(tmp_path / "raw", bad_lines=["1\t2\tthree\t4\n"])
     loaded = raw_datasets.load_ml100k(raw, tolerance=0.05)

@@ -3,13 +3,12 @@ is one registry line: nothing else in prepare.py, run_prepare_data.py, the basel
 needs to know it."""
 
 import dataclasses
-import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO, read_metrics
 
 import run_baselines
 import run_prepare_data
@@ -17,8 +16,6 @@ from tlrec_utils.baselines import heuristics
 from tlrec_utils.baselines.registry import BASELINES, Baseline
 from tlrec_utils.data.records import load_records
 from tlrec_utils.data.registry import DATASETS, markdown_table
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def help_text(script: str) -> str:
@@ -67,5 +64,5 @@ def test_a_new_baseline_is_one_registry_line(monkeypatch, data_dir, tmp_path):
     new = run_baselines.main(["--model", "popularity-again", "--output_dir", str(tmp_path / "new"), *files])
     old = run_baselines.main(["--model", "item-popularity", "--output_dir", str(tmp_path / "old"), *files])
     assert new["settings"]["method"] == "popularity-again"
-    assert json.loads((tmp_path / "new" / "metrics.json").read_text())["auc"] == old["auc"] != 0.5
+    assert read_metrics(tmp_path / "new")["auc"] == old["auc"] != 0.5
     assert new["ndcg@10"] == old["ndcg@10"]

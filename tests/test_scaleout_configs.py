@@ -10,11 +10,10 @@ import shlex
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DS_CONFIGS = {"zero2.json": (2, False), "zero3.json": (3, False), "zero3_offload.json": (3, True)}
 SLURM_SCRIPTS = ["slurm/single_node.sbatch", "slurm/multi_node.sbatch", "slurm/preemptible.sh"]
 
@@ -226,7 +225,6 @@ def test_arch_suffixes_that_stop_deepspeeds_op_builder_are_dropped(value, plain,
     """Seen on an H100 image with TORCH_CUDA_ARCH_LIST=9.0a: DeepSpeed's JIT build of its fused optimizer fails
     parsing the list. run_tuning rewrites it to the plain archs before DeepSpeed starts, which DeepSpeed's own
     parser (the one that failed) then accepts; a list without suffixes is left alone."""
-    pytest.importorskip("deepspeed")
     from deepspeed.ops.op_builder.fused_adam import FusedAdamBuilder
 
     from tlrec_utils.tuning.training import deepspeed_safe_arch_list

@@ -4,6 +4,7 @@ shared-prefix KV cache, and equal to the authors' generate-then-read-first-step 
 import numpy as np
 import pytest
 import torch
+from helpers import read_metrics, read_predictions
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tlrec_utils import prompts
@@ -165,8 +166,8 @@ def test_authors_score_fn_ranks_differently_checked_by_hand(tiny_llama, syntheti
     tok.save_pretrained(tmp_path / "model")
     assert run_eval.main(["--base_model", str(tmp_path / "model"), "--test_file", str(tmp_path / "test.json"),
                           "--output_dir", str(tmp_path / "ev"), "--metrics", "auc", "--score_fn", "both"]) == 0
-    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").open()]
+    metrics = read_metrics(tmp_path / "ev")
+    preds = read_predictions(tmp_path / "ev")
     for ids, pred in zip(prompts_ids, preds):
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0, -1].double()

@@ -2,29 +2,19 @@
 `sbatch` on PATH (tests/fake_sbatch: records its arguments, prints a job id)."""
 
 import json
-import os
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 import run_experiments
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture()
-def fake_sbatch(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shutil.copy(REPO / "tests" / "fake_sbatch", bin_dir / "sbatch")
-    log = tmp_path / "sbatch_calls.txt"
-    monkeypatch.setenv("FAKE_SBATCH_LOG", str(log))
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.chdir(REPO)
-    return log
+@pytest.fixture(autouse=True)
+def in_the_clone(monkeypatch):
+    monkeypatch.chdir(REPO)  # the config named relative to the clone, as its users name it
 
 
 def grid_argv(out):

@@ -3,15 +3,15 @@ chain, resume after SIGTERM, full fine-tuning, CoT records with stages, and bad 
 
 import json
 import os
+import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_line_error, read_metrics, read_predictions, run_entry
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -113,7 +113,7 @@ def test_tuning_learns_the_planted_signal_on_held_out_records(tiny_llama, tmp_pa
         assert run_eval.main(["--base_model", str(tmp_path / name), "--test_file", str(tmp_path / "held_out.json"),
                               "--output_dir", str(tmp_path / f"{name}_eval"), "--metrics", "auc",
                               "--max_length", "256"]) == 0
-        return json.loads((tmp_path / f"{name}_eval" / "metrics.json").read_text())["auc"]
+        return read_metrics(tmp_path / f"{name}_eval")["auc"]
 
     learned, prior_only = held_out_auc("planted", train), held_out_auc("shuffled", shuffled)
     assert learned >= floor, (learned, floor, bayes_optimal)
@@ -130,14 +130,14 @@ def test_saved_adapter_reloads_to_the_validated_predictions(trained, tiny_llama,
         assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(out), "--test_file",
                               str(data / "val.json"), "--output_dir", str(tmp_path / name), "--metrics", "auc",
                               "--max_length", MAX_LEN]) == 0
-        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        preds = [json.loads(line)["p_yes"] for line in (tmp_path / name / "predictions.jsonl").open()]
+        metrics = read_metrics(tmp_path / name)
+        preds = [p["p_yes"] for p in read_predictions(tmp_path / name)]
         runs.append((metrics, preds))
     assert runs[0][1] == runs[1][1]  # bit-identical on reload
     assert runs[0][0]["auc"] == pytest.approx(summary["best_metric"], abs=1e-9)  # the best model was saved
     assert run_eval.main(["--base_model", str(tiny_llama), "--test_file", str(data / "val.json"), "--output_dir",
                           str(tmp_path / "base"), "--metrics", "auc", "--max_length", MAX_LEN]) == 0
-    base_preds = [json.loads(line)["p_yes"] for line in (tmp_path / "base" / "predictions.jsonl").open()]
+    base_preds = [p["p_yes"] for p in read_predictions(tmp_path / "base")]
     assert max(abs(a - b) for a, b in zip(base_preds, runs[0][1])) > 1e-3
 
 
@@ -177,8 +177,8 @@ def test_template_saved_with_the_adapter_is_what_eval_and_later_phases_use(train
         assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(second), "--test_file",
                               str(data / "val.json"), "--output_dir", str(tmp_path / name), "--metrics", "auc",
                               "--limit", "16", *extra]) == 0
-        preds = [json.loads(line)["p_yes"] for line in (tmp_path / name / "predictions.jsonl").open()]
-        return json.loads((tmp_path / name / "metrics.json").read_text())["settings"]["prompt_template"], preds
+        preds = [p["p_yes"] for p in read_predictions(tmp_path / name)]
+        return read_metrics(tmp_path / name)["settings"]["prompt_template"], preds
 
     saved, saved_preds = evaluate("saved")
     assert saved == "alpaca"
@@ -279,7 +279,7 @@ def test_early_stopping_keeps_the_best_checkpoint_validated_on_max_val_records(t
     assert run_eval.main(["--base_model", str(tiny_llama), "--adapter", str(out), "--test_file",
                           str(data / "val.json"), "--limit", "8", "--output_dir", str(tmp_path / "ev"),
                           "--metrics", "auc", "--max_length", MAX_LEN]) == 0
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["auc"] == pytest.approx(best, abs=1e-9)
+    assert read_metrics(tmp_path / "ev")["auc"] == pytest.approx(best, abs=1e-9)
 
 
 def test_full_finetune_saves_a_model_run_eval_loads(tiny_llama, data, tmp_path):
@@ -289,20 +289,37 @@ def test_full_finetune_saves_a_model_run_eval_loads(tiny_llama, data, tmp_path):
     tuned = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
     assert not torch.equal(tuned.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
-    assert run_eval.main(["--base_model", str(out), "--test_file", str(data / "val.json"), "--output_dir",
-                          str(tmp_path / "ev"), "--metrics", "auc", "--limit", "8"]) == 0
+    for model, name in ((out, "ev"), (tiny_llama, "base_ev")):
+        assert run_eval.main(["--base_model", str(model), "--test_file", str(data / "val.json"), "--output_dir",
+                              str(tmp_path / name), "--metrics", "auc", "--limit", "8"]) == 0
+    # run_eval scored with the fine-tuned weights: its own model's predictions, not the base model's
+    tuned_preds, base_preds = read_predictions(tmp_path / "ev"), read_predictions(tmp_path / "base_ev")
+    assert read_metrics(tmp_path / "ev")["settings"]["base_model"] == str(out) and len(tuned_preds) == 8
+    assert [p["label"] for p in tuned_preds] == [p["label"] for p in base_preds]
+    assert all(abs(t["p_yes"] - b["p_yes"]) > 1e-6 for t, b in zip(tuned_preds, base_preds))
 
 
-def test_cot_records_with_stages_train_with_the_curriculum(tiny_llama, tmp_path):
+def test_cot_records_with_stages_train_with_the_curriculum(tiny_llama, tmp_path, monkeypatch):
+    """`stagewise`: every epoch of Stage 1, then of Stage 2, then of Stage 3, in the batches the model is fed
+    (read back from the tokens the collator hands the model)."""
     cot = [{"instruction": f"Stage {s}: summarise the user's taste.", "input": "Liked: Dark Night 3 (1972).",
             "output": f"The user likes dark films ({s}).", "stage": s} for s in (3, 1, 2, 1, 3, 2)]
     path = tmp_path / "cot.json"
     path.write_text(json.dumps(cot))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    fed, collate = [], TuningCollator.__call__
+
+    def seen(self, features):
+        fed.append([int(re.search(r"Stage (\d)", tokenizer.decode(f["input_ids"])).group(1)) for f in features])
+        return collate(self, features)
+
+    monkeypatch.setattr(TuningCollator, "__call__", seen)
     out = tmp_path / "cot"
-    assert run_tuning.main(_common(tiny_llama, out, "--train_files", path, "--max_steps", 2,
+    assert run_tuning.main(_common(tiny_llama, out, "--train_files", path, "--num_train_epochs", 2,
                                    "--per_device_train_batch_size", 2, "--curriculum", "stagewise")) == 0
+    assert fed == [[1, 1], [1, 1], [2, 2], [2, 2], [3, 3], [3, 3]]
     summary = json.loads((out / "tuning_summary.json").read_text())
-    assert summary["curriculum"] == "stagewise" and summary["train_records"] == 6
+    assert summary["curriculum"] == "stagewise" and summary["train_records"] == 6 and summary["global_step"] == 6
 
 
 def test_authors_published_cot_file_trains_with_stages_from_its_instructions(tiny_llama, tmp_path, capsys):
@@ -364,14 +381,8 @@ def test_end_truncation_is_the_authors_tokenize(tiny_llama):
     assert encoder.truncations["end"] == 0 and len(features["input_ids"]) == len(full) + 1
 
 
-def _one_line_error(capsys, argv, entry=run_tuning):
-    with pytest.raises(SystemExit) as exc:
-        entry.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err
-    return errors[0]
+def _one_line_error(capsys, argv, entry="run_tuning"):
+    return assert_one_line_error(run_entry(entry, argv, capsys), logs_ok=True)  # after transformers' loading bar
 
 
 def test_bad_input_is_one_line_and_exit_2(tiny_llama, data, tmp_path, capsys):
@@ -390,17 +401,14 @@ def test_bad_input_is_one_line_and_exit_2(tiny_llama, data, tmp_path, capsys):
     assert "not_a_module" in msg
     assert not (tmp_path / "o").exists()
     msg = _one_line_error(capsys, ["--base_model", str(tiny_llama), "--test_file", str(bad), "--output_dir",
-                                   str(tmp_path / "e")], entry=run_eval)
+                                   str(tmp_path / "e")], entry="run_eval")
     assert "bad.json record 1" in msg and not (tmp_path / "e").exists()
 
 
-def test_cli_missing_train_file(tiny_llama, tmp_path):
-    proc = subprocess.run([sys.executable, "run_tuning.py", *_common(tiny_llama, tmp_path / "o", "--train_files",
-                                                                    tmp_path / "nope.json")],
-                          capture_output=True, text=True, cwd=Path(run_tuning.__file__).parent)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"error: --train_files {tmp_path / 'nope.json'}: file not found"
-    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+def test_cli_missing_train_file(tiny_llama, tmp_path, capsys):
+    line = _one_line_error(capsys, _common(tiny_llama, tmp_path / "o", "--train_files", tmp_path / "nope.json"))
+    assert line == f"error: --train_files {tmp_path / 'nope.json'}: file not found"
+    assert not (tmp_path / "o").exists()
 
 
 def test_finished_output_is_not_overwritten_silently(trained, tiny_llama, data, capsys):

@@ -453,7 +453,7 @@ def _is_mapping(tp) -> bool:
     return tp is dict or typing.get_origin(tp) is dict
 
 
-def _optional(dtype):
+def without_required_fields(dtype):
     """The class the command-line parser is built from: `dtype` with no required field, so that a config file
     can supply one (`parse_args` checks what is still missing after parsing)."""
     hints = typing.get_type_hints(dtype)
@@ -548,7 +548,8 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
         if getattr(special, name):
             values[name] = list(values.get(name) or []) + getattr(special, name)
 
-    parser = HfArgumentParser([_optional(t) for t in types], description=description, formatter_class=_HelpFormatter)
+    parser = HfArgumentParser([without_required_fields(t) for t in types], description=description,
+                              formatter_class=_HelpFormatter)
     parser.set_defaults(**values)  # the file's values; a flag overrides them
     if not config_field:  # read by the first parser above; listed here for --help
         parser.add_argument("--config", metavar="FILE", help="a .json/.yaml file of these settings (or give it as "

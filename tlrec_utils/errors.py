@@ -86,7 +86,7 @@ def _argparse_error(self, message):  # ArgumentParser.error without the usage bl
 
 
 @contextlib.contextmanager
-def _one_line_argparse():
+def one_line_argparse():
     original = argparse.ArgumentParser.error
     argparse.ArgumentParser.error = _argparse_error
     try:
@@ -165,7 +165,7 @@ def _guarded(main, *args, **kwargs):
     setup_logging()
     debug = os.environ.get("TLREC_DEBUG", "").lower() not in ("", "0", "false", "no")
     try:
-        with _one_line_argparse():
+        with one_line_argparse():
             return main(*args, **kwargs)
     except InputError as exc:
         if debug:

@@ -24,12 +24,17 @@ def _umask() -> int:
 
 
 def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """`path` holds `data` or what it held before, never a part (a temporary file moved over it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the permissions a plain open() would
@@ -42,6 +47,14 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
+
+
+def read_json_or_none(path):
+    """A JSON file's content, or None when it is missing or unreadable (a marker or record that may not be there)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 @contextlib.contextmanager

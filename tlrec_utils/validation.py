@@ -84,20 +84,6 @@ def check_output_dir(path, flag: str = "--output_dir") -> Path:
     return path
 
 
-def check_output_file(path, flag: str) -> Path:
-    if path is None or not str(path).strip():
-        raise InputError(f"{flag}: empty path (give a file)")
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise InputError(f"{flag} {path}: is a directory, expected a file")
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            raise InputError(f"{flag} {path}: no permission to overwrite this file")
-    else:
-        _check_creatable(flag, path)
-    return path
-
-
 def check_input_file(path, flag: str) -> Path:
     if path is None or not str(path).strip():
         raise InputError(f"{flag}: empty path (give a file)")
@@ -302,9 +288,25 @@ def check_config_values(values: dict, dataclass_types, path, prefix: str = "") -
         if not ok:
             raise InputError(f"{loc}{name(key)}: expected {_type_name(tp)}, got {value!r}")
         if choices and conv is not None and conv not in choices:
-            raise InputError(f"{loc}{name(key)}: {conv!r} is not one of {', '.join(map(str, choices))}")
+            raise not_a_choice(f"{loc}{name(key)}", conv, choices)
         out[key] = conv
     return out
+
+
+def not_a_choice(label: str, value, choices) -> InputError:
+    """The one message of a value outside a field's choices (config files, and configs built in Python)."""
+    return InputError(f"{label}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def check_choices(dataclass_type, values) -> None:
+    """Each field of `dataclass_type` with `choices` in its metadata: its value in `values` (an instance, or the
+    namespace check_settings builds; None passes) is one of them. Flags (argparse) and config files
+    (check_config_values) are checked as they are parsed; this is the check of a config built in Python."""
+    for f in dataclasses.fields(dataclass_type):
+        choices = f.metadata.get("choices")
+        value = getattr(values, f.name, None)
+        if choices and value is not None and value not in choices:
+            raise not_a_choice(f"--{f.name}", value, choices)
 
 
 def relabel(message: str, names, path=None, prefix: str = "") -> str:

@@ -1,11 +1,15 @@
 """CoT instruction records: the three per user who hit, built from the run's responses, and reading CoT files
-(our cot_train.json, or the TLRec authors' released stage123.json) for curriculum tuning."""
+(our cot_train.json, or the TLRec authors' released stage123.json) for curriculum tuning, and the pipeline's CoT
+phase when its records come from a file: `python -m tlrec_utils.cot.records cot_records --cot_file F --output_dir D`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from .. import prompts
 from ..data.records import read_json_list
 from ..errors import InputError, where
+from ..fileio import atomic_write_json, sha256_file
 from .replies import line_hits
 
 
@@ -87,3 +91,36 @@ def load_cot_records(path) -> list[dict]:
         raise InputError(not_cot_message(path, raw[0]))
     return cot_records_from(raw, path)
 
+
+def write_cot_records(cot_file, output_dir) -> dict:
+    """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
+    stages recovered, written as OUTPUT_DIR/cot_train.json (+ cot_records.json: what was read)."""
+    path, out = Path(cot_file), Path(output_dir)
+    if not path.is_file():
+        raise InputError(f"{path}: CoT file not found (cot_file)")
+    records = load_cot_records(path)
+    atomic_write_json(out / "cot_train.json", records, indent=1)
+    stages = {s: sum(r["stage"] == s for r in records) for s in sorted({r["stage"] for r in records})}
+    info = {"cot_file": str(path), "sha256": sha256_file(path), "cot_records": len(records),
+            "records_per_stage": stages}
+    atomic_write_json(out / "cot_records.json", info)
+    return info
+
+
+def main(argv=None):
+    """`python -m tlrec_utils.cot.records cot_records --cot_file F --output_dir D`: the pipeline's CoT phase
+    when the CoT records come from a file (teacher: published, cot_file)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["cot_records"])
+    parser.add_argument("--cot_file", required=True)
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args(argv)
+    return write_cot_records(args.cot_file, args.output_dir)
+
+
+if __name__ == "__main__":
+    from ..errors import cli_entry
+
+    cli_entry(main)()

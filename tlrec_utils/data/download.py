@@ -245,10 +245,6 @@ def _download_verified(url, dest: Path, kind, expected, progress, fetch_url, han
             os.unlink(tmp)
 
 
-def is_complete(name: str, folder) -> bool:
-    return not missing_files(name, folder)
-
-
 def missing_files(name: str, folder) -> list[str]:
     rel, folder = release(name), Path(folder)
     if rel.archive_url:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # tlrec_utils/data/paths.py -> the repository
 DATA_DIR_ENV = "TLREC_DATA_DIR"
 
 

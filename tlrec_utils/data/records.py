@@ -26,7 +26,6 @@ from ..fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-TEXT_KEYS = ("instruction", "input", "output")
 SPLITS = ("train", "valid", "test")  # the record files of a prepared folder: SPLIT.json
 
 

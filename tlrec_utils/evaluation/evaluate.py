@@ -97,12 +97,8 @@ def ranking_candidates(records: list[dict], catalog: dict[str, str], num_negativ
 
 
 def score_fns_of(spec: str) -> list[str]:
-    """--score_fn two_logit | authors | both -> the score functions to report."""
-    if spec == "both":
-        return list(SCORE_FNS)
-    if spec not in SCORE_FNS:
-        raise InputError(f"--score_fn: unknown {spec!r} (choose from {', '.join(SCORE_FNS)}, both)")
-    return [spec]
+    """--score_fn two_logit | authors | both (EvalArguments' choices) -> the score functions to report."""
+    return list(SCORE_FNS) if spec == "both" else [spec]
 
 
 def key_suffix(score_fn: str) -> str:
@@ -165,21 +161,61 @@ def _memoised(key: str | None, encoder: RecordEncoder, compute):
 def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: str = "test file", template=None,
              state=None):
     """(metrics dict, predictions list); (None, None) on every process but rank 0 when `state` (an accelerate
-    PartialState of several processes) is given. `args`: arguments.EvalArguments; `template`:
-    prompts.PromptTemplate (default: `args.prompt_template` or tallrec; run_eval passes the one saved with the
-    model)."""
+    PartialState of several processes) is given. `args`: arguments.EvalArguments (its `metrics` and `score_fn`
+    checked there); `template`: prompts.PromptTemplate (default: `args.prompt_template` or tallrec; run_eval
+    passes the one saved with the model). Each process scores its share (`score`), rank 0 gathers the payloads
+    and assembles the metrics (`assemble`)."""
     from ..prompts import get_template
 
     template = template or get_template(getattr(args, "prompt_template", None))
     started = time.time()
-    wanted = {m.strip() for m in args.metrics.split(",") if m.strip()}
-    unknown = wanted - {"auc", "ndcg"}
-    if unknown:
-        raise InputError(f"--metrics: unknown {', '.join(sorted(unknown))} (choose from auc, ndcg)")
-    score_fns = score_fns_of(getattr(args, "score_fn", "two_logit"))
     answer = derive_answer_tokens(tokenizer, template)
-    encoder = RecordEncoder(tokenizer, args.max_length, answer, template=template)
-    rank_encoder = RecordEncoder(tokenizer, args.max_length, answer, template=template)
+    encoders = (RecordEncoder(tokenizer, args.max_length, answer, template=template),
+                RecordEncoder(tokenizer, args.max_length, answer, template=template))
+    payload = score(model, records, args, encoders, catalog, source, state)
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        payloads = gather_object([payload])
+        if not state.is_main_process:
+            return None, None
+    else:
+        payloads = [payload]
+    result, predictions = assemble(records, payloads, score_fns_of(getattr(args, "score_fn", "two_logit")),
+                                   args.ndcg_k)
+    # prompts cut to --max_length (by dropping the oldest history items, or in the middle), all processes
+    encoder, rank_encoder = encoders
+    encoder.truncations = Counter(result["counts"]["truncated"])
+    encoder.report(source, len(records))
+    if "ranked" in payload:
+        rank_encoder.truncations = Counter(result["counts"]["truncated_ranking_prompts"])
+        rank_encoder.report(f"{source} (ranking prompts)", sum(len(c) for _, c in payload["candidates"]))
+    result["settings"] = {
+        "eval_mode": args.eval_mode, "metrics": sorted(metric_names(args)), "num_negatives": args.num_negatives,
+        "ndcg_k": args.ndcg_k, "seed": args.seed, "max_length": args.max_length, "batch_size": args.batch_size,
+        "score_fn": getattr(args, "score_fn", "two_logit"),
+        "num_processes": 1 if state is None else state.num_processes,
+        "answer_token_ids": {"yes": answer.yes_id, "no": answer.no_id}, "prompt_template": template.name,
+    }
+    result["wall_time_s"] = round(time.time() - started, 3)
+    return {key: M.json_safe(v) for key, v in result.items()}, predictions
+
+
+def metric_names(args) -> set[str]:
+    """The `--metrics` asked for (auc, ndcg), as EvalArguments.check_values checked and normalised them."""
+    return {m.strip() for m in args.metrics.split(",") if m.strip()}
+
+
+def score(model, records: list[dict], args, encoders: tuple, catalog=None, source: str = "test file",
+          state=None) -> dict:
+    """This process's share of the forward passes, as the payload `assemble` reads: `scored` (record indices,
+    their answer statistics) for auc, `ranked` (ranking-group indices, each group's statistics) and `candidates`
+    ((record index, [item ids ranked]) of every group, the same on every process) for ndcg, the truncation
+    counts of both encoders (`encoders`: prompts, ranking prompts), and `generated_tokens` under --eval_mode
+    generate."""
+    encoder, rank_encoder = encoders
+    tokenizer, answer = encoder.tokenizer, encoder.answer
+    wanted = metric_names(args)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     main_process = state is None or state.is_main_process
     generated = 0
@@ -196,13 +232,13 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
 
     payload = {}
     fingerprint = _tokenizer_fingerprint(tokenizer)  # once: a large vocabulary is megabytes to hash
+    template = encoder.template
     if "auc" in wanted:
         mine = _shard(len(records), state)
         key = _memo_key("prompts", fingerprint, template, args.max_length, [source, mine, records])
         encodings = _memoised(key, encoder, lambda: encoder.prompt_ids_many(
             [records[i] for i in mine], [where(source, record=i) for i in mine]))
         payload["scored"] = (mine, stats_of(encodings, "scoring") if mine else np.zeros((0, 3)))
-    cands_by_record = []
     if "ndcg" in wanted:
         catalog = catalog if catalog is not None else load_catalog(None, records)
         n_processes = 1 if state is None else state.num_processes
@@ -226,79 +262,77 @@ def evaluate(model, tokenizer, records: list[dict], args, catalog=None, source: 
             group_stats = candidate_group_stats(model, groups, answer, pad_id, batch_size=max(args.batch_size, 64),
                                                 progress=main_process)
         payload["ranked"] = (mine, group_stats)
-    payload.update(truncated=Counter(encoder.truncations), truncated_ranking=Counter(rank_encoder.truncations),
-                   generated_tokens=generated)
-    if state is not None:
-        from accelerate.utils import gather_object
+        payload["candidates"] = [(i, [c["target"]["item_id"] for c in cands]) for i, cands in cands_by_record]
+    payload.update(truncated=Counter(encoder.truncations), truncated_ranking=Counter(rank_encoder.truncations))
+    if args.eval_mode == "generate":
+        payload["generated_tokens"] = generated
+    return payload
 
-        payloads = gather_object([payload])
-        if not state.is_main_process:
-            return None, None
-    else:
-        payloads = [payload]
 
-    k = args.ndcg_k
+def assemble(records: list[dict], payloads: list[dict], score_fns=("two_logit",), k: int = M.NDCG_K):
+    """(metrics, predictions) from every process's payload (`score`), without a model: AUC with its 95%
+    interval and the per-user NDCG@k from the `scored` statistics, the sampled NDCG@k from the `ranked` groups
+    (target first), for each score function (`score_fns`: scoring.SCORE_FNS; keys of the non-default one
+    suffixed), with the counts (records, liked, ranked, truncated prompts, generated tokens)."""
     result = {"counts": {"records": len(records), "liked": int(sum(r["label"] for r in records))}}
     predictions = [
         {"index": i, "user_id": r.get("user_id"), "item_id": (r.get("target") or {}).get("item_id"),
          "label": r["label"]}
         for i, r in enumerate(records)
     ]
-    if "auc" in wanted:
-        stats = np.zeros((len(records), 3))
-        for part in payloads:
-            stats[part["scored"][0]] = part["scored"][1]
-        labels = [r["label"] for r in records]
-        users = [r.get("user_id") for r in records]
-        for fn in score_fns:
-            sfx, p_yes = key_suffix(fn), p_yes_from_stats(stats, fn)
-            result[f"auc{sfx}"] = M.auc(labels, p_yes)
-            result[f"auc_ci95{sfx}"] = list(M.auc_interval(labels, result[f"auc{sfx}"]))
-            value, users_ranked, reason = M.user_ndcg_or_reason(users, labels, p_yes, k)
-            user_key = M.ndcg_key(k, per_user=True) + sfx
-            result[user_key] = value
-            if reason is None:
-                result["counts"]["users_ranked"] = users_ranked
-            else:
-                result.setdefault("notes", {})[user_key] = reason
-            for pred, p in zip(predictions, p_yes):
-                pred[f"p_yes{sfx}"] = float(p)
-    if "ndcg" in wanted:
-        group_stats = [None] * len(cands_by_record)
-        for part in payloads:
-            for g, st in zip(*part["ranked"]):
-                group_stats[g] = st
-        for i, cands in cands_by_record:
-            predictions[i]["ranking_item_ids"] = [c["target"]["item_id"] for c in cands]
-        for fn in score_fns:
-            sfx, rankings = key_suffix(fn), []
-            for (i, _), st in zip(cands_by_record, group_stats):
-                scores = p_yes_from_stats(st, fn)
-                rankings.append((scores[0], scores[1:]))
-                predictions[i][f"ranking_p_yes{sfx}"] = [float(s) for s in scores]
-            result[M.ndcg_key(k) + sfx] = M.mean_sampled_ndcg(rankings, k)
-        result["counts"]["ranked"] = len(cands_by_record)
-        result["counts"]["liked_without_structure"] = result["counts"]["liked"] - len(cands_by_record)
-    if args.eval_mode == "generate":
+    if "scored" in payloads[0]:
+        _assemble_auc(records, payloads, score_fns, k, result, predictions)
+    if "ranked" in payloads[0]:
+        _assemble_sampled_ndcg(payloads, score_fns, k, result, predictions)
+    if "generated_tokens" in payloads[0]:
         result["counts"]["generated_tokens"] = sum(part["generated_tokens"] for part in payloads)
+    result["counts"]["truncated"] = dict(sum((part["truncated"] for part in payloads), Counter()))
+    if "ranked" in payloads[0]:
+        result["counts"]["truncated_ranking_prompts"] = dict(sum((part["truncated_ranking"] for part in payloads),
+                                                                 Counter()))
+    return result, predictions
 
-    # prompts cut to --max_length (by dropping the oldest history items, or in the middle), all processes
-    encoder.truncations = sum((part["truncated"] for part in payloads), Counter())
-    rank_encoder.truncations = sum((part["truncated_ranking"] for part in payloads), Counter())
-    result["counts"]["truncated"] = dict(encoder.truncations)
-    encoder.report(source, len(records))
-    if "ndcg" in wanted:
-        result["counts"]["truncated_ranking_prompts"] = dict(rank_encoder.truncations)
-        rank_encoder.report(f"{source} (ranking prompts)", sum(len(c) for _, c in cands_by_record))
-    result["settings"] = {
-        "eval_mode": args.eval_mode, "metrics": sorted(wanted), "num_negatives": args.num_negatives,
-        "ndcg_k": k, "seed": args.seed, "max_length": args.max_length, "batch_size": args.batch_size,
-        "score_fn": getattr(args, "score_fn", "two_logit"),
-        "num_processes": 1 if state is None else state.num_processes,
-        "answer_token_ids": {"yes": answer.yes_id, "no": answer.no_id}, "prompt_template": template.name,
-    }
-    result["wall_time_s"] = round(time.time() - started, 3)
-    return {key: M.json_safe(v) for key, v in result.items()}, predictions
+
+def _assemble_auc(records, payloads, score_fns, k, result, predictions) -> None:
+    """AUC, its interval and the per-user NDCG of every record's P(Yes) (into `result` and `predictions`)."""
+    stats = np.zeros((len(records), 3))
+    for part in payloads:
+        stats[part["scored"][0]] = part["scored"][1]
+    labels = [r["label"] for r in records]
+    users = [r.get("user_id") for r in records]
+    for fn in score_fns:
+        sfx, p_yes = key_suffix(fn), p_yes_from_stats(stats, fn)
+        result[f"auc{sfx}"] = M.auc(labels, p_yes)
+        result[f"auc_ci95{sfx}"] = list(M.auc_interval(labels, result[f"auc{sfx}"]))
+        value, users_ranked, reason = M.user_ndcg_or_reason(users, labels, p_yes, k)
+        user_key = M.ndcg_key(k, per_user=True) + sfx
+        result[user_key] = value
+        if reason is None:
+            result["counts"]["users_ranked"] = users_ranked
+        else:
+            result.setdefault("notes", {})[user_key] = reason
+        for pred, p in zip(predictions, p_yes):
+            pred[f"p_yes{sfx}"] = float(p)
+
+
+def _assemble_sampled_ndcg(payloads, score_fns, k, result, predictions) -> None:
+    """The sampled NDCG of the ranking groups (each target first among its negatives)."""
+    candidates = payloads[0]["candidates"]
+    group_stats = [None] * len(candidates)
+    for part in payloads:
+        for g, st in zip(*part["ranked"]):
+            group_stats[g] = st
+    for i, item_ids in candidates:
+        predictions[i]["ranking_item_ids"] = list(item_ids)
+    for fn in score_fns:
+        sfx, rankings = key_suffix(fn), []
+        for (i, _), st in zip(candidates, group_stats):
+            scores = p_yes_from_stats(st, fn)
+            rankings.append((scores[0], scores[1:]))
+            predictions[i][f"ranking_p_yes{sfx}"] = [float(s) for s in scores]
+        result[M.ndcg_key(k) + sfx] = M.mean_sampled_ndcg(rankings, k)
+    result["counts"]["ranked"] = len(candidates)
+    result["counts"]["liked_without_structure"] = result["counts"]["liked"] - len(candidates)
 
 
 def load_test_records(path, limit=None) -> list[dict]:

@@ -295,7 +295,3 @@ def load_for_inference(model_args, adapter: str | None = None, device: str | Non
         model.to(device)
     model.eval()
     return model, tokenizer
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device

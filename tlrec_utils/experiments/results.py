@@ -1,0 +1,57 @@
+"""The grid's results/: Table 1 and the figures (reporting.py) from the cells whose results match the config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..fileio import atomic_write_json
+from .cells import build_cells, cell_dir, check_one_test_set, current_outputs, stale_cells
+
+logger = logging.getLogger(__name__)
+
+
+def report(config) -> dict:
+    """results/: Table 1 and the figures from the cells of this config whose results match it (fingerprints),
+    and results.json (every row with its cell, the stale results left out, the test file's hash)."""
+    from ..provenance import path_fingerprint
+    from .reporting import write_report
+
+    cells = build_cells(config)
+    check_one_test_set(config, cells)
+    rows, pending = [], 0
+    for cell in cells:
+        for out, ok in zip(cell.outputs, current_outputs(config, cell)):
+            if not ok:
+                pending += 1
+                continue
+            metrics = json.loads((cell_dir(config, cell) / out["metrics"]).read_text(encoding="utf-8"))
+            rows.append({"group": out.get("group") or cell.group, "backbone": cell.backbone, "seed": out["seed"],
+                         "method": out["method"], "setting": out["setting"], "metrics": metrics, "cell": cell.path})
+    stale = stale_cells(config, cells)
+    if pending:
+        logger.warning("%d result(s) of this config not finished (or made from other settings): left out", pending)
+    if stale:
+        logger.warning("%d stale result(s) on disk, never tabled: %s", len(stale), "; ".join(stale))
+    test_file = config.target.test
+    test_hash = path_fingerprint(test_file) if test_file else None
+    footer = f"Every row is scored on the test records of {test_file} ({test_hash})." if test_hash else None
+    out_dir = Path(config.output_dir) / "results"
+    atomic_write_json(out_dir / "results.json", {"test_file": {"path": test_file, "fingerprint": test_hash},
+                                                 "rows": rows, "pending": pending, "stale": stale})
+    for ablation in config.ablations:
+        if ablation.same_as is not None:
+            rows += [{**r, "group": "ablation", "method": ablation.name}
+                     for r in rows if r["group"] == "main" and r["method"] == ablation.same_as]
+    written = write_report(
+        rows, out_dir, metrics=tuple(config.metrics), ours=config.ours, footer=footer,
+        methods=[m.name for m in config.methods], settings=config.settings, title=config.title,
+        ablation_order=[config.ours] + [a.name for a in config.ablations],
+        backbone_order=[b.name for b in config.backbones] or None,
+    )
+    for name in ("table1.md", "table1.csv", "ablation.png", "backbones.png"):  # an earlier report's, now empty
+        if name not in written and (out_dir / name).is_file():
+            (out_dir / name).unlink()
+    return {"results.json": out_dir / "results.json", **written}
