@@ -660,18 +660,25 @@ def test_a_batch_created_by_a_run_killed_before_it_recorded_the_id_is_found_not_
     assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
 
 
-def test_a_batch_failing_as_a_whole_is_one_line_and_a_rerun_goes_on(source, reference, tmp_path, secret_key, capsys):
+@pytest.mark.parametrize("end", ["failed", "cancelled"])
+def test_a_batch_failing_as_a_whole_is_one_line_and_a_rerun_goes_on(end, source, reference, tmp_path, secret_key,
+                                                                    capsys):
+    users = n_liked(source)
     with StubOpenAI() as server:
-        server.batch_plan.extend(["completed", "failed"])  # Stage 2's batch fails validation
+        server.batch_plan.extend(["completed", end])  # Stage 2's batch fails validation, or is cancelled half-way
         with pytest.raises(SystemExit) as exc:
             main(cot_args(source, tmp_path, server, "--mode", "batch"))
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code == 2 and len(err) == 1
-        assert err[0].startswith(f"error: {tmp_path}: batch batch-1 (stage2-round0, Stage 2) failed: invalid_request")
-        kept = read_lines(tmp_path / "progress.jsonl")
-        assert len(kept) == n_liked(source) and {e["stage"] for e in kept} == {1}  # Stage 1, paid for, kept
+        why = "invalid_request: the input file is invalid" if end == "failed" else "no reason given"
+        assert err[0].startswith(f"error: {tmp_path}: batch batch-1 (stage2-round0, Stage 2) {end}: {why}")
+        kept = read_lines(tmp_path / "progress.jsonl")  # what was paid for is kept: Stage 1, and a cancelled
+        ran = 0 if end == "failed" else users // 2  # batch's answers before it stopped
+        assert [e["stage"] for e in kept] == [1] * users + [2] * ran
         main(cot_args(source, tmp_path, server, "--mode", "batch"))
     assert [(r["stage"], r["number"]) for r in rounds(tmp_path)] == [(1, 0), (2, 0), (2, 1), (3, 0)]
+    assert rounds(tmp_path)[2]["parts"][0]["requests"] == users - ran  # only what the batch did not answer
+    assert sum(server.submitted.values()) == 4 * users - ran  # those the batch did not answer, once more
     assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
 
 
