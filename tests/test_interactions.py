@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -244,78 +243,3 @@ def test_amazon_2023_other_categories_and_a_kind_flag(amazon_2023, tmp_path):
     assert meta["kind"] == "product/products/bought"
     assert "the target product " in all_records(tmp_path / "b")[0]["input"]
 
-
-# ---- bad input: one line naming the flag, file or row; exit 2; nothing written ---------------------------------
-def _tree(root: Path) -> set[str]:
-    return {str(p) for p in root.rglob("*")}
-
-
-def _bad_tables(t: Path) -> dict[str, Path]:
-    files = {
-        "ratings.csv": "user_id,item_id,stars,when\nu1,b1,5,2020-01-01\nu1,b2,1,2020-01-02\nu2,b1,4,2020-01-03\n",
-        "headerless.tsv": "u1\tb1\t5\t1\nu1\tb2\t1\t2\n",
-        "bad_time.csv": "user_id,item_id,stars,when\nu1,b1,5,yesterday\nu1,b2,1,2020-01-02\nu2,b1,4,2020-01-03\n",
-        "items.csv": "item_id,title\nb1,Dune\nb2,\n",
-        "items_ok.csv": "item_id,title\nb1,Dune\nb2,Emma\n",
-    }
-    for name, text in files.items():
-        (t / name).write_text(text)
-    raw = t / "amazon"
-    raw.mkdir()
-    # the 2018 release's schema (reviewerID, asin, overall, unixReviewTime) under the 2023 file names
-    (raw / "Books.jsonl").write_text(json.dumps({"reviewerID": "A1", "asin": "B1", "overall": 5.0,
-                                                 "unixReviewTime": 1}) + "\n")
-    (raw / "meta_Books.jsonl").write_text(json.dumps(meta_line("B1", "A Book")) + "\n")
-    return {**{n: t / n for n in files}, "amazon": raw}
-
-
-def _interactions(t, files, ratings="ratings.csv", items="items_ok.csv", *extra):
-    return ["--dataset", "interactions", "--interactions_file", files[ratings], "--items_file", files[items],
-            "--rating_column", "stars", "--like_threshold", "3", "--timestamp_column", "when", "--history_len", "1",
-            "--output_dir", t / "out", *extra]
-
-
-BAD_ROWS = [
-    ("wrong-column-name", "run_prepare_data", lambda t, f: _interactions(t, f, "ratings.csv", "items_ok.csv",
-                                                                         "--user_column", "usr"),
-     ["--user_column 'usr'", "ratings.csv has no such column (its columns: user_id, item_id, stars, when)"]),
-    ("file-without-the-named-columns", "run_prepare_data",
-     lambda t, f: _interactions(t, f, "headerless.tsv"),
-     ["--user_column 'user_id'", "headerless.tsv has no such column", "needs --interactions_names"]),
-    ("unparsable-timestamps", "run_prepare_data", lambda t, f: _interactions(t, f, "bad_time.csv"),
-     ["bad_time.csv row 1: timestamp 'yesterday' (column 'when') is not a number or a date"]),
-    ("items-without-titles", "run_prepare_data", lambda t, f: _interactions(t, f, "ratings.csv", "items.csv"),
-     ["items.csv row 2: item 'b2' has no title (column 'title')"]),
-    ("rating-without-threshold", "run_prepare_data",
-     lambda t, f: [a for a in _interactions(t, f) if a not in ("--like_threshold", "3")],
-     ["--like_threshold is required with --rating_column"]),
-    ("unknown-noun", "run_prepare_data", lambda t, f: _interactions(t, f, "ratings.csv", "items_ok.csv",
-                                                                    "--item_kind", "moive"),
-     ["--item_kind 'moive': unknown item kind", "NOUN/PLURAL/VERB"]),
-    ("amazon-2023-without-category", "run_prepare_data",
-     lambda t, f: ["--dataset", "amazon-2023", "--raw_dir", f["amazon"], "--output_dir", t / "out"],
-     ["--category is required for --dataset amazon-2023"]),
-    ("amazon-2023-other-schema", "run_prepare_data",
-     lambda t, f: ["--dataset", "amazon-2023", "--raw_dir", f["amazon"], "--category", "Books", "--output_dir",
-                   t / "out"],
-     ["column 'user_id'", "Books.jsonl has no such column (its columns: reviewerID, asin, overall, unixReviewTime)"]),
-]
-
-
-@pytest.mark.parametrize("name,script,build,expected", BAD_ROWS, ids=[r[0] for r in BAD_ROWS])
-def test_bad_input(tmp_path, name, script, build, expected):
-    import subprocess
-    import sys
-
-    files = _bad_tables(tmp_path)
-    before = _tree(tmp_path)
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path.parent / "cache"), TLREC_LOG_LEVEL="WARNING")
-    env.pop("TLREC_DEBUG", None)
-    proc = subprocess.run([sys.executable, f"{script}.py", *map(str, build(tmp_path, files))], env=env,
-                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("error: ")
-    for part in expected:
-        assert part in lines[0], (part, lines[0])
-    assert _tree(tmp_path) == before
