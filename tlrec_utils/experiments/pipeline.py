@@ -86,6 +86,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
+from ..cot.registry import TEACHERS
 from ..data.paths import REPO_ROOT
 from ..errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
 from ..evaluation.metrics import NDCG_K, ndcg_key
@@ -424,7 +425,7 @@ def _clear_stale(cfg: PipelineConfig, phase: Phase) -> None:
     answers bought from an API are moved aside instead (nothing paid for is lost)."""
     if not phase.dir.exists():
         return
-    if phase.kind == "cot" and cfg.teacher == "openai":
+    if phase.kind == "cot" and TEACHERS[cfg.teacher].paid:
         aside = phase.dir.with_name(f"{phase.dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         phase.dir.rename(aside)
         logger.warning("[%s] the CoT answers made with other settings moved to %s", phase.name, aside)
