@@ -178,6 +178,31 @@ def authors_cot_file(ctx, t):
     return tune_args(ctx, t, train=write(t / "stage123.json", [record, record]))
 
 
+def interaction_tables(t: Path) -> dict[str, Path]:
+    """Small tables for --dataset interactions and amazon-2023 rows: good ones and one bad one each."""
+    files = {
+        "ratings.csv": "user_id,item_id,stars,when\nu1,b1,5,2020-01-01\nu1,b2,1,2020-01-02\nu2,b1,4,2020-01-03\n",
+        "headerless.tsv": "u1\tb1\t5\t1\nu1\tb2\t1\t2\n",
+        "bad_time.csv": "user_id,item_id,stars,when\nu1,b1,5,yesterday\nu1,b2,1,2020-01-02\nu2,b1,4,2020-01-03\n",
+        "items.csv": "item_id,title\nb1,Dune\nb2,\n",
+        "items_ok.csv": "item_id,title\nb1,Dune\nb2,Emma\n",
+    }
+    for name, text in files.items():
+        write(t / name, text)
+    # Amazon Reviews 2023 file names holding the 2018 release's schema (reviewerID, asin, overall, unixReviewTime)
+    write(t / "amazon" / "Books.jsonl", json.dumps({"reviewerID": "A1", "asin": "B1", "overall": 5.0,
+                                                    "unixReviewTime": 1}) + "\n")
+    write(t / "amazon" / "meta_Books.jsonl", json.dumps({"parent_asin": "B1", "title": "A Book"}) + "\n")
+    return {**{n: t / n for n in files}, "amazon": t / "amazon"}
+
+
+def interactions_args(t, ratings="ratings.csv", items="items_ok.csv", *extra):
+    files = interaction_tables(t)
+    return ["--dataset", "interactions", "--interactions_file", files[ratings], "--items_file", files[items],
+            "--rating_column", "stars", "--like_threshold", "3", "--timestamp_column", "when", "--history_len", "1",
+            "--output_dir", t / "out", *extra]
+
+
 def no_accelerate_on_path(monkeypatch, t):
     (t / "bin").mkdir()
     monkeypatch.setenv("PATH", str(t / "bin"))
@@ -340,6 +365,38 @@ ROWS = [
      lambda c, t: tune_args(c, t, "--val_file", str(one_class_val(c, t)), "--metric_for_best_model", "auc"),
      ["--val_file", "val.json", "all 5 validation records are Yes", "AUC needs both classes"]),
     # promised by the README before issue 12
+    # --dataset interactions and amazon-2023: columns, schema, noun (issue 24)
+    ("prepare-interactions-wrong-column", "run_prepare_data",
+     lambda c, t: interactions_args(t, "ratings.csv", "items_ok.csv", "--user_column", "usr"),
+     ["--user_column 'usr'", "ratings.csv has no such column (its columns: user_id, item_id, stars, when)"]),
+    ("prepare-interactions-file-without-the-named-columns", "run_prepare_data",
+     lambda c, t: interactions_args(t, "headerless.tsv"),
+     ["--user_column 'user_id'", "headerless.tsv has no such column", "needs --interactions_names"]),
+    ("prepare-interactions-unparsable-timestamps", "run_prepare_data",
+     lambda c, t: interactions_args(t, "bad_time.csv"),
+     ["bad_time.csv row 1: timestamp 'yesterday' (column 'when') is not a number or a date"]),
+    ("prepare-interactions-items-without-titles", "run_prepare_data",
+     lambda c, t: interactions_args(t, "ratings.csv", "items.csv"),
+     ["items.csv row 2: item 'b2' has no title (column 'title')"]),
+    ("prepare-interactions-rating-without-threshold", "run_prepare_data",
+     lambda c, t: [a for a in interactions_args(t) if a not in ("--like_threshold", "3")],
+     ["--like_threshold is required with --rating_column"]),
+    ("prepare-unknown-item-noun", "run_prepare_data",
+     lambda c, t: interactions_args(t, "ratings.csv", "items_ok.csv", "--item_kind", "moive"),
+     ["--item_kind 'moive': unknown item kind", "NOUN/PLURAL/VERB"]),
+    ("prepare-amazon-2023-without-category", "run_prepare_data",
+     lambda c, t: ["--dataset", "amazon-2023", "--raw_dir", interaction_tables(t)["amazon"], "--output_dir", t / "out"],
+     ["--category is required for --dataset amazon-2023"]),
+    ("prepare-amazon-2023-other-schema", "run_prepare_data",
+     lambda c, t: ["--dataset", "amazon-2023", "--raw_dir", interaction_tables(t)["amazon"], "--category", "Books",
+                   "--output_dir", t / "out"],
+     ["column 'user_id'", "Books.jsonl has no such column (its columns: reviewerID, asin, overall, unixReviewTime)"]),
+    ("cot-unknown-item-noun", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--teacher", "heuristic",
+                   "--kind", "game/"], ["--kind 'game/'", "non-empty words"]),
+    ("pipeline-unknown-item-noun", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--item_kind", "a/b/c/d"],
+     ["--item_kind 'a/b/c/d': unknown item kind"]),
     ("prepare-unknown-dataset", "run_prepare_data",
      lambda c, t: ["--dataset", "nope", "--raw_dir", str(t), "--output_dir", str(t / "out")], ["--dataset", "nope"]),
     ("prepare-k-larger-than-pool", "run_prepare_data",

@@ -23,6 +23,7 @@ from helpers import (
 )
 
 import run_pipeline
+from tlrec_utils.cot.registry import TEACHERS
 from tlrec_utils.errors import InputError
 from tlrec_utils.evaluation.metrics import auc
 from tlrec_utils.experiments import pipeline as pipeline_module
@@ -328,7 +329,7 @@ def test_cli_config_file_mappings_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("name,value,choices", [("launcher", "slurm", "inprocess, accelerate"),
-                                                ("teacher", "gpt", "heuristic, openai, published"),
+                                                ("teacher", "gpt", ", ".join(TEACHERS)),
                                                 ("on_change", "ask", "rerun, error"),
                                                 ("source_target_style", "quote", "wrap, item"),
                                                 ("cot_curriculum", "random", "ordered, shuffled, stagewise, trainer")])

@@ -107,8 +107,9 @@ class CotConfig:
                                          "skipping the user."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the candidate sampling."})
-    kind: str = field(default="auto", metadata={"help": "movie, book or auto (from the records' instruction).",
-                                                "choices": ["auto", *prompts.ITEM_KINDS]})
+    kind: str = field(default="auto", metadata={"help": "Item kind of the wording: movie, book, game, item (prompts."
+                                                        "ITEM_KINDS), NOUN/VERB, NOUN/PLURAL/VERB, or auto (the "
+                                                        "records' noun)."})
     hit_match: str = field(
         default="title_in_answer",
         metadata={"help": "Which users are kept (HIT_RULES): title_in_answer (the target's title appears in the "
@@ -425,7 +426,7 @@ class Source:
 def load_source(cfg: CotConfig) -> Source:
     train_path = Path(cfg.data_dir) / "train.json"
     records = load_records(train_path)
-    kind = detect_kind(records) if cfg.kind == "auto" else cfg.kind
+    kind = prompts.item_kind(detect_kind(records) if cfg.kind == "auto" else cfg.kind, "--kind").spec
     users, stats, interactions, code = build_users(records, cfg, kind)
     if not len(users) and not cfg.dry_run:
         raise InputError(no_users_message(train_path, stats, cfg))

@@ -322,7 +322,8 @@ class HeuristicTeacher:
             words = collections.Counter(
                 w.lower() for t in liked for w in WORD.findall(YEAR.sub("", t)) if w.lower() not in STOPWORDS
             )
-            parts = [f"I liked {len(liked)} of the {len(user.history)} {self.kind}s I watched."]
+            kind = prompts.item_kind(self.kind)
+            parts = [f"I liked {len(liked)} of the {len(user.history)} {kind.plural} I {kind.verb}."]
             if decades:
                 parts.append("Mostly from the " + ", ".join(f"{d}s" for d, _ in decades.most_common(2)) + ".")
             common = [w for w, n in words.most_common(3) if n > 1]

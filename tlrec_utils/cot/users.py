@@ -35,11 +35,8 @@ class CotUser:
 
 
 def detect_kind(records: list[dict]) -> str:
-    text = records[0]["instruction"] if records else ""
-    for kind in prompts.ITEM_KINDS:
-        if f"target {kind}" in text:
-            return kind
-    return "movie"
+    """The item noun of the first record's rec-tuning instruction (movie when it is not one)."""
+    return (prompts.rec_noun(records[0]["instruction"]) if records else None) or "movie"
 
 
 def user_key(index: int, record: dict) -> str:

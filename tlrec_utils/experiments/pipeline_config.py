@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..arguments import CURRICULUM_MODES
 from ..cot.registry import TEACHERS, help_text
 from ..errors import InputError
+from ..prompts import item_kind
 
 # method -> its tuning chain before the K-shot phase (paper 5.1.2 and 5.3; see the module docstring)
 METHODS = {
@@ -56,7 +57,8 @@ class PipelineConfig:
     target_files: dict = field(
         default_factory=dict, metadata={"help": "Published records as the target splits (as source_files)."}
     )
-    item_kind: str = field(default="movie", metadata={"help": "movie or book (prompt wording)."})
+    item_kind: str = field(default="movie", metadata={"help": "Prompt wording: movie, book, game, item "
+                                                              "(prompts.ITEM_KINDS) or NOUN/PLURAL/VERB."})
     max_windows: int = field(default=10000, metadata={"help": "Windows kept per prepared dataset (paper: 10000)."})
     download: bool = field(
         default=False, metadata={"help": "Download the data's missing files (verified) into data_dir/<subdir>."}
@@ -257,6 +259,7 @@ def check_values(cfg: PipelineConfig) -> None:
     from ..validation import check_choices, check_number, check_seed, check_settings
 
     check_choices(PipelineConfig, cfg)  # teacher, launcher, on_change, cot_curriculum, source_target_style
+    item_kind(cfg.item_kind)
     teacher = TEACHERS[cfg.teacher]
     if teacher.build is not None and cfg.teacher_mode not in teacher.modes:
         raise InputError(f"--teacher_mode {cfg.teacher_mode}: the {cfg.teacher} teacher is asked live only")
