@@ -5,6 +5,8 @@
     python run_cot_generation.py --data_dir data/netflix --output_dir cot/local \\
         --base_url http://localhost:8000/v1 --model meta-llama/Meta-Llama-3-8B-Instruct --concurrency 32
     python run_cot_generation.py --data_dir data/netflix --output_dir cot/demo --teacher heuristic  # offline, no LLM
+    python run_cot_generation.py --data_dir data/netflix --output_dir cot/batch --model gpt-4 --mode batch  # 50% price
+    python run_cot_generation.py --data_dir data/netflix --output_dir cot/llama --model M --mode files  # vllm run-batch
 
 Rerunning into the same --output_dir resumes: answered users and stages are never asked again.
 The flags can come from a .json/.yaml file given first (flags after it override it).

@@ -178,6 +178,31 @@ def authors_cot_file(ctx, t):
     return tune_args(ctx, t, train=write(t / "stage123.json", [record, record]))
 
 
+def interaction_tables(t: Path) -> dict[str, Path]:
+    """Small tables for --dataset interactions and amazon-2023 rows: good ones and one bad one each."""
+    files = {
+        "ratings.csv": "user_id,item_id,stars,when\nu1,b1,5,2020-01-01\nu1,b2,1,2020-01-02\nu2,b1,4,2020-01-03\n",
+        "headerless.tsv": "u1\tb1\t5\t1\nu1\tb2\t1\t2\n",
+        "bad_time.csv": "user_id,item_id,stars,when\nu1,b1,5,yesterday\nu1,b2,1,2020-01-02\nu2,b1,4,2020-01-03\n",
+        "items.csv": "item_id,title\nb1,Dune\nb2,\n",
+        "items_ok.csv": "item_id,title\nb1,Dune\nb2,Emma\n",
+    }
+    for name, text in files.items():
+        write(t / name, text)
+    # Amazon Reviews 2023 file names holding the 2018 release's schema (reviewerID, asin, overall, unixReviewTime)
+    write(t / "amazon" / "Books.jsonl", json.dumps({"reviewerID": "A1", "asin": "B1", "overall": 5.0,
+                                                    "unixReviewTime": 1}) + "\n")
+    write(t / "amazon" / "meta_Books.jsonl", json.dumps({"parent_asin": "B1", "title": "A Book"}) + "\n")
+    return {**{n: t / n for n in files}, "amazon": t / "amazon"}
+
+
+def interactions_args(t, ratings="ratings.csv", items="items_ok.csv", *extra):
+    files = interaction_tables(t)
+    return ["--dataset", "interactions", "--interactions_file", files[ratings], "--items_file", files[items],
+            "--rating_column", "stars", "--like_threshold", "3", "--timestamp_column", "when", "--history_len", "1",
+            "--output_dir", t / "out", *extra]
+
+
 def no_accelerate_on_path(monkeypatch, t):
     (t / "bin").mkdir()
     monkeypatch.setenv("PATH", str(t / "bin"))
@@ -340,6 +365,38 @@ ROWS = [
      lambda c, t: tune_args(c, t, "--val_file", str(one_class_val(c, t)), "--metric_for_best_model", "auc"),
      ["--val_file", "val.json", "all 5 validation records are Yes", "AUC needs both classes"]),
     # promised by the README before issue 12
+    # --dataset interactions and amazon-2023: columns, schema, noun (issue 24)
+    ("prepare-interactions-wrong-column", "run_prepare_data",
+     lambda c, t: interactions_args(t, "ratings.csv", "items_ok.csv", "--user_column", "usr"),
+     ["--user_column 'usr'", "ratings.csv has no such column (its columns: user_id, item_id, stars, when)"]),
+    ("prepare-interactions-file-without-the-named-columns", "run_prepare_data",
+     lambda c, t: interactions_args(t, "headerless.tsv"),
+     ["--user_column 'user_id'", "headerless.tsv has no such column", "needs --interactions_names"]),
+    ("prepare-interactions-unparsable-timestamps", "run_prepare_data",
+     lambda c, t: interactions_args(t, "bad_time.csv"),
+     ["bad_time.csv row 1: timestamp 'yesterday' (column 'when') is not a number or a date"]),
+    ("prepare-interactions-items-without-titles", "run_prepare_data",
+     lambda c, t: interactions_args(t, "ratings.csv", "items.csv"),
+     ["items.csv row 2: item 'b2' has no title (column 'title')"]),
+    ("prepare-interactions-rating-without-threshold", "run_prepare_data",
+     lambda c, t: [a for a in interactions_args(t) if a not in ("--like_threshold", "3")],
+     ["--like_threshold is required with --rating_column"]),
+    ("prepare-unknown-item-noun", "run_prepare_data",
+     lambda c, t: interactions_args(t, "ratings.csv", "items_ok.csv", "--item_kind", "moive"),
+     ["--item_kind 'moive': unknown item kind", "NOUN/PLURAL/VERB"]),
+    ("prepare-amazon-2023-without-category", "run_prepare_data",
+     lambda c, t: ["--dataset", "amazon-2023", "--raw_dir", interaction_tables(t)["amazon"], "--output_dir", t / "out"],
+     ["--category is required for --dataset amazon-2023"]),
+    ("prepare-amazon-2023-other-schema", "run_prepare_data",
+     lambda c, t: ["--dataset", "amazon-2023", "--raw_dir", interaction_tables(t)["amazon"], "--category", "Books",
+                   "--output_dir", t / "out"],
+     ["column 'user_id'", "Books.jsonl has no such column (its columns: reviewerID, asin, overall, unixReviewTime)"]),
+    ("cot-unknown-item-noun", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--teacher", "heuristic",
+                   "--kind", "game/"], ["--kind 'game/'", "non-empty words"]),
+    ("pipeline-unknown-item-noun", "run_pipeline",
+     lambda c, t: ["--run_dir", str(t / "run"), "--item_kind", "a/b/c/d"],
+     ["--item_kind 'a/b/c/d': unknown item kind"]),
     ("prepare-unknown-dataset", "run_prepare_data",
      lambda c, t: ["--dataset", "nope", "--raw_dir", str(t), "--output_dir", str(t / "out")], ["--dataset", "nope"]),
     ("prepare-k-larger-than-pool", "run_prepare_data",
@@ -353,7 +410,7 @@ ROWS = [
     # issue 21: timeouts must be positive; a failed download leaves no folder in the data directory
     ("cot-request-timeout-0", "run_cot_generation",
      lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--request_timeout", "0"],
-     ["--request_timeout must be positive, got 0"]),
+     ["--request_timeout must be > 0, got 0"]),
     ("prepare-download-stall-0", "run_prepare_data",
      lambda c, t: ["--dataset", "windows-csv", "--data_dir", str(t / "data"), "--output_dir", str(t / "out"),
                    "--download", "--download_stall_s", "0"],
@@ -424,6 +481,12 @@ ROWS = [
     ("cot-max-retries-negative", "run_cot_generation",
      lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--teacher", "heuristic",
                    "--max_retries", "-1"], ["--max_retries must be >= 0, got -1"]),
+    ("cot-batch-file-over-the-api-limit", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--mode", "batch",
+                   "--batch_file_requests", "50001"], ["--batch_file_requests must be >= 1 and <= 50000, got 50001"]),
+    ("cot-batch-mode-heuristic", "run_cot_generation",
+     lambda c, t: ["--data_dir", str(c.prepared), "--output_dir", str(t / "out"), "--teacher", "heuristic",
+                   "--mode", "files"], ["--mode files: the heuristic teacher is asked live only"]),
     ("pipeline-phase-done-empty", "run_pipeline", lambda c, t: finished_data_phase(c, t, ""),
      ["data/source/phase_done.json: unreadable (empty)", "delete", "rerun"]),
     ("pipeline-phase-done-corrupt", "run_pipeline", lambda c, t: finished_data_phase(c, t, '{"phase": "prep'),
@@ -757,3 +820,70 @@ def test_output_dir_without_write_permission(ctx, tmp_path):
     assert not (locked / "out").exists()
 
 
+
+
+# ---- the CoT batch modes (issue 25): a server without the Batch API, an expired batch, files-mode output that is not
+# the round's (malformed, another run's, another stage's): one line, exit 2, nothing written ---------------------------
+
+
+def cot_batch_args(ctx, out, server, mode, *extra):
+    return ["--data_dir", ctx.prepared, "--output_dir", out, "--model", "m", "--base_url", server.base_url,
+            "--mode", mode, "--poll_interval", "0.01", "--ensure_target", "--no-progress", *extra]
+
+
+def test_cot_batch_mode_against_a_server_without_the_batch_api(ctx, tmp_path, monkeypatch, capsys):
+    from openai_stub_server import StubOpenAI
+
+    as_the_command_line(ctx, monkeypatch, OPENAI_API_KEY=SECRET)
+    before = tree(tmp_path)
+    with StubOpenAI(batch_api=False) as server:  # a live-only server (vLLM's, Ollama's): /v1/files is 404
+        proc = run_entry("run_cot_generation", cot_batch_args(ctx, tmp_path / "out", server, "batch"), capsys)
+    assert_one_line_error(proc, f"--base_url {server.base_url}: no OpenAI Batch API there", "files.create: HTTP 404",
+                          "use --mode files", logs_ok=True)
+    assert tree(tmp_path) == before  # nothing uploaded, no output directory left behind
+
+
+def test_cot_batch_expired_with_no_retry_left(ctx, tmp_path, monkeypatch, capsys):
+    from openai_stub_server import StubOpenAI
+
+    as_the_command_line(ctx, monkeypatch, OPENAI_API_KEY=SECRET)
+    out = tmp_path / "out"
+    with StubOpenAI() as server:
+        server.batch_plan.append("expired")  # one request, expired before it ran
+        proc = run_entry("run_cot_generation", cot_batch_args(ctx, out, server, "batch", "--max_users", "1",
+                                                              "--max_retries", "0"), capsys)
+    assert_one_line_error(proc, "no user was answered (1 failed", "Stage 1: gave up after 1 attempts: batch_expired",
+                          logs_ok=True)
+    assert not (out / "cot_train.json").exists()
+    assert json.loads((out / "batches.json").read_text())["rounds"][0]["parts"][0]["batch_id"] == "batch-0"  # kept
+
+
+@pytest.mark.parametrize("case", ["malformed", "another_run", "another_stage"])
+def test_cot_files_mode_output_that_is_not_the_rounds(case, ctx, tmp_path, monkeypatch, capsys):
+    from openai_stub_server import StubOpenAI
+
+    as_the_command_line(ctx, monkeypatch)
+    run_dir, other = tmp_path / "run", tmp_path / "other"
+    with StubOpenAI(batch_api=False) as server:  # a fake offline runner (vllm run-batch) answers the files
+        for out in (run_dir, other):  # two runs waiting for Stage 1's output
+            assert run_entry("run_cot_generation", cot_batch_args(ctx, out, server, "files", "--max_users", "3"),
+                             capsys).returncode == 0
+    stage1 = run_dir / "batches" / "stage1-round0.output.jsonl"
+    if case == "malformed":
+        target = stage1
+        target.write_text('{"custom_id": "x", "response": {"status_code": 200, "bo\n')
+        expected = [f"{target} line 1: not a JSON batch output line"]
+    elif case == "another_run":
+        target = stage1
+        server.offline_run(other / "batches" / "stage1-round0.requests.jsonl", target)
+        expected = [f"{target} line 1: custom_id", "belongs to another CoT run"]
+    else:  # Stage 1's answers given as Stage 2's output
+        server.offline_run(run_dir / "batches" / "stage1-round0.requests.jsonl", stage1)
+        assert run_entry("run_cot_generation", cot_batch_args(ctx, run_dir, server, "files", "--max_users", "3"),
+                         capsys).returncode == 0  # reads them, writes Stage 2's requests
+        target = stage1.rename(run_dir / "batches" / "stage2-round0.output.jsonl")
+        expected = [f"{target} line 1: custom_id", "answers Stage 1, but this file's requests ask Stage 2"]
+    before = snapshot(run_dir)
+    proc = run_entry("run_cot_generation", cot_batch_args(ctx, run_dir, server, "files", "--max_users", "3"), capsys)
+    assert_one_line_error(proc, *expected, logs_ok=True)
+    assert snapshot(run_dir) == before  # nothing recorded

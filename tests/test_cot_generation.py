@@ -1,4 +1,7 @@
-"""run_cot_generation against a real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol."""
+"""run_cot_generation against a real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol; --mode
+batch against its loopback fake of the OpenAI Batch API (/v1/files, /v1/batches) and --mode files with a fake offline
+runner: the live client's bytes, retries of failed requests, resume after kill -9 without a request submitted twice,
+and the one-line failures."""
 
 import asyncio
 import json
@@ -12,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, assert_one_line_error, run_entry
 from openai_stub_server import StubOpenAI
 
 from run_cot_generation import main
@@ -508,3 +511,231 @@ def test_a_finished_run_where_no_user_hit_is_an_error_that_keeps_the_answers(sou
     assert "raise --max_users" in err[0]
     assert not (tmp_path / "cot_train.json").exists()
     assert len(read_lines(tmp_path / "responses.jsonl")) == 3 and len(server.requests) == 9
+
+
+# ------------------------------------------------------------------------------ --mode batch and --mode files
+
+
+def cot_args(data, out, server, *extra):
+    return args(data, out, server, "--poll_interval", "0.01", *extra)
+
+
+def rounds(out) -> list[dict]:
+    return json.loads((out / "batches.json").read_text())["rounds"]
+
+
+def test_batch_mode_writes_the_live_bytes_through_failed_requests_an_expired_batch_and_split_files(
+        source, reference, tmp_path, secret_key, capsys):
+    users = n_liked(source)
+    faults = ["error", "refusal", "no_choices", "error_object"]  # the first four requests the fake runs
+    with StubOpenAI() as server:
+        server.faults.extend(faults)
+        server.batch_plan.extend(["completed", "expired"])  # Stage 1's second file expires half-way
+        summary = main(cot_args(source, tmp_path, server, "--mode", "batch", "--batch_file_requests", "15"))
+    assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
+    done = rounds(tmp_path)
+    assert [(r["stage"], r["number"]) for r in done] == [(1, 0), (1, 1), (2, 0), (3, 0)]  # retries: same stage
+    assert [len(r["parts"]) for r in done][0] == -(-users // 15)  # split at --batch_file_requests
+    assert all(p["requests"] <= 15 for r in done for p in r["parts"])
+    # the four failed and every expired request were asked again, once; nothing else twice
+    expired = done[0]["parts"][1]["requests"] - done[0]["parts"][1]["requests"] // 2
+    assert done[1]["parts"][0]["requests"] == len(faults) + expired == summary["retries_this_run"]
+    assert sum(server.submitted.values()) == 3 * users + len(faults) + expired
+    assert max(server.submitted.values()) == 2
+    # request lines: {custom_id, method, url, body} with the live client's request body
+    first = json.loads((tmp_path / "batches" / "stage1-round0-part0.requests.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"custom_id", "method", "url", "body"} and first["url"] == "/v1/chat/completions"
+    assert first["body"] == {"model": "stub", "messages": first["body"]["messages"], "temperature": 0.2,
+                             "max_tokens": 512, "seed": 0}
+    assert all(f["purpose"] == "batch" for f in server.files.values() if "filename" in f)
+    # the same answers and tokens as reference, at half the price
+    live_summary = json.loads((reference / "summary.json").read_text())
+    assert summary["prompt_tokens"] == live_summary["prompt_tokens"]
+    assert summary["estimated_cost"] == pytest.approx(live_summary["estimated_cost"] / 2)
+    assert summary["users_completed"] == users and summary["mode"] == "batch"
+    out = capsys.readouterr()
+    assert_secret_nowhere(tmp_path, out.out, out.err)
+
+
+def run_files_mode(source, out, server, *extra) -> int:
+    """Run --mode files until it finishes, answering each round with the fake offline runner; the rounds."""
+    for n in range(10):
+        main(cot_args(source, out, server, "--mode", "files", *extra))
+        last = rounds(out)[-1]
+        if last["collected"]:
+            return n
+        part = last["parts"][0]
+        server.offline_run(out / "batches" / f"{part['name']}.requests.jsonl",
+                           out / "batches" / f"{part['name']}.output.jsonl")
+    raise AssertionError("files mode never finished")
+
+
+def test_files_mode_stops_with_the_command_then_reads_the_output(source, reference, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a local teacher needs no key
+    with StubOpenAI(batch_api=False) as server:
+        summary = main(cot_args(source, tmp_path, server, "--mode", "files"))
+        printed = capsys.readouterr().out
+        requests = tmp_path / "batches" / "stage1-round0.requests.jsonl"
+        assert f"vllm run-batch -i {requests} -o {requests.with_name('stage1-round0.output.jsonl')} --model stub" \
+            in printed
+        assert "waiting for" in summary["stopped"] and not (tmp_path / "cot_train.json").exists()
+        assert len(requests.read_text().splitlines()) == n_liked(source)
+        assert server.requests == []  # nothing asked: the runner has the requests
+        main(cot_args(source, tmp_path, server, "--mode", "files"))  # no output yet: the same message again
+        assert len(rounds(tmp_path)) == 1
+        server.faults.extend(["no_choices"])  # one malformed answer: asked again in a second Stage-1 round
+        reruns = run_files_mode(source, tmp_path, server)
+    assert reruns == 4 and [(r["stage"], r["number"]) for r in rounds(tmp_path)] == [(1, 0), (1, 1), (2, 0), (3, 0)]
+    assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
+
+
+def wait_for(condition, proc, what: str, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def kill_9(proc):
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    return stderr.decode()
+
+
+def start(source, out, server, *extra):
+    env = {**os.environ, "OPENAI_API_KEY": SECRET, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(REPO / "run_cot_generation.py"),
+                             *cot_args(source, out, server, "--mode", "batch", *extra)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_kill_9_mid_poll_and_between_rounds_then_resume_submits_nothing_twice(source, reference, tmp_path, secret_key):
+    out = tmp_path / "out"
+    with StubOpenAI(polls=10**9) as server:  # batches stay in progress until the test lets them finish
+        proc = start(source, out, server, "--batch_file_requests", "20")
+
+        def polled():
+            return (out / "batches.json").exists() and all(p["batch_id"] for p in rounds(out)[0]["parts"]) and \
+                server.calls["GET /batches/{id}"] >= 3
+
+        wait_for(polled, proc, "never polled")
+        stderr = kill_9(proc)  # killed while polling Stage 1's batches
+        server.release()  # they finish now; Stage 2's will wait
+        proc = start(source, out, server)
+        wait_for(lambda: len(rounds(out)) == 2 and all(p["batch_id"] for p in rounds(out)[1]["parts"])
+                 and server.calls["GET /batches/{id}"] >= 8, proc, "Stage 2 never submitted")
+        assert len(read_lines(out / "progress.jsonl")) == n_liked(source)  # Stage 1 collected
+        stderr += kill_9(proc)  # killed after Stage 1, with Stage 2's batch in flight
+        server.release()
+        server.polls = 1
+        main(cot_args(source, out, server, "--mode", "batch"))
+    assert max(server.submitted.values()) == 1 and sum(server.submitted.values()) == 3 * n_liked(source)
+    assert server.calls["POST /batches"] == sum(len(r["parts"]) for r in rounds(out)) == 4  # 2 + 1 + 1 files
+    assert (out / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
+    assert_secret_nowhere(out, stderr)
+
+
+def test_a_batch_created_by_a_run_killed_before_it_recorded_the_id_is_found_not_created_again(
+        source, reference, tmp_path, secret_key, monkeypatch):
+    from openai.resources.batches import Batches
+
+    create = Batches.create
+
+    def create_then_die(self, **kwargs):  # the server made the batch; the run dies before writing its id
+        create(self, **kwargs)
+        raise KeyboardInterrupt
+
+    with StubOpenAI() as server:
+        monkeypatch.setattr(Batches, "create", create_then_die)
+        with pytest.raises(SystemExit):  # Ctrl-C's exit
+            main(cot_args(source, tmp_path, server, "--mode", "batch"))
+        part = rounds(tmp_path)[0]["parts"][0]
+        assert part["file_id"] and part["batch_id"] is None and server.calls["POST /batches"] == 1
+        monkeypatch.setattr(Batches, "create", create)
+        main(cot_args(source, tmp_path, server, "--mode", "batch"))
+    assert server.calls["GET /batches"] == 1 and server.calls["POST /batches"] == 3  # found, then Stages 2 and 3
+    assert max(server.submitted.values()) == 1
+    assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
+
+
+@pytest.mark.parametrize("end", ["failed", "cancelled"])
+def test_a_batch_failing_as_a_whole_is_one_line_and_a_rerun_goes_on(end, source, reference, tmp_path, secret_key,
+                                                                    capsys):
+    users = n_liked(source)
+    with StubOpenAI() as server:
+        server.batch_plan.extend(["completed", end])  # Stage 2's batch fails validation, or is cancelled half-way
+        with pytest.raises(SystemExit) as exc:
+            main(cot_args(source, tmp_path, server, "--mode", "batch"))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1
+        why = "invalid_request: the input file is invalid" if end == "failed" else "no reason given"
+        assert err[0].startswith(f"error: {tmp_path}: batch batch-1 (stage2-round0, Stage 2) {end}: {why}")
+        kept = read_lines(tmp_path / "progress.jsonl")  # what was paid for is kept: Stage 1, and a cancelled
+        ran = 0 if end == "failed" else users // 2  # batch's answers before it stopped
+        assert [e["stage"] for e in kept] == [1] * users + [2] * ran
+        main(cot_args(source, tmp_path, server, "--mode", "batch"))
+    assert [(r["stage"], r["number"]) for r in rounds(tmp_path)] == [(1, 0), (2, 0), (2, 1), (3, 0)]
+    assert rounds(tmp_path)[2]["parts"][0]["requests"] == users - ran  # only what the batch did not answer
+    assert sum(server.submitted.values()) == 4 * users - ran  # those the batch did not answer, once more
+    assert (tmp_path / "cot_train.json").read_bytes() == (reference / "cot_train.json").read_bytes()
+
+
+def test_a_request_failing_every_round_is_given_up_and_reported_per_user(source, tmp_path, secret_key, capsys):
+    with StubOpenAI() as server:
+        server.faults.extend(["error"] * 4)  # two users, two rounds each of HTTP 500
+        with pytest.raises(SystemExit) as exc:
+            main(cot_args(source, tmp_path, server, "--mode", "batch", "--max_users", "2", "--max_retries", "1"))
+    assert exc.value.code == 2 and server.calls["POST /batches"] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no user was answered (2 failed; first: " in err[0]
+    assert "Stage 1: gave up after 2 attempts: HTTP 500: internal error" in err[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["users_failed_this_run"] == 2 and len(summary["first_errors"]) == 2
+    assert not (tmp_path / "cot_train.json").exists()
+
+
+def test_dry_run_gives_the_batch_price_and_the_number_of_files(source, tmp_path, secret_key):
+    with StubOpenAI() as server:
+        live = main(cot_args(source, tmp_path / "a", server, "--dry_run"))
+        batch = main(cot_args(source, tmp_path / "b", server, "--dry_run", "--mode", "batch",
+                              "--batch_file_requests", "10"))
+    assert server.requests == [] and sum(server.calls.values()) == 0 and not tmp_path.joinpath("b").exists()
+    assert batch["cost_upper_bound"] == pytest.approx(live["cost_upper_bound"] / 2, abs=1e-4)
+    assert batch["live_cost_upper_bound"] == live["cost_upper_bound"]
+    assert batch["batch_files_per_stage"] == [-(-n_liked(source) // 10)] * 3
+    assert batch["batch_files"] == 3 * -(-n_liked(source) // 10)
+
+
+def test_split_lines_keeps_both_limits():
+    from tlrec_utils.cot.batch_files import split_lines
+
+    lines = [b"x" * n + b"\n" for n in (5, 5, 5, 20, 1, 1)]
+    parts = split_lines(lines, max_requests=2, max_bytes=25)
+    assert parts == [lines[:2], lines[2:3], lines[3:5], lines[5:]]
+    assert b"".join(b"".join(p) for p in parts) == b"".join(lines)
+
+
+def test_a_round_still_open_must_be_finished_in_its_own_mode(source, tmp_path, secret_key, capsys):
+    with StubOpenAI(batch_api=False) as server:
+        main(cot_args(source, tmp_path, server, "--mode", "files"))  # Stage 1's requests wait for the runner
+        for mode in ("live", "batch"):
+            proc = run_entry("run_cot_generation", cot_args(source, tmp_path, server, "--mode", mode), capsys)
+            assert_one_line_error(proc, "batches.json: a Stage-1 round of --mode files is still open",
+                                  "rerun with --mode files", logs_ok=True)
+    assert server.requests == [] and sum(server.calls.values()) == 0
+
+
+def test_the_pipeline_asks_in_batch_mode_and_checks_the_teacher_against_the_table():
+    from tlrec_utils.errors import InputError
+    from tlrec_utils.experiments.phases import pipeline_phases
+    from tlrec_utils.experiments.pipeline_config import PipelineConfig, check_values
+
+    cfg = PipelineConfig(run_dir="runs/x", teacher="openai", teacher_mode="batch", methods=["tlrec"])
+    (cot,) = [p for p in pipeline_phases(cfg, check_data=False) if p.kind == "cot"]
+    assert cot.script == "run_cot_generation.py" and cot.argv[-2:] == ["--mode", "batch"]
+    with pytest.raises(InputError, match="--teacher_mode batch: the heuristic teacher is asked live only"):
+        check_values(PipelineConfig(run_dir="runs/x", teacher="heuristic", teacher_mode="batch"))
+    with pytest.raises(InputError, match="--teacher: 'gpt' is not one of openai, heuristic, published"):
+        check_values(PipelineConfig(run_dir="runs/x", teacher="gpt"))

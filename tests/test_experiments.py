@@ -297,12 +297,12 @@ def test_report_tables_only_the_cells_of_this_config(grid_config):
     assert not (results / "table1.md").exists() and read_results(results)["rows"] == []
 
 
-def test_one_test_set_per_grid(grid_config, data_dir, tiny_llama):
+def test_one_test_set_per_grid(grid_config, small_data_dir, tiny_llama):
     """Issue 19 case 4: a pipeline cell's prepared test set differs from the grid's `target:` files: the grid
     refuses with one line before running any cell; pointing `target:` at the same records reports it once."""
     path, config = grid_config
     config = {**config, "settings": ["zero-shot", 16], "seeds": [0], "ablations": [], "setup": [],
-              "pipeline": {"data_dir": str(data_dir), "base_model": str(tiny_llama), "max_windows": 300},
+              "pipeline": {"data_dir": str(small_data_dir), "base_model": str(tiny_llama), "max_windows": 300},
               "pipeline_runs": {"main": {"methods": ["tallrec"]}},
               "methods": config["methods"][:1] + [{"name": "TALLRec", "pipeline": "main", "variant": "tallrec"}]}
     path.write_text(yaml.safe_dump(config))

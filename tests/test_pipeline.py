@@ -23,6 +23,7 @@ from helpers import (
 )
 
 import run_pipeline
+from tlrec_utils.cot.registry import TEACHERS
 from tlrec_utils.errors import InputError
 from tlrec_utils.evaluation.metrics import auc
 from tlrec_utils.experiments import pipeline as pipeline_module
@@ -267,12 +268,12 @@ def _argv_value(argv, flag):
     return argv[argv.index(flag) + 1] if flag in argv else None
 
 
-def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path, data_dir):
+def test_plan_of_every_method_with_start_adapter_and_validation(tmp_path, small_data_dir):
     """pipeline_phases: each method's chain as the paper defines it, all starting from the start adapter;
     phases two methods share appear once; validation flags follow the authors' recipe."""
     adapter = tmp_path / "alpaca-lora"
     adapter.mkdir()
-    cfg = PipelineConfig(run_dir=str(tmp_path / "r"), data_dir=str(data_dir), base_model="/models/llama-7b",
+    cfg = PipelineConfig(run_dir=str(tmp_path / "r"), data_dir=str(small_data_dir), base_model="/models/llama-7b",
                          start_adapter=str(adapter), methods=list(METHODS), k_shots=[16, 256],
                          validate=True, tuning={"max_val_records": 100})
     phases = {p.key: p for p in pipeline_phases(cfg)}
@@ -328,7 +329,7 @@ def test_cli_config_file_mappings_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("name,value,choices", [("launcher", "slurm", "inprocess, accelerate"),
-                                                ("teacher", "gpt", "heuristic, openai, published"),
+                                                ("teacher", "gpt", ", ".join(TEACHERS)),
                                                 ("on_change", "ask", "rerun, error"),
                                                 ("source_target_style", "quote", "wrap, item"),
                                                 ("cot_curriculum", "random", "ordered, shuffled, stagewise, trainer")])
@@ -344,12 +345,12 @@ def test_a_config_built_in_python_is_checked_against_the_fields_choices(tmp_path
         run_pipeline.parse_args(["--config", str(config)])
 
 
-def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, data_dir, capsys):
+def test_second_run_on_the_same_run_dir_stops_with_the_holder(tmp_path, small_data_dir, capsys):
     import socket
 
     run_dir = tmp_path / "locked"
     with run_dir_lock(run_dir):  # the holder: this process (flock locks conflict across open files, here too)
-        proc = run_entry("run_pipeline", ["--run_dir", run_dir, "--data_dir", data_dir], capsys)
+        proc = run_entry("run_pipeline", ["--run_dir", run_dir, "--data_dir", small_data_dir], capsys)
     assert_one_line_error(proc, f"pid {os.getpid()} on host {socket.gethostname()}", str(run_dir))
     assert not (run_dir / "data").exists()
 

@@ -27,10 +27,10 @@ SLICE = {
 }  # fmt: skip
 
 
-def test_accelerate_launcher_two_processes_sigterm_resume_and_same_results_keys(data_dir, pipeline_start, tmp_path):
+def test_accelerate_launcher_two_processes_sigterm_resume_and_same_results_keys(data_dir, tmp_path):
     config = tmp_path / "slice.yaml"
     config.write_text(yaml.safe_dump({**SLICE, "data_dir": str(data_dir)}))
-    launched = pipeline_start(tmp_path / "launched")  # data, CoT records and tiny model as this slice makes them
+    launched = tmp_path / "launched"
     argv = ["--config", str(config), "--run_dir", str(launched), "--launcher", "accelerate", "--num_processes", "2",
             "--tuning_args", "--use_cpu"]
     kshot = launched / "wo_rec_tuning" / "k16_seed3"
@@ -68,7 +68,7 @@ def test_accelerate_launcher_two_processes_sigterm_resume_and_same_results_keys(
 
     # 3) the same slice in-process: results.json has the same entries, the same test records were scored (in
     # 2 processes when launched, 1 in-process), and each launched AUC is the one of its own written scores
-    inprocess = pipeline_start(tmp_path / "inprocess")
+    inprocess = tmp_path / "inprocess"
     assert run_pipeline.main(["--config", str(config), "--run_dir", str(inprocess), "--tuning_args", "--use_cpu"]) == 0
     expected = read_results(inprocess)
     assert set(results) == set(expected) and set(results["variants"]) == set(expected["variants"]) == {"wo_rec_tuning"}

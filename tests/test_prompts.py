@@ -170,3 +170,29 @@ def test_published_cot_file_stages_from_instructions(tmp_path):
     bad.write_text(json.dumps(raw[:2] + [{**raw[2], "instruction": "Summarize the user."}]))
     with pytest.raises(InputError, match=r"bad.json record 2: unknown CoT instruction 'Summarize the user.'"):
         load_cot_records(bad)
+
+
+def test_cot_records_module_writes_the_pipeline_cot_phase_and_refuses_a_missing_file(tmp_path):
+    """`python -m tlrec_utils.cot.records cot_records` (the pipeline's CoT phase when the records come from a
+    file): cot_train.json with the stages recovered, cot_records.json saying what was read; a missing file is one
+    line, exit 2, nothing written."""
+    import subprocess
+    import sys
+
+    from helpers import REPO, assert_one_line_error
+
+    from tlrec_utils.fileio import sha256_file
+
+    out = tmp_path / "cot"
+    command = [sys.executable, "-m", "tlrec_utils.cot.records", "cot_records", "--output_dir", str(out)]
+    proc = subprocess.run(command + ["--cot_file", str(FIXTURE)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["stage"] for r in json.loads((out / "cot_train.json").read_text())] == [3, 3, 1, 1, 2, 2]
+    assert json.loads((out / "cot_records.json").read_text()) == {
+        "cot_file": str(FIXTURE), "sha256": sha256_file(FIXTURE), "cot_records": 6,
+        "records_per_stage": {"1": 2, "2": 2, "3": 2}}
+    missing = tmp_path / "gone.json"
+    proc = subprocess.run(command[:-1] + [str(tmp_path / "other"), "--cot_file", str(missing)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert_one_line_error(proc, str(missing), "CoT file not found")
+    assert not (tmp_path / "other").exists()

@@ -43,7 +43,8 @@ def _expected_order(rec):
     return [h["title"] for h in hist if h["liked"]] + [h["title"] for h in hist if not h["liked"]]
 
 
-@pytest.mark.parametrize("kind,titles", [("movie", TRICKY_MOVIES), ("book", TRICKY_BOOKS)])
+@pytest.mark.parametrize("kind,titles", [("movie", TRICKY_MOVIES), ("book", TRICKY_BOOKS), ("game", TRICKY_MOVIES),
+                                         ("board game", TRICKY_MOVIES)])  # any noun a config names
 @pytest.mark.parametrize("style", ["wrap", "item"])
 def test_round_trip_with_quotes_and_commas(kind, titles, style):
     for shift in range(len(titles)):
@@ -95,7 +96,8 @@ def test_catalog_resolves_a_title_that_reads_like_two_items():
     "not a rec-tuning input",
     'User Preference: "A (1999)"\nWhether the user will like the target movie "B (1998)"?',
     'User Preference: "A (1999)", B (1998)\nUser Unpreference: \nWhether the user will like the target movie "C"?',
-    'User Preference: \nUser Unpreference: \nWhether the user will like the target song "C"?',
+    'User Preference: \nUser Unpreference: \nWhether the user will like the target song C?',  # target not quoted
+    'User Preference: \nUser Unpreference: \nWhether the user will like the target "C"?',  # no noun
 ])
 def test_not_parseable_gives_none(text):
     assert parse_rec_input(text) is None
@@ -221,7 +223,8 @@ def test_segmentation_equals_brute_force_on_random_lists():
     assert outcomes == {"none", "unique"}
 
 
-@pytest.mark.parametrize("kind,titles", [("movie", TRICKY_MOVIES), ("book", TRICKY_BOOKS)])
+@pytest.mark.parametrize("kind,titles", [("movie", TRICKY_MOVIES), ("book", TRICKY_BOOKS), ("game", TRICKY_MOVIES),
+                                         ("board game", TRICKY_MOVIES)])  # any noun a config names
 def test_long_histories_round_trip(kind, titles):
     """20,000 items (the tricky titles among plain ones), with and without a catalog: every item back in order."""
     items = [titles[n % len(titles)] if n % 4 == 0 else

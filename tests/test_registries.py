@@ -41,8 +41,8 @@ def strict_ml100k(monkeypatch):
                         dataclasses.replace(DATASETS["ml-100k"], like_threshold=4, what="5-star likes"))
 
 
-def test_a_new_dataset_is_one_registry_line(strict_ml100k, data_dir, tmp_path):
-    common = ["--raw_dir", str(data_dir / "ml-100k"), "--max_windows", "500"]
+def test_a_new_dataset_is_one_registry_line(strict_ml100k, small_data_dir, tmp_path):
+    common = ["--raw_dir", str(small_data_dir / "ml-100k"), "--max_windows", "500"]
     new = run_prepare_data.main(["--dataset", "ml-100k-strict", "--output_dir", str(tmp_path / "new"), *common])
     same = run_prepare_data.main(["--dataset", "ml-100k", "--like_threshold", "4", "--output_dir",
                                   str(tmp_path / "same"), *common])
@@ -53,11 +53,11 @@ def test_a_new_dataset_is_one_registry_line(strict_ml100k, data_dir, tmp_path):
     assert new["like_rate"]["all"] < default["like_rate"]["all"]  # fewer likes: the registry's threshold was used
 
 
-def test_a_new_baseline_is_one_registry_line(monkeypatch, data_dir, tmp_path):
+def test_a_new_baseline_is_one_registry_line(monkeypatch, small_data_dir, tmp_path):
     monkeypatch.setitem(BASELINES, "popularity-again",
                         Baseline(lambda seed=0, text_encoder=None, **_: heuristics.ItemPopularity(), "a copy"))
     prepared = tmp_path / "data"
-    run_prepare_data.main(["--dataset", "ml-100k", "--raw_dir", str(data_dir / "ml-100k"), "--max_windows", "400",
+    run_prepare_data.main(["--dataset", "ml-100k", "--raw_dir", str(small_data_dir / "ml-100k"), "--max_windows", "400",
                            "--output_dir", str(prepared)])
     files = ["--train_file", str(prepared / "train.json"), "--test_file", str(prepared / "test.json"),
              "--items_file", str(prepared / "items.json")]

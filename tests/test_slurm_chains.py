@@ -93,7 +93,9 @@ def test_dependency_chains_shared_phases_once_and_resubmission(data_dir, fake_sb
     assert again["cot"] == [] and set(again["tlrec/cot_tuning"]) == {"1001"}  # only the CoT job is left before it
 
 
-def test_slurm_dry_run_writes_the_plan_and_submits_nothing(data_dir, fake_sbatch, tmp_path, capsys):
+def test_slurm_dry_run_writes_the_plan_and_submits_nothing(small_data_dir, fake_sbatch, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.setenv("TLREC_DATA_DIR", str(small_data_dir))  # a plan reads no data: files of the real layout do
     out = tmp_path / "grid"
     assert run_experiments.main(grid_argv(out) + ["--dry_run"]) == 0
     printed = capsys.readouterr().out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -139,7 +140,71 @@ YES = "Yes."
 NO = "No."
 ANSWERS = (NO, YES)  # index = label
 
-ITEM_KINDS = ("movie", "book")
+
+
+@dataclass(frozen=True)
+class ItemKind:
+    """What the prompts call an item: its noun ("the target game"), plural ("selecting games") and the verb of the
+    history ("the games that the user has played")."""
+
+    noun: str
+    plural: str
+    verb: str
+
+    @property
+    def spec(self) -> str:
+        """How a config names it: the table's name, else 'noun/plural/verb'."""
+        return self.noun if ITEM_KINDS.get(self.noun) == self else "/".join((self.noun, self.plural, self.verb))
+
+
+# The item kinds a config names (`item_kind: game`). Movie and book are the released wording, byte for byte: the
+# TLRec authors' book prompts keep "watched" ("The books that the user has watched (watched books)",
+# ljy2222/TLRec@534c6c9 cot_data/generate_data.py); `item_kind: book/books/read` says "read" instead.
+ITEM_KINDS = {k.noun: k for k in (
+    ItemKind("movie", "movies", "watched"),
+    ItemKind("book", "books", "watched"),
+    ItemKind("game", "games", "played"),
+    ItemKind("item", "items", "bought"),
+)}  # fmt: skip
+RELEASED_KINDS = ("movie", "book")  # the kinds of the authors' released prompts and CoT files
+_KIND_FORMS = "a name (" + ", ".join(ITEM_KINDS) + "), NOUN/VERB or NOUN/PLURAL/VERB (e.g. album/albums/listened to)"
+
+
+def _is_word(text) -> bool:
+    """A noun, plural or verb a prompt can say: non-empty, no surrounding space, no quote (items are quoted),
+    brace (templates) or line break."""
+    return isinstance(text, str) and bool(text) and text.strip() == text and not any(c in text for c in '"{}\n\r')
+
+
+def _check_word(text: str, spec, flag: str) -> str:
+    text = text.strip() if isinstance(text, str) else ""
+    if not _is_word(text):
+        raise InputError(f"{flag} {spec!r}: an item noun, plural or verb must be non-empty words without quotes, "
+                         f"braces or line breaks; give {_KIND_FORMS}")
+    return text
+
+
+def item_kind(spec, flag: str = "--item_kind") -> ItemKind:
+    """The ItemKind a config names: a name of ITEM_KINDS, 'noun/verb' (plural: noun + 's'), 'noun/plural/verb',
+    or an ItemKind. Anything else is an InputError naming `flag`."""
+    if isinstance(spec, ItemKind):
+        return spec
+    if isinstance(spec, str) and spec in ITEM_KINDS:
+        return ITEM_KINDS[spec]
+    parts = spec.split("/") if isinstance(spec, str) else []
+    if len(parts) not in (2, 3):
+        raise InputError(f"{flag} {spec!r}: unknown item kind; give {_KIND_FORMS}")
+    words = [_check_word(w, spec, flag) for w in parts]
+    return ItemKind(words[0], words[0] + "s" if len(words) == 2 else words[1], words[-1])
+
+
+def item_noun(kind) -> str:
+    """The noun of a kind (what the rec prompts say): of an ItemKind or spec, or a bare noun as a record's
+    instruction says it (any noun, also one outside the table)."""
+    if isinstance(kind, str) and "/" not in kind and kind not in ITEM_KINDS:
+        return _check_word(kind, kind, "item kind")
+    return item_kind(kind, "item kind").noun
+
 
 REC_INSTRUCTION = (
     "Given the user's preference and unpreference, identify whether the user will like the target {kind} "
@@ -160,10 +225,17 @@ def record_prompt(record: dict, template: PromptTemplate | None = None, training
     return generate_prompt(record["instruction"], record.get("input"), template, training=training)
 
 
-def rec_instruction(kind: str) -> str:
-    if kind not in ITEM_KINDS:
-        raise ValueError(f"item kind must be one of {ITEM_KINDS}, got {kind!r}")
-    return REC_INSTRUCTION.format(kind=kind)
+def rec_instruction(kind) -> str:
+    return REC_INSTRUCTION.format(kind=item_noun(kind))
+
+
+def rec_noun(instruction: str) -> str | None:
+    """The item noun of a rec-tuning instruction (`rec_instruction`'s inverse), None for another instruction."""
+    head, tail = REC_INSTRUCTION.split("{kind}")
+    if not (isinstance(instruction, str) and instruction.startswith(head) and instruction.endswith(tail)):
+        return None
+    noun = instruction[len(head):len(instruction) - len(tail)]
+    return noun if _is_word(noun) else None
 
 
 def quote_item(text: str) -> str:
@@ -188,7 +260,7 @@ def quote_target(text: str, style: str = "wrap") -> str:
     raise ValueError(f"unknown target quote style {style!r}")
 
 
-def rec_input(liked: list[str], disliked: list[str], target: str, kind: str, target_style: str = "wrap") -> str:
+def rec_input(liked: list[str], disliked: list[str], target: str, kind, target_style: str = "wrap") -> str:
     """The rec-tuning `input` text from item texts (in history order) and the target's text."""
     return (
         PREFERENCE_PREFIX
@@ -197,7 +269,7 @@ def rec_input(liked: list[str], disliked: list[str], target: str, kind: str, tar
         + UNPREFERENCE_PREFIX
         + ", ".join(quote_item(t) for t in disliked)
         + "\n"
-        + TARGET_QUESTION.format(kind=kind, target=quote_target(text=target, style=target_style))
+        + TARGET_QUESTION.format(kind=item_noun(kind), target=quote_target(text=target, style=target_style))
     )
 
 
@@ -263,30 +335,38 @@ COT_STAGE_INSTRUCTIONS = (
 )
 
 
-def cot_stage_instruction(stage: int, kind: str) -> str:
-    return COT_STAGE_INSTRUCTIONS[stage - 1].format(kind=kind)
+def cot_worded(text: str, kind) -> str:
+    """A CoT string for an item kind. The strings above are the released movie wording with {kind} for the noun;
+    another kind takes its plural where they say "{kind}s" and its verb where they say "watched" (for movie and
+    book that is the released text itself)."""
+    k = item_kind(kind, "item kind")
+    text = re.sub(r"(?<!\{)watched(?!\})", k.verb, text)  # not the context's {watched} placeholder
+    return text.replace("{kind}s", k.plural).replace("{kind}", k.noun)
+
+
+def cot_stage_instruction(stage: int, kind) -> str:
+    return cot_worded(COT_STAGE_INSTRUCTIONS[stage - 1], kind)
 
 
 # every instruction of a CoT record, for telling a record's stage (and item kind) from its instruction
 COT_INSTRUCTION_STAGES = {
-    cot_stage_instruction(stage, kind): (stage, kind) for kind in ITEM_KINDS for stage in (1, 2, 3)
+    cot_stage_instruction(stage, kind): (stage, kind) for kind in RELEASED_KINDS for stage in (1, 2, 3)
 }
 
 
-def cot_context(candidates: list[str], watched: list[str], kind: str) -> str:
-    return COT_CONTEXT.format(
-        kind=kind,
+def cot_context(candidates: list[str], watched: list[str], kind) -> str:
+    return cot_worded(COT_CONTEXT, kind).format(
         candidates=", ".join(quote_item(t) for t in candidates),
         watched=", ".join(quote_item(t) for t in watched),
     )
 
 
-def cot_question(stage: int, kind: str) -> str:
+def cot_question(stage: int, kind) -> str:
     """The question of stage 1, 2 or 3."""
-    return COT_QUESTIONS[stage - 1].format(kind=kind)
+    return cot_worded(COT_QUESTIONS[stage - 1], kind)
 
 
-def cot_teacher_prompt(context: str, answers: list[str], kind: str) -> str:
+def cot_teacher_prompt(context: str, answers: list[str], kind) -> str:
     """The prompt of stage len(answers) + 1: the context, each earlier question with its answer, the question,
     then "\nAnswer:"."""
     text = context
@@ -295,7 +375,7 @@ def cot_teacher_prompt(context: str, answers: list[str], kind: str) -> str:
     return text + cot_question(len(answers) + 1, kind) + COT_ANSWER_CUE
 
 
-def cot_record(context: str, answers: list[str], stage: int, kind: str) -> dict:
+def cot_record(context: str, answers: list[str], stage: int, kind) -> dict:
     """The stage-k CoT instruction record: the stage's instruction; input = the stage-k teacher prompt without
     its trailing "\nAnswer:"; output = the stage-k answer as the teacher gave it."""
     prompt = cot_teacher_prompt(context, answers[: stage - 1], kind)
@@ -311,12 +391,13 @@ def _sha256_of(strings: list[str]) -> str:
     return hashlib.sha256(json.dumps(strings).encode("utf-8")).hexdigest()
 
 
-def _cot_strings(kind: str, system_prompt: str | None) -> list[str]:
-    return [COT_CONTEXT, *COT_QUESTIONS, COT_ANSWER_CUE, COT_ANSWERED, *COT_STAGE_INSTRUCTIONS, kind,
+def _cot_strings(kind, system_prompt: str | None) -> list[str]:
+    return [COT_CONTEXT, *COT_QUESTIONS, COT_ANSWER_CUE, COT_ANSWERED, *COT_STAGE_INSTRUCTIONS,
+            item_kind(kind, "item kind").spec,
             system_prompt or ""]
 
 
-def cot_wording_fingerprint(kind: str, system_prompt: str | None = None) -> str:
+def cot_wording_fingerprint(kind, system_prompt: str | None = None) -> str:
     """SHA-256 of every string that shapes a teacher prompt, a CoT record or the reading of an answer (the
     templates and the answer format), and of a probe user's three prompts and CoT records as rendered now, so a
     change in how they are put together counts too: a resume must not mix answers to different prompts."""
@@ -328,7 +409,7 @@ def cot_wording_fingerprint(kind: str, system_prompt: str | None = None) -> str:
     return _sha256_of(_cot_strings(kind, system_prompt) + [COT_NUMBER_END, COT_PAIR_SEPARATOR] + rendered)
 
 
-def cot_wording_fingerprint_strings_only(kind: str, system_prompt: str | None = None) -> str:
+def cot_wording_fingerprint_strings_only(kind, system_prompt: str | None = None) -> str:
     """The fingerprint of versions up to 0.1.0 (the strings alone): their output directories resume while these
     strings are unchanged."""
     return _sha256_of(_cot_strings(kind, system_prompt))

@@ -157,12 +157,7 @@ class OpenAITeacher:
         import openai
 
         self._openai = openai
-        api_key = os.environ.get("OPENAI_API_KEY")
-        if not api_key:
-            if base_url is None:
-                raise InputError("OPENAI_API_KEY is not set (needed for the OpenAI API; local servers take --base_url)")
-            api_key = "EMPTY"  # local servers (vLLM, Ollama) accept any key
-        self._secret = api_key
+        api_key = self._secret = api_key_for(base_url)
         # retries are ours (backoff with jitter, Retry-After, counted against the budget)
         self.client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, timeout=request_timeout, max_retries=0
@@ -181,7 +176,7 @@ class OpenAITeacher:
         self.rng = random.Random()  # jitter must differ between runs and clients
 
     def redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return redact(text, self._secret)
 
     def _retry_delay(self, attempt: int, headers) -> float:
         backoff = min(self.retry_max_delay, self.retry_base_delay * 2**attempt)
@@ -206,7 +201,7 @@ class OpenAITeacher:
                         max_tokens=self.max_tokens,
                         seed=self.seed,
                     )
-                reply = _parse_completion(response)
+                reply = parse_completion(response)
                 reply.text = self.redact(reply.text)  # a server that echoes the key must not get it stored
             except retryable as exc:
                 problem = f"{type(exc).__name__}: {exc}"
@@ -242,8 +237,31 @@ class MalformedReply(Exception):
     """A 200 reply that is not a usable chat completion (retried like a server error)."""
 
 
-def _parse_completion(response) -> Reply:
-    """Text and usage of a chat completion, or MalformedReply."""
+def teacher_messages(prompt: str, system_prompt: str | None = None) -> list[dict]:
+    """The chat messages of one request: the prompt alone, as the authors send it, unless a system message
+    is asked for."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": prompt}]
+
+
+def api_key_for(base_url: str | None) -> str:
+    """The API key, from OPENAI_API_KEY only (never logged or written); local servers take any key."""
+    api_key = os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        if base_url is None:
+            raise InputError("OPENAI_API_KEY is not set (needed for the OpenAI API; local servers take --base_url)")
+        api_key = "EMPTY"  # local servers (vLLM, Ollama) accept any key
+    return api_key
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with the key masked (a server that echoes the key must not get it stored)."""
+    return text.replace(secret, "***") if secret else text
+
+
+def parse_completion(response) -> Reply:
+    """Text and usage of a chat completion (as the openai client returns it), or MalformedReply. A refusal
+    (`message.refusal`, no content) is malformed too: retried."""
     choices = getattr(response, "choices", None)
     if not choices:
         raise MalformedReply("no choices in the reply")
@@ -304,7 +322,8 @@ class HeuristicTeacher:
             words = collections.Counter(
                 w.lower() for t in liked for w in WORD.findall(YEAR.sub("", t)) if w.lower() not in STOPWORDS
             )
-            parts = [f"I liked {len(liked)} of the {len(user.history)} {self.kind}s I watched."]
+            kind = prompts.item_kind(self.kind)
+            parts = [f"I liked {len(liked)} of the {len(user.history)} {kind.plural} I {kind.verb}."]
             if decades:
                 parts.append("Mostly from the " + ", ".join(f"{d}s" for d, _ in decades.most_common(2)) + ".")
             common = [w for w, n in words.most_common(3) if n > 1]

@@ -35,11 +35,8 @@ class CotUser:
 
 
 def detect_kind(records: list[dict]) -> str:
-    text = records[0]["instruction"] if records else ""
-    for kind in prompts.ITEM_KINDS:
-        if f"target {kind}" in text:
-            return kind
-    return "movie"
+    """The item noun of the first record's rec-tuning instruction (movie when it is not one)."""
+    return (prompts.rec_noun(records[0]["instruction"]) if records else None) or "movie"
 
 
 def user_key(index: int, record: dict) -> str:
@@ -89,23 +86,7 @@ def build_users(records: list[dict], cfg, kind: str):
     for r in records:
         for h in r.get("history", []):
             titles.setdefault(h["item_id"], h["title"])
-    diagnostics = {}
-    chosen = None
-    for allow in (True, False):
-        cands = user_filtering_candidates(
-            interactions,
-            query_rows=np.arange(len(seen)),
-            neighbor_num=cfg.neighbor_num,
-            candidate_num=cfg.candidate_num,
-            allow_same_user=allow,
-        )
-        in_set = [code.get(records[i]["target"]["item_id"], -2) in cands.items[u] for u, i in enumerate(seen)]
-        name = "with_same_user_neighbors" if allow else "other_users_only"
-        diagnostics[f"target_in_candidates_rate_{name}"] = round(float(np.mean(in_set)), 4)
-        if allow:  # how many of the 12 neighbours are the user's own other windows when allowed
-            diagnostics["mean_same_user_neighbors_when_allowed"] = round(float(cands.same_user_neighbors.mean()), 3)
-        if allow == cfg.allow_same_user_neighbors:
-            chosen = cands
+    chosen, diagnostics = candidate_sets(interactions, code, records, seen, cfg)
     target_codes = np.array([code.get(records[i]["target"]["item_id"], -2) for i in seen])
     in_set = (chosen.items == target_codes[:, None]).any(axis=1)
     kept = np.arange(len(seen)) if cfg.ensure_target else np.flatnonzero(in_set)
@@ -149,6 +130,29 @@ def build_users(records: list[dict], cfg, kind: str):
         **diagnostics,
     }
     return users, stats, interactions, code
+
+
+def candidate_sets(interactions, code: dict, records: list[dict], seen: list[int], cfg):
+    """The candidate sets of the users `seen` (records' indices), with and without a user's own other windows
+    as neighbours: (the sets --allow_same_user_neighbors asks for, the target-in-candidates rates both ways)."""
+    diagnostics = {}
+    chosen = None
+    for allow in (True, False):
+        cands = user_filtering_candidates(
+            interactions,
+            query_rows=np.arange(len(seen)),
+            neighbor_num=cfg.neighbor_num,
+            candidate_num=cfg.candidate_num,
+            allow_same_user=allow,
+        )
+        in_set = [code.get(records[i]["target"]["item_id"], -2) in cands.items[u] for u, i in enumerate(seen)]
+        name = "with_same_user_neighbors" if allow else "other_users_only"
+        diagnostics[f"target_in_candidates_rate_{name}"] = round(float(np.mean(in_set)), 4)
+        if allow:  # how many of the 12 neighbours are the user's own other windows when allowed
+            diagnostics["mean_same_user_neighbors_when_allowed"] = round(float(cands.same_user_neighbors.mean()), 3)
+        if allow == cfg.allow_same_user_neighbors:
+            chosen = cands
+    return chosen, diagnostics
 
 
 CONTEXT_STYLES = ("history", "authors")

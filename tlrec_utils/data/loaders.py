@@ -35,6 +35,7 @@ class RawRatings:
     sources: list[Path]
     timestamp_unit: str | None = "s"  # "s" (unix seconds), "day" (days since 1970-01-01), None (no time)
     stats: dict = field(default_factory=dict)
+    like_threshold: float | None = None  # liked = rating > this where the data decides it (labels: 0), else None
 
 
 @dataclass

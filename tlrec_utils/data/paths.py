@@ -38,7 +38,7 @@ def data_dir(explicit=None) -> Path:
 CONFIG_PATH_KEYS = frozenset({
     "output_dir", "run_dir", "data_dir", "raw_dir", "start_adapter", "cot_file", "accelerate_config", "init_adapter",
     "train_files", "val_file", "test_file", "items_file", "adapter", "train_file", "valid_file", "deepspeed",
-    "logging_dir", "config", "creates",
+    "logging_dir", "config", "creates", "interactions_file",
 })  # fmt: skip
 MODEL_KEYS = frozenset({"base_model", "text_encoder"})  # a path when it names a folder there, else a hub id
 # mappings of settings handed on to another script (run_pipeline's `tuning`, ..., `eval`)

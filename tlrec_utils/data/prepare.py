@@ -21,18 +21,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .. import __version__
+from .. import __version__, prompts
 from ..errors import InputError
 from ..fileio import atomic_write_json, sha256_file, staged_output_dir
 from . import download as dl
 from . import loaders as raw_datasets
+from .interactions import column_names, item_text_fields, separator
 from .kshot import k_shot_filename, sample_k_shot
 from .loaders import RawRatings, counting_skipped_rows
 from .paths import data_dir as resolve_data_dir
 from .records import SPLITS, build_record, load_records, save_records
+from .registry import OWN_PARAMS, dataset_help, like_threshold_help, load_raw, missing_files, release_help
 from .registry import dataset as dataset_spec
-from .registry import dataset_help, like_threshold_help, load_raw, missing_files, release_help
-from .windows import parse_split_ratio, sliding_windows, split_sizes
+from .windows import negative_sampler, parse_split_ratio, sliding_windows, split_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ class PrepareConfig:
         default=None, metadata={"help": "bookcrossing (no timestamps): shuffle each user's ratings with this seed "
                                         "instead of keeping file order."},
     )
-    item_kind: str = field(
-        default="movie", metadata={"help": "windows-csv: movie or book wording (also picks the default release)."}
+    item_kind: str | None = field(
+        default=None, metadata={"help": "Item wording of windows-csv, records, interactions and amazon-2023: "
+                                        "movie, book, game, item (prompts.ITEM_KINDS), NOUN/VERB or NOUN/PLURAL/VERB "
+                                        "(default: movie; interactions: item; amazon-2023: by --category). "
+                                        "windows-csv and records: also picks the default release."}
     )
     target_style: str = field(
         default="wrap", metadata={"help": "Target quoting: wrap (TALLRec) or item (TLRec Amazon-Books release)."}
@@ -72,6 +76,45 @@ class PrepareConfig:
         default=raw_datasets.DEFAULT_BAD_ROW_TOLERANCE,
         metadata={"help": "Fraction of malformed rows skipped (and reported) before failing."},
     )
+    interactions_file: str | None = field(
+        default=None, metadata={"help": "interactions: the interactions table (.csv, .tsv, .jsonl, .parquet, "
+                                        "optionally .gz; or any name with --interactions_sep)."})
+    items_file: str | None = field(
+        default=None, metadata={"help": "interactions: the items table (item id -> title, optional extra text)."})
+    user_column: str = field(default="user_id", metadata={"help": "interactions: the user id column."})
+    item_column: str = field(default="item_id", metadata={"help": "interactions: the item id column."})
+    rating_column: str | None = field(
+        default=None, metadata={"help": "interactions: the rating column (liked = rating > --like_threshold)."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "interactions: a 0/1 (true/false) liked column instead of a rating."})
+    timestamp_column: str | None = field(
+        default=None, metadata={"help": "interactions: the time column: numbers (any unit) or dates (UTC; written "
+                                        "as Unix seconds); without one, file order."})
+    implicit: bool = field(
+        default=False, metadata={"help": "interactions: implicit feedback, no rating or label: every interaction is "
+                                         "liked; --negatives items the user never interacted with are drawn per "
+                                         "window as disliked targets."})
+    negatives: int = field(default=1, metadata={"help": "interactions --implicit: disliked targets drawn per window."})
+    negative_seed: int = field(default=0, metadata={"help": "interactions --implicit: seed of the negative draw."})
+    item_id_column: str | None = field(
+        default=None, metadata={"help": "interactions: the items file's id column (default: --item_column)."})
+    title_column: str = field(default="title", metadata={"help": "interactions: the items file's title column."})
+    item_text: str | None = field(
+        default=None, metadata={"help": "interactions: the item text from the items file's columns, e.g. "
+                                        "'\"{title}\" written by {author}' (default: the title)."})
+    interactions_sep: str | None = field(
+        default=None, metadata={"help": "interactions: the interactions file's separator ('\\t' for a tab; "
+                                        "default: from the file name)."})
+    items_sep: str | None = field(default=None, metadata={"help": "interactions: the items file's separator."})
+    encoding: str = field(default="utf-8", metadata={"help": "interactions: the text encoding of both files."})
+    interactions_names: str | None = field(
+        default=None, metadata={"help": "interactions: column names of a file without a header row, comma-separated "
+                                        "(its first N columns; e.g. user,item,rating,time)."})
+    items_names: str | None = field(
+        default=None, metadata={"help": "interactions: column names of an items file without a header row."})
+    category: str | None = field(
+        default=None, metadata={"help": "amazon-2023: the category (file CATEGORY.jsonl[.gz] and "
+                                        "meta_CATEGORY.jsonl[.gz] in --raw_dir), e.g. Video_Games."})
     data_dir: str | None = field(
         default=None, metadata={"help": "Where the published releases live (default: $TLREC_DATA_DIR, else "
                                         "~/.cache/tlrec)."},
@@ -99,8 +142,13 @@ def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
         raise InputError(f"--history_len must be at least 1, got {cfg.history_len}")
     if cfg.max_windows < 0:
         raise InputError(f"--max_windows must be >= 0 (0 keeps all), got {cfg.max_windows}")
-    if cfg.item_kind not in ("movie", "book"):
-        raise InputError(f"--item_kind must be movie or book, got {cfg.item_kind!r}")
+    if cfg.item_kind is not None:
+        prompts.item_kind(cfg.item_kind)  # a name of the table or NOUN/[PLURAL/]VERB, else one line
+    if cfg.dataset == "interactions":
+        check_interactions_config(cfg)
+    if cfg.dataset == "amazon-2023" and not cfg.category:
+        raise InputError("--category is required for --dataset amazon-2023 (e.g. Video_Games: the files "
+                         "Video_Games.jsonl and meta_Video_Games.jsonl)")
     if cfg.target_style not in ("wrap", "item"):
         raise InputError(f"--target_style must be wrap or item, got {cfg.target_style!r}")
     if not 0 <= cfg.bad_row_tolerance <= 1:
@@ -109,16 +157,56 @@ def check_config(cfg: PrepareConfig) -> tuple[int, int, int]:
     return parse_split_ratio(cfg.split_ratio)
 
 
+def check_interactions_config(cfg: PrepareConfig) -> None:
+    for flag in ("interactions_file", "items_file"):
+        if not getattr(cfg, flag):
+            raise InputError(f"--{flag} is required for --dataset interactions")
+    feedback = [f"--{f}" for f in ("rating_column", "label_column") if getattr(cfg, f)] + (
+        ["--implicit"] if cfg.implicit else [])
+    if len(feedback) != 1:
+        raise InputError(f"--dataset interactions: give one of --rating_column (with --like_threshold), "
+                         f"--label_column or --implicit{', not ' + ' and '.join(feedback) if feedback else ''}")
+    if cfg.rating_column and cfg.like_threshold is None:
+        raise InputError("--like_threshold is required with --rating_column (liked = rating > T)")
+    if not cfg.rating_column and cfg.like_threshold is not None:
+        raise InputError(f"--like_threshold applies to --rating_column only, not to {feedback[0]}")
+    if cfg.implicit and cfg.negatives < 1:
+        raise InputError(f"--negatives must be at least 1 with --implicit, got {cfg.negatives}")
+    for flag in ("interactions_sep", "items_sep"):
+        sep = separator(getattr(cfg, flag))
+        if sep is not None and (len(sep) != 1 or sep in '"\n\r'):
+            raise InputError(f"--{flag} {getattr(cfg, flag)!r}: a separator is one character ('\\t' for a tab)")
+    for flag in ("interactions_names", "items_names"):
+        names = column_names(getattr(cfg, flag))
+        if names is not None and (not all(names) or len(set(names)) != len(names)):
+            raise InputError(f"--{flag} {getattr(cfg, flag)!r}: give distinct, non-empty names separated by commas")
+    if cfg.item_text is not None:
+        item_text_fields(cfg.item_text)
+    try:
+        "".encode(cfg.encoding)
+    except LookupError:
+        raise InputError(f"--encoding {cfg.encoding!r}: unknown text encoding") from None
+
+
+def item_kind_of(cfg: PrepareConfig) -> str:
+    """The item kind the records are worded in (a spec of prompts.item_kind): the dataset's own, else --item_kind,
+    else the dataset's default."""
+    spec = dataset_spec(cfg.dataset)
+    return prompts.item_kind(spec.item_kind or cfg.item_kind or spec.default_kind(cfg)).spec
+
+
 def release_name(cfg: PrepareConfig) -> str | None:
-    return cfg.release or dataset_spec(cfg.dataset).default_release(cfg.item_kind)
+    return cfg.release or dataset_spec(cfg.dataset).default_release(cfg.item_kind or "movie")
 
 
-def fetch_raw_files(cfg: PrepareConfig) -> Path:
+def fetch_raw_files(cfg: PrepareConfig) -> Path | None:
     """The raw directory (`raw_dir`, else DATA_DIR/RELEASE), with the release's missing files downloaded
-    (verified) when `download` is set."""
+    (verified) when `download` is set; None for a dataset whose files are named by its own flags."""
     name = release_name(cfg)
     if name is not None:
         dl.release(name)  # an unknown --release is an error even without --download
+    if not dataset_spec(cfg.dataset).uses_raw_dir:
+        return None
     if cfg.raw_dir:
         raw_dir = Path(cfg.raw_dir)
     elif name is None:
@@ -182,6 +270,9 @@ def window_records(raw: RawRatings, cfg: PrepareConfig, like_threshold: float, k
         item_id = str(item_ids[row])
         return item_id, raw.items[item_id]
 
+    rated_ids = uniques[np.unique(codes)]
+    negatives = (negative_sampler(users, item_ids, rated_ids, cfg.negatives, cfg.negative_seed)
+                 if cfg.implicit else None)
     records = []
     for hist, tgt in tqdm(zip(history_rows, target_rows), total=len(target_rows), desc="records",
                           mininterval=2, disable=len(target_rows) < 50000):
@@ -195,7 +286,12 @@ def window_records(raw: RawRatings, cfg: PrepareConfig, like_threshold: float, k
             label=int(liked[tgt]), kind=kind, timestamp=_format_timestamp(stamps[tgt], raw.timestamp_unit),
             target_style=cfg.target_style,
         ))
-    rated = {str(u) for u in uniques[np.unique(codes)]}
+        for negative in negatives(users[tgt]) if negatives else ():  # implicit feedback: drawn dislikes
+            records.append(build_record(
+                user_id=users[tgt], history=history, target={"item_id": negative, "title": raw.items[negative]},
+                label=0, kind=kind, timestamp=records[-1]["timestamp"], target_style=cfg.target_style,
+            ))
+    rated = {str(u) for u in rated_ids}
     catalog = {k: v for k, v in raw.items.items() if k in rated}
     stats = {"n_ratings": int(len(df)), "n_users": int(pd.unique(users).size), "n_items": len(catalog),
              "like_rate_ratings": float(liked.mean())}
@@ -220,12 +316,14 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
     spec = dataset_spec(cfg.dataset)
     like_threshold = cfg.like_threshold if cfg.like_threshold is not None else spec.like_threshold
     extra = {}
-    cfg = dataclasses.replace(cfg, raw_dir=str(fetch_raw_files(cfg)))
+    raw_dir = fetch_raw_files(cfg)
+    cfg = dataclasses.replace(cfg, raw_dir=None if raw_dir is None else str(raw_dir), item_kind=item_kind_of(cfg))
     with counting_skipped_rows() as malformed:
         loaded = load_raw(cfg.dataset, cfg)
     if isinstance(loaded, RawRatings):
-        kind = spec.item_kind
-        records, catalog, extra = window_records(loaded, cfg, like_threshold, kind)
+        kind = cfg.item_kind
+        threshold = loaded.like_threshold if loaded.like_threshold is not None else like_threshold
+        records, catalog, extra = window_records(loaded, cfg, threshold, kind)
         n_train, n_valid, _ = split_sizes(len(records), ratio)
         splits = {"train": records[:n_train], "valid": records[n_train:n_train + n_valid],
                   "test": records[n_train + n_valid:]}
@@ -240,6 +338,9 @@ def prepare_dataset(cfg: PrepareConfig) -> dict:
     for key in ("raw_dir", "output_dir", "download", "data_dir", "mirror", "download_stall_s",
                 "download_deadline_s") + spec.unused_params:
         params.pop(key)
+    for key in OWN_PARAMS:  # another dataset's settings; the files are in the sources
+        if key not in spec.own_params or key.endswith("_file"):
+            params.pop(key)
     all_records = [r for s in SPLITS for r in splits[s]]
     meta = {
         "dataset": cfg.dataset,

@@ -31,7 +31,7 @@ _INPUT_RE = re.compile(
     + re.escape(prompts.UNPREFERENCE_PREFIX)
     + r"(?P<disliked>[^\n]*)\n"
     + re.escape(prompts.TARGET_QUESTION.split("{kind}")[0])
-    + "(?P<kind>" + "|".join(prompts.ITEM_KINDS) + r") (?P<target>[^\n]*)\?$"
+    + r'(?P<kind>[^"\n]+) (?P<target>"[^\n]*)\?$'  # any noun (prompts.ITEM_KINDS or a config's); items start with '"'
 )
 _SEPARATOR = ', "'
 _BOOK_MARK = '" written by '
@@ -209,7 +209,7 @@ def _parse_target(shown: str, kind: str, catalog: _Catalog) -> tuple[str, str] |
     options = []
     if len(shown) >= 2 and shown.startswith('"') and shown.endswith('"'):
         inner = shown[1:-1]
-        if kind == "movie" or _plausible(inner) or not inner.startswith('"'):
+        if kind != "book" or _plausible(inner) or not inner.startswith('"'):  # only book texts carry quotes
             options.append((inner, "wrap"))
     for cand in _text_candidates(shown):
         if prompts.quote_target(cand, "item") == shown and all(cand != o[0] for o in options):

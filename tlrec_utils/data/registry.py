@@ -13,22 +13,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import InputError
+from . import interactions
 from . import loaders as raw
 from .download import ML100K_URL
 
 # PrepareConfig fields that only windowing raw ratings uses (left out of meta.json for prepared releases)
 WINDOWING_PARAMS = ("history_len", "max_windows", "split_ratio", "like_threshold", "keep_implicit", "shuffle_seed")
+# PrepareConfig fields of one dataset only (left out of meta.json for the others; the two files are in its sources)
+INTERACTIONS_PARAMS = ("user_column", "item_column", "rating_column", "label_column", "timestamp_column", "implicit",
+                       "negatives", "negative_seed", "item_id_column", "title_column", "item_text", "interactions_sep",
+                       "items_sep", "interactions_names", "items_names", "encoding")
+OWN_PARAMS = INTERACTIONS_PARAMS + ("interactions_file", "items_file", "category")
+
+# Amazon Reviews 2023 categories whose items have a kind of their own (prompts.ITEM_KINDS); the others are "item"
+AMAZON_2023_KINDS = {"Books": "book", "Kindle_Store": "book", "Movies_and_TV": "movie", "Video_Games": "game"}
 
 
 @dataclass(frozen=True)
 class Dataset:
     load: Callable  # PrepareConfig -> raw.RawRatings | raw.PreparedSplits
     what: str  # one line for --help and the docs
-    item_kind: str | None  # "movie" | "book"; None: the records' own, else --item_kind
-    like_threshold: float | None  # liked = rating > threshold; None: the labels come with the data
+    item_kind: str | None  # "movie" | "book"; None: --item_kind, else `default_kind` (records: their own first)
+    like_threshold: float | None  # liked = rating > threshold; None: the labels come with the data (or the flag)
     where_to_get: str  # shown when its files are missing
     release: str | dict[str, str] | None = None  # download.RELEASES read by default: one, or one per --item_kind
     unused_params: tuple[str, ...] = ("item_kind",)  # PrepareConfig fields it ignores (left out of meta.json)
+    default_kind: Callable = lambda cfg: "movie"  # PrepareConfig -> the item kind when --item_kind is not given
+    own_params: tuple[str, ...] = ()  # the OWN_PARAMS it reads
+    uses_raw_dir: bool = True  # False: its files are named by its own flags
+    kind_help: str = "--item_kind"  # the docs' "items" cell where item_kind is None
+    threshold_help: str = "labels in the data"  # the docs' "liked" cell where like_threshold is None
 
     def default_release(self, item_kind: str) -> str | None:
         return self.release.get(item_kind) if isinstance(self.release, dict) else self.release
@@ -64,6 +78,18 @@ DATASETS: dict[str, Dataset] = {
         "with --download fetches TALLRec's); --raw_dir must hold train.json, valid.json and test.json",
         release={"movie": "movie", "book": "book"},
         unused_params=WINDOWING_PARAMS + ("item_kind", "target_style", "bad_row_tolerance")),
+    "interactions": Dataset(
+        interactions.load_interactions, "your own interactions and items tables, columns named by flags (docs/data.md)",
+        None, None, "your own files: --interactions_file and --items_file", unused_params=(),
+        default_kind=lambda c: "item", own_params=OWN_PARAMS[:-1], uses_raw_dir=False,
+        kind_help="--item_kind (default item)", threshold_help="--like_threshold, --label_column or --implicit"),
+    "amazon-2023": Dataset(
+        lambda c: interactions.load_amazon_2023(c.raw_dir, c.category, c.bad_row_tolerance),
+        "Amazon Reviews 2023, one --category (reviews + meta JSONL)", None, 3,
+        f"{interactions.AMAZON_2023_URL} (the McAuley lab; no verified download): put CATEGORY.jsonl and "
+        "meta_CATEGORY.jsonl (gzipped or not) into --raw_dir", unused_params=(),
+        default_kind=lambda c: AMAZON_2023_KINDS.get(c.category, "item"), own_params=("category",),
+        kind_help="--item_kind, else by --category (Video_Games: game, Books: book, ...; others item)"),
 }
 
 
@@ -121,8 +147,8 @@ def markdown_table() -> str:
     for name, spec in DATASETS.items():
         release = (", ".join(f"{r} ({k})" for k, r in spec.release.items()) if isinstance(spec.release, dict)
                    else spec.release or "none")
-        threshold = "labels in the data" if spec.like_threshold is None else f"{spec.like_threshold:g}"
-        rows.append(f"| {name} | {spec.what} | {spec.item_kind or '--item_kind'} | {threshold} | {release} | "
+        threshold = spec.threshold_help if spec.like_threshold is None else f"{spec.like_threshold:g}"
+        rows.append(f"| {name} | {spec.what} | {spec.item_kind or spec.kind_help} | {threshold} | {release} | "
                     f"{spec.where_to_get} |")
     return "\n".join(rows)
 

@@ -56,3 +56,25 @@ def sliding_windows(users, order_key, history_len: int, max_windows: int | None)
         targets = targets[-max_windows:]
     history = order[targets[:, None] - history_len + np.arange(history_len)[None, :]]
     return history, order[targets]
+
+
+def negative_sampler(users, items, pool, n: int, seed: int):
+    """For implicit feedback: a function user -> `n` distinct items of `pool` (in pool order, e.g. the rated
+    catalog) that the user never interacted with (`users`/`items`: one pair per interaction row), drawn uniformly
+    by one `numpy.random.default_rng(seed)` in call order, so the same windows get the same negatives."""
+    rng = np.random.default_rng(seed)
+    pool = [str(i) for i in pool]
+    seen = pd.Series(np.asarray(items, dtype=object).astype(str)).groupby(np.asarray(users), sort=False).agg(set)
+
+    def draw(user) -> list[str]:
+        own = seen.get(user, set())
+        if len(pool) - len(own) < n:
+            raise InputError(f"user {user}: fewer than --negatives={n} items it never interacted with to draw from")
+        out: list[str] = []
+        while len(out) < n:
+            item = pool[int(rng.integers(len(pool)))]
+            if item not in own and item not in out:
+                out.append(item)
+        return out
+
+    return draw

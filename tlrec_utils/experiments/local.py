@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shlex
 import shutil
@@ -58,12 +57,9 @@ class GridInterrupted(BaseException):  # not Exception: no `except Exception` in
 
 def _run_script(script: str, argv: list[str], in_process: bool) -> None:
     if in_process:
-        if str(REPO_ROOT) not in sys.path:
-            sys.path.insert(0, str(REPO_ROOT))
-        module = importlib.import_module(Path(script).stem)
-        main = module.main
-        main = getattr(main, "__wrapped__", main)  # entry scripts may decorate main with cli_entry
-        status = main(argv)
+        from .pipeline import entry_main
+
+        status = entry_main(script)(argv)  # errors stay exceptions: the grid logs a failed cell and goes on
     else:
         status = subprocess.run([sys.executable, str(REPO_ROOT / script), *argv]).returncode
         if status not in (0, EXIT_INTERRUPTED, -signal.SIGTERM):

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cot.registry import TEACHERS
 from ..data.paths import REPO_ROOT
 from ..errors import InputError
 from .pipeline_config import METHODS, PipelineConfig, check_values, setting, to_flags
@@ -50,7 +51,7 @@ def check_config(cfg: PipelineConfig, check_data: bool = True) -> None:
         if (Path(cfg.run_dir) / "data" / which / PHASE_DONE).is_file():
             continue
         if getattr(cfg, f"{which}_files"):
-            split_links(cfg, which)  # checks the mapping and that every file exists
+            split_links(cfg, which)  # every file exists
             continue
         raw = raw_dir(cfg, subdir)
         if not raw.is_dir() and cfg.download:  # --download will make it: a file or a locked folder fails now
@@ -109,12 +110,11 @@ def raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
 
 
 def split_links(cfg: PipelineConfig, which: str, check_files: bool = True) -> dict[str, Path]:
-    """{train.json: FILE, valid.json: FILE, test.json: FILE} of `source_files` / `target_files`."""
-    files = getattr(cfg, f"{which}_files")
-    flag = f"--{which}_files"
-    if not isinstance(files, dict) or sorted(files) != ["test", "train", "valid"]:
-        raise InputError(f"{flag}: expected a mapping with exactly train, valid and test, got {files!r}")
+    """{train.json: FILE, valid.json: FILE, test.json: FILE} of `source_files` / `target_files` (the mapping
+    checked by check_values; `check_files`: each file exists)."""
     from ..data.paths import data_dir
+
+    files, flag = getattr(cfg, f"{which}_files"), f"--{which}_files"
 
     links = {}
     for split, name in files.items():
@@ -271,7 +271,7 @@ def cot_phase(plan: Plan, check_data: bool) -> None:
     if not any(s.startswith("cot") for m in cfg.methods for s in METHODS[m]):
         return
     plan.cot_file = run_dir / "cot" / "cot_train.json"
-    if cfg.cot_file or cfg.teacher == "published":
+    if cfg.cot_file or TEACHERS[cfg.teacher].build is None:  # records from a file, asked of no one
         argv = ["cot_records", "--cot_file", str(published_cot_file(cfg, check_data)), "--output_dir",
                 str(run_dir / "cot")]
         plan.phases.append(Phase("cot", "CoT records from a file", "cot", run_dir / "cot", COT_RECORDS_MODULE, argv))
@@ -279,6 +279,7 @@ def cot_phase(plan: Plan, check_data: bool) -> None:
     argv = ["--data_dir", str(plan.data["source"]), "--output_dir", str(run_dir / "cot"), "--teacher", cfg.teacher,
             "--model", cfg.teacher_model, "--kind", cfg.item_kind, "--hit_match", cfg.hit_match,
             "--context_style", cfg.cot_context_style, "--no-progress"]
+    argv += ["--mode", cfg.teacher_mode] if cfg.teacher_mode != "live" else []
     argv += ["--allow_same_user_neighbors"] if cfg.cot_same_user_neighbors else []
     for flag, value in (("--base_url", cfg.teacher_base_url), ("--max_users", cfg.cot_max_users),
                         ("--max_cost", cfg.cot_max_cost), ("--system_prompt", cfg.teacher_system_prompt)):

@@ -86,6 +86,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
+from ..cot.registry import TEACHERS
 from ..data.paths import REPO_ROOT
 from ..errors import EXIT_INTERRUPTED, InputError, mask_secrets, mask_secrets_in
 from ..evaluation.metrics import NDCG_K, ndcg_key
@@ -149,7 +150,8 @@ class Signals:
         raise PhaseInterrupted(f"stopped by signal {signum}: rerun the same command to resume")
 
 
-def _import_main(script: str):
+def entry_main(script: str):
+    """The `main` of an entry script (run_*.py at the repository root) or of a `-m` module, undecorated."""
     import importlib
 
     if script.startswith("-m "):
@@ -202,7 +204,7 @@ def execute(cfg: PipelineConfig, phase: Phase, signals: Signals | None = None):
         if status != 0:
             raise PhaseFailed(f"phase {phase.name!r} failed (exit {status}): {_last_error_line(log)} [log: {log}]")
         return None
-    result = _import_main(phase.script)(list(phase.argv))
+    result = entry_main(phase.script)(list(phase.argv))
     if phase.kind == "tuning" and result == EXIT_INTERRUPTED:
         raise PhaseInterrupted(f"{phase.name} stopped (SIGTERM) after a checkpoint in {phase.dir}: rerun to resume")
     return result
@@ -423,7 +425,7 @@ def _clear_stale(cfg: PipelineConfig, phase: Phase) -> None:
     answers bought from an API are moved aside instead (nothing paid for is lost)."""
     if not phase.dir.exists():
         return
-    if phase.kind == "cot" and cfg.teacher == "openai":
+    if phase.kind == "cot" and TEACHERS[cfg.teacher].paid:
         aside = phase.dir.with_name(f"{phase.dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         phase.dir.rename(aside)
         logger.warning("[%s] the CoT answers made with other settings moved to %s", phase.name, aside)

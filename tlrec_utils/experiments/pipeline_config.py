@@ -9,7 +9,10 @@ import dataclasses
 import shutil
 from dataclasses import dataclass, field
 
+from ..arguments import CURRICULUM_MODES
+from ..cot.registry import TEACHERS, help_text
 from ..errors import InputError
+from ..prompts import item_kind
 
 # method -> its tuning chain before the K-shot phase (paper 5.1.2 and 5.3; see the module docstring)
 METHODS = {
@@ -54,7 +57,8 @@ class PipelineConfig:
     target_files: dict = field(
         default_factory=dict, metadata={"help": "Published records as the target splits (as source_files)."}
     )
-    item_kind: str = field(default="movie", metadata={"help": "movie or book (prompt wording)."})
+    item_kind: str = field(default="movie", metadata={"help": "Prompt wording: movie, book, game, item "
+                                                              "(prompts.ITEM_KINDS) or NOUN/PLURAL/VERB."})
     max_windows: int = field(default=10000, metadata={"help": "Windows kept per prepared dataset (paper: 10000)."})
     download: bool = field(
         default=False, metadata={"help": "Download the data's missing files (verified) into data_dir/<subdir>."}
@@ -75,9 +79,13 @@ class PipelineConfig:
     # CoT data (source domain)
     teacher: str = field(
         default="heuristic",
-        metadata={"help": "heuristic (offline, not an LLM), openai, or published (the TLRec authors' GPT-4 CoT data "
-                          "stage123.json: cot_file, default DATA_DIR/tlrec-cot/stage123.json, --download fetches it).",
-                  "choices": ["heuristic", "openai", "published"]},
+        metadata={"help": help_text() + " (published: cot_file, default DATA_DIR/tlrec-cot/stage123.json, "
+                          "--download fetches it).", "choices": list(TEACHERS)},
+    )
+    teacher_mode: str = field(
+        default="live", metadata={"help": "How the openai teacher is asked (run_cot_generation --mode): live, or "
+                                          "batch (the OpenAI Batch API, half the price, within 24 h).",
+                                  "choices": ["live", "batch"]},
     )
     cot_file: str | None = field(
         default=None, metadata={"help": "Use these CoT records (ours or the authors' stage123.json) instead of "
@@ -116,7 +124,7 @@ class PipelineConfig:
         default="ordered",
         metadata={"help": "Order of tlrec's CoT records (run_tuning --curriculum): ordered (Stage 1, 2, 3 each "
                           "epoch: the paper's text), trainer (the Trainer's random order: the authors' ins_tuning.py), "
-                          "shuffled or stagewise.", "choices": ["ordered", "shuffled", "stagewise", "trainer"]},
+                          "shuffled or stagewise.", "choices": list(CURRICULUM_MODES)},
     )
     cot_epochs: float = field(default=1.0)
     cot_max_length: int | None = field(
@@ -251,6 +259,10 @@ def check_values(cfg: PipelineConfig) -> None:
     from ..validation import check_choices, check_number, check_seed, check_settings
 
     check_choices(PipelineConfig, cfg)  # teacher, launcher, on_change, cot_curriculum, source_target_style
+    item_kind(cfg.item_kind)
+    teacher = TEACHERS[cfg.teacher]
+    if teacher.build is not None and cfg.teacher_mode not in teacher.modes:
+        raise InputError(f"--teacher_mode {cfg.teacher_mode}: the {cfg.teacher} teacher is asked live only")
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
         raise InputError(f"--methods: unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")

@@ -76,20 +76,16 @@ def render_settings(record: dict):
     """(kind, target_style) under which `build_record` reproduces this record's text, else None."""
     if not isinstance(record.get("history"), list) or not isinstance(record.get("target"), dict):
         return None
-    found = None
-    for kind in prompts.ITEM_KINDS:
-        if record["instruction"] != prompts.rec_instruction(kind):
-            continue
-        for style in ("wrap", "item"):
-            try:
-                rebuilt = build_record(record.get("user_id", ""), record["history"], record["target"],
-                                       record.get("label", 0), kind, target_style=style)
-            except (KeyError, TypeError):
-                return None
-            if rebuilt["input"] == record["input"]:
-                found = (kind, style)
-                break
-    return found
+    kind = prompts.rec_noun(record["instruction"])
+    for style in ("wrap", "item") if kind else ():
+        try:
+            rebuilt = build_record(record.get("user_id", ""), record["history"], record["target"],
+                                   record.get("label", 0), kind, target_style=style)
+        except (KeyError, TypeError):
+            return None
+        if rebuilt["input"] == record["input"]:
+            return kind, style
+    return None
 
 
 def rerender(record: dict, history=None, target=None, settings=None) -> dict | None:
