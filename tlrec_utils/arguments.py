@@ -216,22 +216,16 @@ def _tuning_training_arguments():
             metadata={"help": "Resume from a checkpoint made with other settings or inputs (another run's, or this "
                               "output_dir's before a change); refused without it. Recorded in the summary."},
         )
-        packing: bool | None = field(
-            default=None,
-            metadata={"help": "Padding-free batches: a micro batch's records in one row, position ids restarting per "
-                              "record, attention inside each record (tuning/packing.py). Default: on with "
-                              "flash_attention_2, off with sdpa/eager; on whenever --max_tokens_per_batch is set."},
-        )
-        max_tokens_per_batch: int | None = field(
-            default=None,
-            metadata={"help": "Micro batches of at most N tokens (packed); an optimizer step still takes "
-                              "per_device_train_batch_size x gradient_accumulation_steps x processes records."},
-        )
-        gradient_checkpointing_fraction: float = field(
-            default=1.0,
-            metadata={"help": "With --gradient_checkpointing: checkpoint only this fraction of the decoder layers "
-                              "(the first ones); the rest keep their activations (faster, more memory)."},
-        )
+        packing: bool | None = field(default=None, metadata={"help": (
+            "Padding-free batches: a micro batch's records in one row, position ids restarting per record, attention "
+            "inside each record (tuning/packing.py). Default: on with flash_attention_2, off with sdpa/eager; on "
+            "whenever --max_tokens_per_batch is set.")})
+        max_tokens_per_batch: int | None = field(default=None, metadata={"help": (
+            "Micro batches of at most N tokens (packed); an optimizer step still takes per_device_train_batch_size x "
+            "gradient_accumulation_steps x processes records.")})
+        gradient_checkpointing_fraction: float = field(default=1.0, metadata={"help": (
+            "With --gradient_checkpointing: checkpoint only this fraction of the decoder layers (the first ones); "
+            "the rest keep their activations (faster, more memory).")})
 
         def check_values(self):
             """The checks that need neither a GPU nor a file (TrainingArguments' own come in __post_init__)."""
