@@ -138,17 +138,37 @@ def resolve_target_modules(model, spec: str):
     )
 
 
-def choose_attn_implementation(requested: str | None) -> tuple[str, str]:
-    """(the attention kernel for training, why): the one asked for, else flash_attention_2 where it can run (the
-    flash-attn package and a CUDA GPU), else sdpa. The caller logs it once the model is set up."""
-    if requested:
-        return requested, "--attn_implementation"
+def _half_precision_load(model_args) -> bool:
+    """The weights load in float16/bfloat16 (flash-attention's dtypes): asked for, quantized (16-bit compute), or
+    `auto` from a checkpoint saved in half precision."""
+    if model_args.torch_dtype in ("float16", "bfloat16") or model_args.load_in_4bit or model_args.load_in_8bit:
+        return True
+    if model_args.torch_dtype != "auto":
+        return False
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.base_model, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError):
+        return False
+    return str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", "")).endswith(("float16", "bfloat16"))
+
+
+def choose_attn_implementation(model_args) -> tuple[str, str]:
+    """(the attention kernel for training, why): --attn_implementation, else flash_attention_2 where it can run
+    (the flash-attn package, a CUDA GPU, half-precision weights), else sdpa. The caller logs it once the model is
+    set up."""
+    if model_args.attn_implementation:
+        return model_args.attn_implementation, "--attn_implementation"
     from transformers.utils import is_flash_attn_2_available
 
-    if torch.cuda.is_available() and is_flash_attn_2_available():
-        return "flash_attention_2", "flash-attn installed"
-    return "sdpa", ("no CUDA GPU" if not torch.cuda.is_available() else "flash-attn not installed") + \
-        " for flash_attention_2"
+    if not torch.cuda.is_available():
+        return "sdpa", "no CUDA GPU for flash_attention_2"
+    if not is_flash_attn_2_available():
+        return "sdpa", "flash-attn not installed"
+    if not _half_precision_load(model_args):
+        return "sdpa", "flash_attention_2 needs float16/bfloat16 weights: pass --torch_dtype bfloat16"
+    return "flash_attention_2", "flash-attn installed"
 
 
 def enable_checkpointing(model, fraction: float = 1.0, kwargs: dict | None = None) -> dict:

@@ -64,7 +64,12 @@ def check_packing_isolated(model) -> None:
     """Two short records packed in one row give the second record the logits it has alone; else an InputError
     (the model's attention ignores position ids and would let packed records attend to each other)."""
     import torch
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
+    if is_deepspeed_zero3_enabled():  # the weights are partitioned until the engine runs the model
+        logger.warning("--packing: the packed-record check is skipped under ZeRO-3 (tests/test_packing.py checks "
+                       "the architectures transformers implements)")
+        return
     vocab = model.get_input_embeddings().weight.shape[0]
     device = model.get_input_embeddings().weight.device
     first = torch.arange(3, 9, device=device) % vocab

@@ -591,7 +591,7 @@ def load_model(model_args, lora_args, training_args):
     if training_args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         deepspeed_safe_arch_list()
     set_seed(training_args.seed)  # a new adapter's random init depends on the seed only, not on what ran before
-    model_args.attn_implementation, why = choose_attn_implementation(model_args.attn_implementation)
+    model_args.attn_implementation, why = choose_attn_implementation(model_args)
     model = load_base_model(model_args)
     packing = use_packing(True if training_args.max_tokens_per_batch else training_args.packing,
                           model_args.attn_implementation)
