@@ -12,8 +12,10 @@
 # 2. The paper recipe's GPU-only settings (fp16, 8-bit base model, accelerate launch): one TLRec cell of
 #    paper_movie.yaml on the tiny LLaMA (needs $TLREC_DATA_DIR and bitsandbytes; skipped with CPU_CHECK=1).
 # 3. bench/gpu_check.py on a LLaMA-7B-shaped model with random bf16 weights built on the GPU and a tokenizer
-#    trained here: LoRA training tokens/s and peak memory (r=8 on q,v; max length 512; micro batch 4, with and
-#    without gradient checkpointing), full-prompt scoring vs --eval_mode generate on the same 256 prompts,
+#    trained here: LoRA training real tokens/s, peak memory and MFU (4N convention, the card's peak printed) for
+#    r=8 on q,v, max length 512: padded micro batch 4 with and without gradient checkpointing, packed, packed micro
+#    batches of <= 8192 / 16384 tokens (checkpointing all / half the layers), with sdpa and, where installed,
+#    flash_attention_2 (figures written to bench/measured_throughput.json for the dry run); full-prompt scoring vs --eval_mode generate on the same 256 prompts,
 #    shared-prefix ranking (packed, KV cache) vs full prompts, each next to the documented figure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -112,7 +114,7 @@ else
     fi
 fi
 
-# 3. the table, last (about 4-5 minutes on an H100; capped): extra flags for bench/gpu_check.py in
+# 3. the table, last (about 5-6 minutes on an H100, estimated; capped): extra flags for bench/gpu_check.py in
 #    $GPU_CHECK_TABLE_ARGS (for example "--prompts 128 --rank_targets 8" for a shorter run)
 timeout 420 python bench/gpu_check.py "${TABLE_FLAGS[@]}" ${GPU_CHECK_TABLE_ARGS:-} --work_dir "$WORK/table" 2>"$WORK/table.log"
 status=$?

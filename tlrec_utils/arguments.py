@@ -216,6 +216,16 @@ def _tuning_training_arguments():
             metadata={"help": "Resume from a checkpoint made with other settings or inputs (another run's, or this "
                               "output_dir's before a change); refused without it. Recorded in the summary."},
         )
+        packing: bool | None = field(default=None, metadata={"help": (
+            "Padding-free batches: a micro batch's records in one row, position ids restarting per record, attention "
+            "inside each record (tuning/packing.py). Default: on with flash_attention_2, off with sdpa/eager; on "
+            "whenever --max_tokens_per_batch is set.")})
+        max_tokens_per_batch: int | None = field(default=None, metadata={"help": (
+            "Micro batches of at most N tokens (packed); an optimizer step still takes per_device_train_batch_size x "
+            "gradient_accumulation_steps x processes records.")})
+        gradient_checkpointing_fraction: float = field(default=1.0, metadata={"help": (
+            "With --gradient_checkpointing: checkpoint only this fraction of the decoder layers (the first ones); "
+            "the rest keep their activations (faster, more memory).")})
 
         def check_values(self):
             """The checks that need neither a GPU nor a file (TrainingArguments' own come in __post_init__)."""
@@ -229,6 +239,17 @@ def _tuning_training_arguments():
             check_number("--early_stopping_patience", self.early_stopping_patience, 1)
             check_seed("--seed", self.seed)
             check_seed("--data_seed", self.data_seed)
+            check_number("--max_tokens_per_batch", self.max_tokens_per_batch, 8)
+            if self.max_tokens_per_batch and self.packing is False:
+                raise InputError("--max_tokens_per_batch: needs packed batches; drop --packing false")
+            check_number("--gradient_checkpointing_fraction", self.gradient_checkpointing_fraction, 0,
+                         maximum=1, exclusive_min=True)
+            if self.use_liger_kernel:
+                import importlib.util
+
+                if importlib.util.find_spec("liger_kernel") is None:
+                    raise InputError("--use_liger_kernel: the liger-kernel package is not installed "
+                                     "(pip install liger-kernel; it needs a CUDA GPU)")
 
         def __post_init__(self):
             self.check_values()

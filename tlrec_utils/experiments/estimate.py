@@ -14,11 +14,9 @@ from ..evaluation.metrics import NUM_NEGATIVES
 from .cells import Cell, cell_argv, cell_phases, cell_pipeline_config, is_finished
 from .command_line import flags
 
-# Measured training throughput per GPU (docs/measurements.md, "GPU checks (one H100)", bench/gpu_check.sh): LoRA
-# r=8 on q,v of a LLaMA-7B-shaped model, micro batch 4, records <= 512 tokens (mean 424), bf16, one H100.
-MEASURED_TRAIN_TOKENS_PER_S = {"gradient_checkpointing": 5997.0, "no_checkpointing": 10841.0}
-
-
+# Measured training throughput per GPU (bench/gpu_check.sh writes it; docs/measurements.md, GPU checks): LoRA r=8
+# on q,v of a LLaMA-7B-shaped model, records <= 512 tokens (mean 424), bf16, one GPU; a row per batch setting
+MEASURED_FILE = Path(__file__).resolve().parents[2] / "bench" / "measured_throughput.json"
 MEASURED_BACKBONE_B = 7.0  # the measured model's size (billions of parameters)
 
 
@@ -118,17 +116,35 @@ def phase_tokens(phase, est: dict, cache: dict, subdirs: dict | None = None) -> 
     return 0.0, 0.0
 
 
+def _tuning_setting(pipeline_config, key: str):
+    values = [(getattr(pipeline_config, name) or {}).get(key)
+              for name in ("tuning", "cot_tuning", "source_tuning", "kshot_tuning")]
+    return next((v for v in values if v not in (None, "")), None)
+
+
+def measured_train_figure(pipeline_config) -> tuple[float, str]:
+    """(tokens/s, where from): the MEASURED_FILE row of the cell's batches (padded, or packed micro batches when
+    --max_tokens_per_batch), checkpointing and attention kernel; the padded row when that one was not measured."""
+    ckpt = "_checkpointing" if str(_tuning_setting(pipeline_config, "gradient_checkpointing")).lower() == "true" else ""
+    kernel = "flash_attention_2" if _tuning_setting(pipeline_config, "attn_implementation") == "flash_attention_2" \
+        else "sdpa"
+    rows = "packed_budget" if _tuning_setting(pipeline_config, "max_tokens_per_batch") else "padded"
+    measured = json.loads(MEASURED_FILE.read_text(encoding="utf-8"))
+    figures = measured["train_tokens_per_s"]
+    key = next(k for k in (f"{rows}{ckpt}_{kernel}", f"{rows}{ckpt}_sdpa", f"padded{ckpt}_sdpa") if k in figures)
+    figure = float(figures[key])
+    return figure, (f"measured {figure:,.0f} tokens/s: LoRA 7B on one {measured['card']} "
+                    f"{'with' if ckpt else 'without'} gradient checkpointing, {key.replace('_', ' ')} "
+                    f"({measured['date']}, bench/{MEASURED_FILE.name})")
+
+
 def train_throughput(est: dict, pipeline_config) -> tuple[float, str]:
     """(training tokens/s per GPU, where the figure comes from) for a pipeline cell."""
     if est.get("train_tokens_per_s"):
         return float(est["train_tokens_per_s"]), "estimate.train_tokens_per_s of the config"
     import re
 
-    ckpt = any(str((getattr(pipeline_config, name) or {}).get("gradient_checkpointing", "")).lower() == "true"
-               for name in ("tuning", "cot_tuning", "source_tuning", "kshot_tuning"))
-    figure = MEASURED_TRAIN_TOKENS_PER_S["gradient_checkpointing" if ckpt else "no_checkpointing"]
-    what = (f"measured {figure:,.0f} tokens/s: LoRA 7B on one H100 {'with' if ckpt else 'without'} gradient "
-            "checkpointing (docs/measurements.md)")
+    figure, what = measured_train_figure(pipeline_config)
     match = re.search(r"(\d+(?:\.\d+)?)b\b", str(pipeline_config.base_model or "").lower())
     size = float(match.group(1)) if match else None
     if size and size > 8:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -137,7 +138,48 @@ def resolve_target_modules(model, spec: str):
     )
 
 
-def prepare_for_training(model, lora_args, gradient_checkpointing: bool = False):
+def choose_attn_implementation(requested: str | None) -> tuple[str, str]:
+    """(the attention kernel for training, why): the one asked for, else flash_attention_2 where it can run (the
+    flash-attn package and a CUDA GPU), else sdpa. The caller logs it once the model is set up."""
+    if requested:
+        return requested, "--attn_implementation"
+    from transformers.utils import is_flash_attn_2_available
+
+    if torch.cuda.is_available() and is_flash_attn_2_available():
+        return "flash_attention_2", "flash-attn installed"
+    return "sdpa", ("no CUDA GPU" if not torch.cuda.is_available() else "flash-attn not installed") + \
+        " for flash_attention_2"
+
+
+def enable_checkpointing(model, fraction: float = 1.0, kwargs: dict | None = None) -> dict:
+    """Gradient checkpointing of the first `fraction` of the decoder layers (the rest keep their activations),
+    non-reentrant unless `kwargs` say otherwise. Returns the checkpoint kwargs used."""
+    kwargs = {"use_reentrant": False, **(kwargs or {})}
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if fraction < 1:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        keep = math.ceil(fraction * len(layers))
+        for layer in layers[keep:]:
+            layer.gradient_checkpointing = False
+        logger.info("gradient checkpointing: the first %d of %d layers", keep, len(layers))
+    return kwargs
+
+
+def input_grads_for_checkpointing(model, reentrant: bool) -> None:
+    """Re-entrant checkpointing of a LoRA model needs the embeddings' output to require grad (else no gradient
+    reaches the adapters of a checkpointed layer); non-reentrant checkpointing does not, and transformers and peft
+    turn it on anyway, which costs the input gradient of the first layer: turned off again there."""
+    base = model.get_base_model()
+    if reentrant:
+        base.enable_input_require_grads()
+    else:
+        base.disable_input_require_grads()
+
+
+def prepare_for_training(model, lora_args, gradient_checkpointing: bool = False, checkpoint_fraction: float = 1.0,
+                         checkpoint_kwargs: dict | None = None):
     """LoRA (new, or continued from `--init_adapter`) or full fine-tuning. Returns the model to train."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -151,13 +193,12 @@ def prepare_for_training(model, lora_args, gradient_checkpointing: bool = False)
         for p in model.parameters():
             p.requires_grad_(True)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model, checkpoint_fraction, checkpoint_kwargs)
         return model
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        checkpoint_kwargs = enable_checkpointing(model, checkpoint_fraction, checkpoint_kwargs)
     if lora_args.init_adapter:
         model = load_adapter(model, lora_args.init_adapter, is_trainable=True)
     else:
@@ -170,6 +211,8 @@ def prepare_for_training(model, lora_args, gradient_checkpointing: bool = False)
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, config)
+    if gradient_checkpointing:
+        input_grads_for_checkpointing(model, checkpoint_kwargs["use_reentrant"])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))

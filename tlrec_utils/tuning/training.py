@@ -12,21 +12,52 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
+import re
 import signal
+import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from torch.utils.data import DataLoader
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import get_last_checkpoint, seed_worker
 
+from ..cot.records import cot_records_from, is_cot_file, looks_like_cot, not_cot_message
+from ..data.kshot import authors_order, sample_k_shot
 from ..data.records import load_records, read_json_list
 from ..errors import EXIT_INTERRUPTED, InputError, where
 from ..evaluation import metrics as M
 from ..evaluation.scoring import answer_logits, left_pad
-from ..model.tokenization import IGNORE_INDEX, AnswerTokens
+from ..fileio import atomic_write_json, exclusive_lock, move_contents
+from ..model.loading import (
+    check_weights_fit,
+    choose_attn_implementation,
+    load_base_model,
+    load_tokenizer,
+    model_skeleton,
+    prepare_for_training,
+)
+from ..model.tokenization import IGNORE_INDEX, AnswerTokens, RecordEncoder, derive_answer_tokens
+from ..prompts import resolve_template, save_template
+from ..provenance import changes, fingerprint, path_fingerprint
+from ..validation import check_output_dir
+from .curriculum import build_curriculum_sampler
+from .packing import (
+    PACKING_KERNELS,
+    PackedCollator,
+    TokenBudgetBatchSampler,
+    check_packing_isolated,
+    micro_batches_per_step,
+    use_packing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +78,6 @@ def load_training_records(paths) -> list[dict]:
     """Records of all training files. CoT files (records with `stage`, or the TLRec authors' stage123.json whose
     records carry one of the three stage instructions) may have free-form outputs; every other record must be a
     Yes/No record."""
-    from ..cot.records import cot_records_from, is_cot_file, looks_like_cot, not_cot_message
-
     out = []
     for path in paths:
         raw = read_json_list(path)
@@ -170,11 +199,35 @@ class TLRecTrainer(Trainer):
     """Trainer with answer-token validation and the curriculum sampler for staged (CoT) records."""
 
     def __init__(self, *args, answer_tokens: AnswerTokens | None = None, stages=None, curriculum: str = "ordered",
-                 **kwargs):
+                 packed_collator=None, budget: dict | None = None, **kwargs):
+        if budget:  # G micro batches per optimizer step, set before the Trainer (and DeepSpeed's config) read it
+            (kwargs["args"] if "args" in kwargs else args[1]).gradient_accumulation_steps = budget["micro_batches"]
         super().__init__(*args, **kwargs)
         self.answer_tokens = answer_tokens
         self.stages = stages
         self.curriculum = curriculum
+        self.packed_collator = packed_collator  # training batches padding-free (evaluation stays padded)
+        self.budget = budget  # training.token_budget: micro batches sized by tokens
+
+    def get_train_dataloader(self):
+        if self.packed_collator is None:
+            return super().get_train_dataloader()
+        if self.budget is None:  # the Trainer's own batches, each packed into one row
+            padded, self.data_collator = self.data_collator, self.packed_collator
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.data_collator = padded
+        batches = TokenBudgetBatchSampler(self._get_train_sampler(self.train_dataset), self.budget["lengths"],
+                                          self.budget["records_per_step"], self.budget["micro_batches"],
+                                          self.args.world_size)
+        loader = DataLoader(
+            self.train_dataset, batch_sampler=batches,
+            collate_fn=self._get_collator_with_removed_columns(self.packed_collator, description="training"),
+            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            worker_init_fn=partial(seed_worker, num_workers=self.args.dataloader_num_workers,
+                                   rank=self.args.process_index))
+        return self.accelerator.prepare(loader)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -183,11 +236,12 @@ class TLRecTrainer(Trainer):
                 self._signature_columns.append(key)
 
     def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.stages is None and self.budget and self.args.train_sampling_strategy == "group_by_length":
+            # the mega-batches of the padded path (its batch x accumulation steps): the same order
+            return LengthGroupedSampler(self.budget["sampler_batch"], lengths=self.budget["lengths"])
         if self.stages is None:
             return super()._get_train_sampler(train_dataset)
-        from .curriculum import build_curriculum_sampler
-
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = None
         if self.args.train_sampling_strategy == "group_by_length":
             lengths = [len(f["input_ids"]) for f in dataset]
@@ -230,8 +284,6 @@ def split_heldout(records: list[dict], n: int) -> tuple[list[dict], list[dict]]:
 def effect_sets(data_args, tokenizer, answer, template, heldout: list[dict], train_encoder) -> dict:
     """{name: (file, features)} of --effect_files (the first --effect_records Yes/No records: their prompts, scored
     by P(Yes) in one forward pass each) and of the held-out training records (`heldout`: their training loss)."""
-    from ..model.tokenization import RecordEncoder
-
     sets = {}
     for spec in data_args.effect_files:
         name, _, path = spec.partition("=")
@@ -274,8 +326,6 @@ class ScoreStartModel(TrainerCallback):
         self.scores = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from ..fileio import atomic_write_json
-
         if self.scores is None:
             self.scores = score_effect(self.trainer, self.sets)
             if self.trainer.is_world_process_zero():
@@ -330,8 +380,6 @@ class SaveOnSigterm(TrainerCallback):
 
 
 def last_checkpoint(output_dir) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
     path = Path(output_dir)
     return get_last_checkpoint(str(path)) if path.is_dir() else None
 
@@ -344,8 +392,6 @@ def deepspeed_safe_arch_list() -> None:
     numbers, so an arch-specific suffix such as Hopper's "9.0a" stops it ("invalid literal for int() with base 10:
     '0a'", seen on an H100 whose image sets 9.0a). Its ops need no arch-specific instructions: build them for the
     plain arch ("9.0") and say so."""
-    import re
-
     value = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
     plain = re.sub(r"(\d)[a-z]+", r"\1", value)
     if plain != value:
@@ -357,10 +403,6 @@ def deepspeed_safe_arch_list() -> None:
 def run_fingerprint(model_args, lora_args, data_args, training_args) -> tuple[str, dict]:
     """(fingerprint, what it hashes) of a tuning run: every setting that changes the model (UNFINGERPRINTED left
     out), the content of its data files, base model and start adapter, and the number of processes."""
-    import dataclasses
-
-    from ..provenance import fingerprint, path_fingerprint
-
     settings = {}
     for args in (model_args, lora_args, data_args):
         settings.update(dataclasses.asdict(args))
@@ -381,8 +423,6 @@ class RecordFingerprint(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            from ..fileio import atomic_write_json
-
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 atomic_write_json(folder / RUN_FINGERPRINT, self.record)
@@ -391,10 +431,6 @@ class RecordFingerprint(TrainerCallback):
 def check_resume(resume: str, fp: str, what: dict, explicit: bool, force: bool, output_dir: Path) -> dict:
     """A checkpoint is resumed only when it was made by this run (same fingerprint), unless `force`; returns what
     the summary records about it."""
-    import json
-
-    from ..provenance import changes
-
     try:
         recorded = json.loads((Path(resume) / RUN_FINGERPRINT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -420,8 +456,6 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
     """Train and save to `training_args.output_dir` (one run_tuning per output_dir at a time: an exclusive lock,
     taken by the first process of a launch). Returns the exit status: 0, or EXIT_INTERRUPTED after a SIGTERM
     (a checkpoint was saved; rerunning the same command resumes from it)."""
-    from ..validation import check_output_dir
-
     check_output_dir(training_args.output_dir, "--output_dir")
     with contextlib.ExitStack() as held:
         return _tune(model_args, lora_args, data_args, training_args, held)
@@ -431,8 +465,6 @@ def tune(model_args, lora_args, data_args, training_args) -> int:
 def output_dir_lock(output_dir: Path):
     """The exclusive lock on OUTPUT/.tuning.lock (fileio.exclusive_lock), saying who holds it; taken after every
     check and before the first write, by the first process of a launch only."""
-    from ..fileio import exclusive_lock
-
     if not _is_main_launch_process():
         yield
         return
@@ -444,27 +476,38 @@ def output_dir_lock(output_dir: Path):
         yield
 
 
-def _tune(model_args, lora_args, data_args, training_args, held) -> int:
-    import json
-    import time
+@dataclasses.dataclass
+class TuningData:
+    """What `load_data` prepares: the records, their encodings and the template, before any model loads."""
 
-    from transformers import EarlyStoppingCallback
+    train_records: list
+    heldout: list
+    val_records: list | None
+    k_shot_seed: int
+    template: object
+    tokenizer: object
+    answer: AnswerTokens | None
+    train_features: list
+    train_truncations: dict
+    val_features: list | None
+    effects: dict
+    stages: list | None  # the curriculum sampler's stage of each record; None: the Trainer's own sampler
+    staged: bool  # CoT records with stages (also under --curriculum trainer)
+    kinds: dict
+    curriculum: str
 
-    from ..data.kshot import authors_order, sample_k_shot
-    from ..fileio import atomic_write_json, move_contents
-    from ..model.loading import load_base_model, load_tokenizer, prepare_for_training
-    from ..model.tokenization import RecordEncoder, derive_answer_tokens
-    from ..prompts import resolve_template, save_template
 
-    started = time.time()
-    output_dir = Path(training_args.output_dir)
+def check_can_start(output_dir: Path, data_args, training_args) -> None:
     if (output_dir / FINISHED_MARKER).is_file() and not training_args.overwrite_output_dir:
         raise InputError(f"{output_dir}: already holds a finished model ({FINISHED_MARKER}); "
                          "pass --overwrite_output_dir to train again")
     if training_args.metric_for_best_model in ("auc", "eval_auc") and not data_args.val_file:
         raise InputError("--metric_for_best_model auc needs --val_file")
 
-    # data first: bad input fails before the model loads
+
+def read_records(data_args, training_args) -> tuple[list, list, list | None, int]:
+    """(training records, held-out records, validation records or None, K-shot seed): bad input fails here,
+    before the model loads."""
     train_records = load_training_records(data_args.train_files)
     if data_args.stages:
         train_records = stage_records(train_records, data_args.stages, ", ".join(data_args.train_files))
@@ -473,55 +516,63 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
         train_records = authors_order(sample_k_shot(train_records, data_args.k_shot, k_shot_seed,
                                                     source=", ".join(data_args.train_files)), k_shot_seed)
     train_records, heldout = split_heldout(train_records, data_args.heldout_records)
-    val_records = None
-    if data_args.val_file:
-        val_records = load_records(data_args.val_file, require_label=True)
-        if data_args.max_val_records:
-            val_records = val_records[: data_args.max_val_records]
-        if not val_records:
-            raise InputError(f"{data_args.val_file}: no records")
-        classes = {int(r["label"]) for r in val_records}
-        if len(classes) < 2:
-            what = f"all {len(val_records)} validation records are {'Yes' if 1 in classes else 'No'}"
-            if training_args.metric_for_best_model in ("auc", "eval_auc"):
-                raise InputError(f"--val_file {data_args.val_file}: {what}; AUC needs both classes "
-                                 "(--metric_for_best_model auc)")
-            logger.warning("%s: %s; validation AUC will be undefined (nan)", data_args.val_file, what)
+    if not data_args.val_file:
+        return train_records, heldout, None, k_shot_seed
+    val_records = load_records(data_args.val_file, require_label=True)
+    if data_args.max_val_records:
+        val_records = val_records[: data_args.max_val_records]
+    if not val_records:
+        raise InputError(f"{data_args.val_file}: no records")
+    classes = {int(r["label"]) for r in val_records}
+    if len(classes) < 2:
+        what = f"all {len(val_records)} validation records are {'Yes' if 1 in classes else 'No'}"
+        if training_args.metric_for_best_model in ("auc", "eval_auc"):
+            raise InputError(f"--val_file {data_args.val_file}: {what}; AUC needs both classes "
+                             "(--metric_for_best_model auc)")
+        logger.warning("%s: %s; validation AUC will be undefined (nan)", data_args.val_file, what)
+    return train_records, heldout, val_records, k_shot_seed
 
-    # the template the previous phase trained with (adapter, or a full model's directory) unless told otherwise
+
+def load_data(model_args, lora_args, data_args, training_args) -> TuningData:
+    """The records, the tokenizer and template (the previous phase's unless told otherwise), and the features."""
+    train_records, heldout, val_records, k_shot_seed = read_records(data_args, training_args)
     template = resolve_template(data_args.prompt_template, [lora_args.init_adapter, model_args.base_model])
     tokenizer = load_tokenizer(model_args.base_model, model_args.trust_remote_code)
     wants_answer = val_records is not None or data_args.effect_files
     answer = derive_answer_tokens(tokenizer, template) if wants_answer else None
-    encoder = RecordEncoder(tokenizer, data_args.max_length, answer, train_on_inputs=data_args.train_on_inputs,
-                            template=template, truncation=data_args.truncation)
+
+    def training_encoder():
+        return RecordEncoder(tokenizer, data_args.max_length, answer, train_on_inputs=data_args.train_on_inputs,
+                             template=template, truncation=data_args.truncation)
+
+    encoder = training_encoder()
     train_features = training_dataset(train_records, encoder, ", ".join(data_args.train_files))
-    train_truncations = dict(encoder.truncations)
     val_features = None
     if val_records is not None:
-        val_encoder = RecordEncoder(tokenizer, data_args.max_length, answer, template=template)
         # selection by validation loss (the authors' rec_tuning.py) needs the loss of each validation record
-        loss_encoder = None
-        if training_args.metric_for_best_model in ("loss", "eval_loss"):
-            loss_encoder = RecordEncoder(tokenizer, data_args.max_length, answer,
-                                         train_on_inputs=data_args.train_on_inputs, template=template,
-                                         truncation=data_args.truncation)
-        val_features = validation_dataset(val_records, val_encoder, data_args.val_file, loss_encoder)
+        loss_encoder = training_encoder() if training_args.metric_for_best_model in ("loss", "eval_loss") else None
+        val_features = validation_dataset(val_records, RecordEncoder(tokenizer, data_args.max_length, answer,
+                                                                     template=template),
+                                          data_args.val_file, loss_encoder)
     effects = effect_sets(data_args, tokenizer, answer, template, heldout, encoder)
     stages, kinds = curriculum_stages(train_records, data_args.curriculum, data_args.train_files)
-    staged = stages is not None
-    if data_args.curriculum == "trainer":  # the Trainer's own sampler (the authors' ins_tuning.py)
-        stages = None
+    return TuningData(
+        train_records=train_records, heldout=heldout, val_records=val_records, k_shot_seed=k_shot_seed,
+        template=template, tokenizer=tokenizer, answer=answer, train_features=train_features,
+        train_truncations=dict(encoder.truncations), val_features=val_features, effects=effects,
+        stages=None if data_args.curriculum == "trainer" else stages,  # trainer: the authors' ins_tuning.py
+        staged=stages is not None, kinds=kinds, curriculum=data_args.curriculum)
 
-    # adapter and checkpoint against the base model (from file headers), before any weight loads
+
+def check_resume_point(model_args, lora_args, data_args, training_args, output_dir: Path):
+    """(checkpoint to resume or None, what the summary records about it, fingerprint, what it hashes): the
+    adapter and checkpoint checked against the base model from file headers, before any weight loads."""
     fp, what = run_fingerprint(model_args, lora_args, data_args, training_args)
     resume = training_args.resume_from_checkpoint
     explicit = resume is not None
     if resume is None and not training_args.overwrite_output_dir:
         resume = last_checkpoint(output_dir)  # like run_clm.py: a rerun continues where it stopped
     if lora_args.init_adapter or resume:
-        from ..model.loading import check_weights_fit, model_skeleton
-
         skeleton = model_skeleton(model_args)
         if lora_args.init_adapter:
             check_weights_fit(lora_args.init_adapter, model_args, "--init_adapter", skeleton)
@@ -531,43 +582,145 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
             check_weights_fit(resume, model_args, "checkpoint", skeleton)
         del skeleton
     resumed = check_resume(resume, fp, what, explicit, training_args.force_resume, output_dir) if resume else None
+    return resume, resumed, fp, what
 
+
+def load_model(model_args, lora_args, training_args):
+    """(the model to train, its attention kernel, packing on or off): the base model with the chosen attention
+    kernel, checked for packed records when packing, then LoRA or full tuning with gradient checkpointing."""
     if training_args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         deepspeed_safe_arch_list()
-    from transformers import set_seed
-
     set_seed(training_args.seed)  # a new adapter's random init depends on the seed only, not on what ran before
+    model_args.attn_implementation, why = choose_attn_implementation(model_args.attn_implementation)
     model = load_base_model(model_args)
-    model = prepare_for_training(model, lora_args, training_args.gradient_checkpointing)
-    if training_args.gradient_checkpointing:
-        training_args.gradient_checkpointing = False  # already enabled (with input grads for LoRA)
+    packing = use_packing(True if training_args.max_tokens_per_batch else training_args.packing,
+                          model_args.attn_implementation)
+    if packing:
+        check_packing_isolated(model)
+    model = prepare_for_training(model, lora_args, training_args.gradient_checkpointing,
+                                 training_args.gradient_checkpointing_fraction,
+                                 training_args.gradient_checkpointing_kwargs)
+    training_args.gradient_checkpointing = False  # enabled above (the Trainer would enable every layer again)
+    logger.info("attention kernel: %s (%s); packing %s", model_args.attn_implementation, why,
+                "on" if packing else "off")
+    return model, packing
 
-    held.enter_context(output_dir_lock(output_dir))  # every check passed: from here on this run writes
+
+def token_budget(features: list, training_args) -> dict | None:
+    """--max_tokens_per_batch: the records of an optimizer step and the micro batches they are split into (G);
+    TLRecTrainer then accumulates G micro batches (its gradient_accumulation_steps becomes G)."""
+    budget = training_args.max_tokens_per_batch
+    if not budget:
+        return None
+    processes = training_args.world_size
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
+    lengths = [len(f["input_ids"]) for f in features]
+    micro = micro_batches_per_step(lengths, per_step, budget, processes)
+    logger.info("--max_tokens_per_batch %d: %d records per optimizer step in %d micro batch(es) per process of at "
+                "most %d tokens", budget, per_step, micro, budget)
+    return {"records_per_step": per_step, "micro_batches": micro, "lengths": lengths,
+            "sampler_batch": training_args.train_batch_size * training_args.gradient_accumulation_steps}
+
+
+def build_trainer(model, packing: bool, budget: dict | None, data: TuningData, training_args, output_dir: Path,
+                  resume, fp: str, what: dict):
+    """(trainer, SIGTERM handler, start-model scorer or None) with the callbacks of the run."""
     sigterm = SaveOnSigterm()
     callbacks = [sigterm, RecordFingerprint({"fingerprint": fp, "what": what})]
     start_scores = None
-    if effects and resume is None:  # the start model's scores, before any step
-        start_scores = ScoreStartModel(effects, output_dir / EFFECT_BEFORE)
+    if data.effects and resume is None:  # the start model's scores, before any step
+        start_scores = ScoreStartModel(data.effects, output_dir / EFFECT_BEFORE)
         callbacks.append(start_scores)
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(training_args.early_stopping_patience))
+    flash = getattr(model.config, "_attn_implementation", "") in PACKING_KERNELS
     trainer = TLRecTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_features,
-        eval_dataset=val_features,
-        data_collator=TuningCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        compute_metrics=compute_auc if val_features is not None else None,
+        train_dataset=data.train_features,
+        eval_dataset=data.val_features,
+        data_collator=TuningCollator(data.tokenizer.pad_token_id),
+        processing_class=data.tokenizer,
+        compute_metrics=compute_auc if data.val_features is not None else None,
         callbacks=callbacks,
-        answer_tokens=answer,
-        stages=stages,
-        curriculum=data_args.curriculum,
+        answer_tokens=data.answer,
+        stages=data.stages,
+        curriculum=data.curriculum,
+        packed_collator=PackedCollator(flash_kwargs=flash) if packing else None,
+        budget=budget,
     )
-    if resume:
-        logger.info("resuming from %s", resume)
     if start_scores is not None:
         start_scores.trainer = trainer
+    return trainer, sigterm, start_scores
+
+
+def run_summary(model_args, lora_args, data_args, training_args, data: TuningData, trainer, result, extra: dict):
+    """The tuning_summary.json of a finished run."""
+    return {
+        "finetune": lora_args.finetune,
+        "base_model": model_args.base_model,
+        "init_adapter": lora_args.init_adapter,
+        "train_files": list(data_args.train_files),
+        "train_records": len(data.train_records),
+        "heldout_records": len(data.heldout),
+        "k_shot": data_args.k_shot,
+        "k_shot_seed": data.k_shot_seed if data_args.k_shot else None,
+        "seed": training_args.seed,
+        "stages": sorted({r["stage"] for r in data.train_records if "stage" in r}) if data.staged else None,
+        "truncation": data_args.truncation,
+        "val_file": data_args.val_file,
+        "val_records": len(data.val_records) if data.val_records is not None else 0,
+        "max_length": data_args.max_length,
+        "prompt_template": data.template.name,
+        "truncated_train_records": data.train_truncations,
+        "curriculum": data_args.curriculum if data.staged else None,
+        "records_by_kind": data.kinds,
+        "attn_implementation": model_args.attn_implementation,
+        "packing": trainer.packed_collator is not None,
+        "micro_batches_per_step": trainer.budget["micro_batches"] if trainer.budget else None,
+        **extra,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "best_metric": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "log_history": trainer.state.log_history,
+    }
+
+
+def save_run(trainer, data: TuningData, output_dir: Path, summary: dict) -> None:
+    """The final model staged beside output_dir, moved in; the summary marker written last."""
+    staging = output_dir / ".final-staging"
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        data.tokenizer.save_pretrained(str(staging))
+        save_template(staging, data.template)  # what run_eval and later phases use
+        move_contents(staging, output_dir)
+        atomic_write_json(output_dir / FINISHED_MARKER, json.loads(json.dumps(summary, default=str)))
+
+
+def phase_effect(trainer, data: TuningData, start_scores, output_dir: Path) -> dict:
+    if not data.effects:
+        return {}
+    before = start_scores.scores if start_scores is not None else None
+    if before is None and (output_dir / EFFECT_BEFORE).is_file():  # resumed: scored by the first run
+        before = json.loads((output_dir / EFFECT_BEFORE).read_text())
+    return effect_summary(data.effects, before, score_effect(trainer, data.effects))
+
+
+def _tune(model_args, lora_args, data_args, training_args, held) -> int:
+    started = time.time()
+    output_dir = Path(training_args.output_dir)
+    check_can_start(output_dir, data_args, training_args)
+    data = load_data(model_args, lora_args, data_args, training_args)
+    budget = token_budget(data.train_features, training_args)
+    resume, resumed, fp, what = check_resume_point(model_args, lora_args, data_args, training_args, output_dir)
+    model, packing = load_model(model_args, lora_args, training_args)
+    held.enter_context(output_dir_lock(output_dir))  # every check passed: from here on this run writes
+    trainer, sigterm, start_scores = build_trainer(model, packing, budget, data, training_args, output_dir, resume, fp,
+                                                   what)
+    if resume:
+        logger.info("resuming from %s", resume)
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     finally:
@@ -576,51 +729,12 @@ def _tune(model_args, lora_args, data_args, training_args, held) -> int:
         logger.warning("stopped by SIGTERM at step %d; checkpoint saved in %s: rerun the same command to resume",
                        trainer.state.global_step, output_dir)
         return EXIT_INTERRUPTED
-
-    effect = {}
-    if effects:
-        before = start_scores.scores if start_scores is not None else None
-        if before is None and (output_dir / EFFECT_BEFORE).is_file():  # resumed: scored by the first run
-            before = json.loads((output_dir / EFFECT_BEFORE).read_text())
-        effect = effect_summary(effects, before, score_effect(trainer, effects))
-    # final model: staged, then moved in; the summary marker is written last
-    stage = output_dir / ".final-staging"
-    trainer.save_model(str(stage))
-    trainer.accelerator.wait_for_everyone()
+    effect = phase_effect(trainer, data, start_scores, output_dir)
+    extra = {"fingerprint": fp, "resumed_from": resumed, "effect": effect}
+    summary = run_summary(model_args, lora_args, data_args, training_args, data, trainer, result, extra)
+    summary["wall_time_s"] = round(time.time() - started, 1)
+    save_run(trainer, data, output_dir, summary)
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(stage))
-        save_template(stage, template)  # what run_eval and later phases use
-        move_contents(stage, output_dir)
-        summary = {
-            "finetune": lora_args.finetune,
-            "base_model": model_args.base_model,
-            "init_adapter": lora_args.init_adapter,
-            "train_files": list(data_args.train_files),
-            "train_records": len(train_records),
-            "heldout_records": len(heldout),
-            "k_shot": data_args.k_shot,
-            "k_shot_seed": k_shot_seed if data_args.k_shot else None,
-            "seed": training_args.seed,
-            "stages": sorted({r["stage"] for r in train_records if "stage" in r}) if staged else None,
-            "truncation": data_args.truncation,
-            "val_file": data_args.val_file,
-            "val_records": len(val_records) if val_records is not None else 0,
-            "max_length": data_args.max_length,
-            "prompt_template": template.name,
-            "truncated_train_records": train_truncations,
-            "curriculum": data_args.curriculum if staged else None,
-            "records_by_kind": kinds,
-            "fingerprint": fp,
-            "resumed_from": resumed,
-            "global_step": trainer.state.global_step,
-            "train_loss": result.training_loss,
-            "best_metric": trainer.state.best_metric,
-            "best_checkpoint": trainer.state.best_model_checkpoint,
-            "effect": effect,
-            "log_history": trainer.state.log_history,
-            "wall_time_s": round(time.time() - started, 1),
-        }
-        atomic_write_json(output_dir / FINISHED_MARKER, json.loads(json.dumps(summary, default=str)))
         logger.info("saved %s to %s (train loss %.4f)", "adapter" if lora_args.finetune == "lora" else "model",
                     output_dir, result.training_loss)
     return 0
