@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import torch
+from helpers import assert_one_line_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tlrec_utils import prompts
@@ -48,9 +49,7 @@ def test_cli_missing_data_file_is_one_line_error(tmp_path):
          "--output_dir", str(tmp_path / "m")],
         capture_output=True, text=True,
     )
-    assert proc.returncode == 2
-    assert "nope.json: file not found" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_one_line_error(proc, "nope.json: file not found")
     assert not (tmp_path / "m").exists()
 
 
