@@ -256,3 +256,27 @@ def test_torch_compile_trains_the_packed_batches_to_the_same_loss(tiny_llama, sy
         summary = json.loads((out / "tuning_summary.json").read_text())
         losses.append([h["loss"] for h in summary["log_history"] if "loss" in h])
     assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_dry_run_estimate_reads_the_measured_row_of_the_cells_batches(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tlrec_utils.experiments import estimate
+
+    figures = {"padded_sdpa": 10841.0, "padded_checkpointing_sdpa": 5997.0, "packed_budget_sdpa": 15000.0,
+               "packed_budget_flash_attention_2": 21000.0}
+    measured = tmp_path / "measured_throughput.json"
+    measured.write_text(json.dumps({"card": "H200", "date": "2026-12-07", "train_tokens_per_s": figures}))
+    monkeypatch.setattr(estimate, "MEASURED_FILE", measured)
+
+    def cell(**tuning):
+        return SimpleNamespace(tuning=tuning, cot_tuning=None, source_tuning=None, kshot_tuning=None)
+
+    assert estimate.measured_train_figure(cell())[0] == 10841.0
+    assert estimate.measured_train_figure(cell(gradient_checkpointing=True))[0] == 5997.0
+    figure, what = estimate.measured_train_figure(cell(max_tokens_per_batch=16384))
+    assert figure == 15000.0 and "on one H200 without gradient checkpointing, packed budget sdpa" in what
+    flash = cell(max_tokens_per_batch=16384, attn_implementation="flash_attention_2")
+    assert estimate.measured_train_figure(flash)[0] == 21000.0
+    # a row the table did not measure (packed with checkpointing): the padded row with checkpointing
+    assert estimate.measured_train_figure(cell(max_tokens_per_batch=16384, gradient_checkpointing=True))[0] == 5997.0
