@@ -8,7 +8,7 @@ the padded run. With sdpa (the CPU's kernel) a packed row's attention is one mas
 so on a small model packing pays for attention it then discards; flash-attention's varlen kernel does not (GPU:
 bench/gpu_check.sh).
 
-    TLREC_DATA_DIR=/work/shared/data python bench/bench_packing.py [--steps 6] [--batch_size 8] [--grad_accum 2]
+    TLREC_DATA_DIR=DATA_DIR python bench/bench_packing.py [--steps 6] [--batch_size 8] [--grad_accum 2]
 """
 
 from __future__ import annotations
