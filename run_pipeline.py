@@ -30,6 +30,7 @@ def main(argv=None):
         PhaseFailed,
         PhaseInterrupted,
         format_effects,
+        format_sources,
         format_table,
         method_lines,
         run_pipeline,
@@ -49,6 +50,8 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_table(results, setting(cfg, "eval", "ndcg_k")))
+    users = ", ".join(m for m, names in results["method_sources"].items() if names) or "no method"
+    print(f"\nSource domains (used by {users}):\n{format_sources(results)}")
     if results["phases"]:
         print("\nEach tuning phase on held-out records (first the start model, then the trained one):\n")
         print(format_effects(results))

@@ -474,6 +474,10 @@ def _is_mapping(tp) -> bool:
     return tp is dict or typing.get_origin(tp) is dict
 
 
+def _is_mapping_list(tp) -> bool:
+    return typing.get_origin(tp) is list and any(_is_mapping(a) for a in typing.get_args(tp))
+
+
 def without_required_fields(dtype):
     """The class the command-line parser is built from: `dtype` with no required field, so that a config file
     can supply one (`parse_args` checks what is still missing after parsing)."""
@@ -527,7 +531,8 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
     - A `.json`/`.yaml` file given as the first argument or with `--config FILE` holds settings (the field
       names); flags after it override them. Unknown keys, wrong types and bad choices name the key and file.
     - `dict` fields (run_pipeline's `--tuning`, `--eval`, ...) take `KEY=VALUE ...` or a YAML/JSON mapping and
-      add to the file's mapping; the fields in `rest_of_line` (`--tuning_args`) take the rest of the line and
+      add to the file's mapping; `list[dict]` fields (`--source_datasets`) take YAML/JSON mappings, one a value,
+      and replace the file's list; the fields in `rest_of_line` (`--tuning_args`) take the rest of the line and
       add to the file's list.
     - `config_field`: the config file is this field's value instead (run_experiments: the grid file).
     - `known_only`: ignore flags and file keys of other dataclasses (a first check of some of them).
@@ -541,12 +546,15 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
             if f.init:
                 hints.setdefault(f.name, resolved[f.name])
     mappings = [name for name, tp in hints.items() if _is_mapping(tp)]
+    mapping_lists = [name for name, tp in hints.items() if _is_mapping_list(tp)]  # run_pipeline's source_datasets
     # The config file, mapping and rest-of-line flags are read first (as HfArgumentParser reads its args files);
     # HfArgumentParser then parses the other flags over the file's values.
     first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--config")
     for name in mappings:
         first.add_argument(f"--{name}", nargs="+", action="append", default=[])
+    for name in mapping_lists:
+        first.add_argument(f"--{name}", nargs="+", default=None)
     for name in rest_of_line:
         first.add_argument(f"--{name}", nargs=argparse.REMAINDER, default=[])
     path = None
@@ -565,6 +573,14 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
     for name in mappings:
         for group in getattr(special, name):
             values[name] = {**(values.get(name) or {}), **parse_mapping(f"--{name}", group)}
+    for name in mapping_lists:  # each value one YAML/JSON mapping; the flag replaces the file's list
+        if getattr(special, name) is not None:
+            given = getattr(special, name)
+            bad = next((v for v in given if not v.lstrip().startswith("{")), None)
+            if bad is not None:
+                raise InputError(f"--{name}: expected one YAML/JSON mapping a value ('{{key: value, ...}}'), got "
+                                 f"{bad!r}")
+            values[name] = [parse_mapping(f"--{name}", [value]) for value in given]
     for name in rest_of_line:
         if getattr(special, name):
             values[name] = list(values.get(name) or []) + getattr(special, name)

@@ -361,3 +361,31 @@ def check_settings(dataclass_types, values: dict, path=None, prefix: str = "") -
         except InputError as exc:
             raise InputError(relabel(str(exc), names, path, prefix)) from None
     return checked
+
+
+def typed(dtype, values, where: str):
+    """`values` (a mapping of the file) as `dtype`: unknown and missing keys and wrong types name the key and the
+    file; nested mappings and lists stay as they are (the caller types them)."""
+    if isinstance(values, dtype):  # the field's default: not in the file
+        return values
+    if not isinstance(values, dict):
+        raise InputError(f"{where} must be a mapping, got {type(values).__name__}")
+    known = [f.name for f in dataclasses.fields(dtype) if f.name != "path"]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    missing = [f.name for f in dataclasses.fields(dtype) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and values.get(f.name) is None]
+    if missing:
+        raise InputError(f"{where}: missing '{missing[0]}'")
+    return dtype(**check_config_values({k: v for k, v in values.items() if v is not None}, (dtype,), where))
+
+
+def typed_list(dtype, items, where: str) -> list:
+    if not isinstance(items, list):
+        raise InputError(f"{where} must be a list, got {type(items).__name__}")
+    out = []
+    for n, item in enumerate(items):
+        label = f"{where}: {item.get('name')!r}" if isinstance(item, dict) and "name" in item else f"{where} entry {n}"
+        out.append(typed(dtype, item, label))
+    return out

@@ -92,32 +92,54 @@ def load_cot_records(path) -> list[dict]:
     return cot_records_from(raw, path)
 
 
-def write_cot_records(cot_file, output_dir) -> dict:
-    """CoT records from a file (the authors' released stage123.json or an earlier cot_train.json), validated,
-    stages recovered, written as OUTPUT_DIR/cot_train.json (+ cot_records.json: what was read)."""
-    path, out = Path(cot_file), Path(output_dir)
-    if not path.is_file():
-        raise InputError(f"{path}: CoT file not found (cot_file)")
-    records = load_cot_records(path)
-    atomic_write_json(out / "cot_train.json", records, indent=1)
-    stages = {s: sum(r["stage"] == s for r in records) for s in sorted({r["stage"] for r in records})}
-    info = {"cot_file": str(path), "sha256": sha256_file(path), "cot_records": len(records),
-            "records_per_stage": stages}
-    atomic_write_json(out / "cot_records.json", info)
+def write_cot_records(cot_files, output_dir) -> dict:
+    """CoT records from one file or several (the authors' released stage123.json, earlier cot_train.json files:
+    one per source domain), validated, stages recovered, written in the order given as OUTPUT_DIR/cot_train.json
+    (+ cot_records.json: what was read, per file). `cot_files`: a path, or {source name: path} (each record then
+    carries its `source`)."""
+    named = cot_files if isinstance(cot_files, dict) else {None: cot_files}
+    records, files = [], []
+    for name, cot_file in named.items():
+        path = Path(cot_file)
+        if not path.is_file():
+            raise InputError(f"{path}: CoT file not found (cot_file{'' if name is None else ' of source ' + name})")
+        part = load_cot_records(path)
+        if name is not None:
+            part = [{**rec, "source": name} for rec in part]
+        records += part
+        files.append({"source": name, "cot_file": str(path), "sha256": sha256_file(path), "cot_records": len(part),
+                      "records_per_stage": _per_stage(part)})
+    atomic_write_json(Path(output_dir) / "cot_train.json", records, indent=1)
+    info = {"cot_records": len(records), "records_per_stage": _per_stage(records)}
+    info.update(files[0] if name is None else {"per_source": {f["source"]: f for f in files}})
+    atomic_write_json(Path(output_dir) / "cot_records.json", info)
     return info
+
+
+def _per_stage(records: list[dict]) -> dict:
+    return {s: sum(r["stage"] == s for r in records) for s in sorted({r["stage"] for r in records})}
 
 
 def main(argv=None):
     """`python -m tlrec_utils.cot.records cot_records --cot_file F --output_dir D`: the pipeline's CoT phase
-    when the CoT records come from a file (teacher: published, cot_file)."""
+    when the CoT records come from a file (teacher: published, cot_file); with several source domains
+    `--cot_file NAME=F ...`, each source's records in the order given."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("command", choices=["cot_records"])
-    parser.add_argument("--cot_file", required=True)
+    parser.add_argument("--cot_file", required=True, nargs="+", metavar="[NAME=]FILE")
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args(argv)
-    return write_cot_records(args.cot_file, args.output_dir)
+    if len(args.cot_file) == 1 and "=" not in args.cot_file[0]:
+        return write_cot_records(args.cot_file[0], args.output_dir)
+    named = {}
+    for value in args.cot_file:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path or name in named:
+            raise InputError(f"--cot_file {value}: with several files give each as NAME=FILE, each name once")
+        named[name] = path
+    return write_cot_records(named, args.output_dir)
 
 
 if __name__ == "__main__":

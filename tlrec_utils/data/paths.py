@@ -43,6 +43,7 @@ CONFIG_PATH_KEYS = frozenset({
 MODEL_KEYS = frozenset({"base_model", "text_encoder"})  # a path when it names a folder there, else a hub id
 # mappings of settings handed on to another script (run_pipeline's `tuning`, ..., `eval`)
 NESTED_SETTINGS = ("tuning", "cot_tuning", "source_tuning", "kshot_tuning", "eval")
+NESTED_LISTS = ("source_datasets",)  # lists of such mappings (each source's cot_file)
 
 
 def _from(base: Path, value):
@@ -65,6 +66,8 @@ def resolve_config_paths(values: dict, config_file, keys=None) -> dict:
     for key, value in values.items():
         if key in NESTED_SETTINGS and isinstance(value, dict):
             out[key] = resolve_config_paths(value, config_file)
+        elif key in NESTED_LISTS and isinstance(value, list):
+            out[key] = [resolve_config_paths(v, config_file) for v in value]
         elif keys == "all" or key in (keys or CONFIG_PATH_KEYS):
             out[key] = _from(base, value)
         elif key in MODEL_KEYS and isinstance(value, str) and value.strip() and (base / value).exists():

@@ -22,5 +22,8 @@ def flags(options: dict, explicit_bools: bool = False) -> list[str]:
             if explicit_bools:
                 out.append(str(value).lower())
             continue
-        out.extend(str(v) for v in value) if isinstance(value, list) else out.append(str(value))
+        if isinstance(value, list):  # a list of mappings (--source_datasets): one JSON mapping a value
+            out.extend(json.dumps(v) if isinstance(v, dict) else str(v) for v in value)
+            continue
+        out.append(str(value))
     return out

@@ -161,7 +161,7 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
     data and no model: nothing is read beyond the config, nothing fetched or written; missing data shows as
     setup steps to do, record counts come from the known release sizes or are marked assumed. Returns the
     GPU-hours."""
-    from .phases import raw_dir
+    from .phases import domains, raw_dir
     from .pipeline import plan_fingerprints
 
     out = out or sys.stdout
@@ -184,14 +184,16 @@ def dry_run(config, cells: list[Cell], out=None) -> float:
         phases = cell_phases(config, cell, check_data=False)
         plan = plan_fingerprints(pipeline_config, phases)
         print(f"{state}  {cell.path}  ({len(phases)} phases)", file=out)
-        for which in ("source", "target"):
-            if getattr(pipeline_config, f"{which}_files"):  # published files by name: no raw folder
+        for domain in domains(pipeline_config):
+            if domain.spec.files:  # published files by name: no raw folder
                 continue
-            raw = raw_dir(pipeline_config, getattr(pipeline_config, f"{which}_subdir"))
+            raw = raw_dir(pipeline_config, domain.spec.subdir)
             if not raw.is_dir():
                 print(f"  todo  [data] {raw} not found: the run fetches it with --download (the "
-                      f"{getattr(pipeline_config, f'{which}_subdir')} release) or reads a copy put there", file=out)
-        subdirs = {"source": pipeline_config.source_subdir, "target": pipeline_config.target_subdir}
+                      f"{domain.spec.subdir} release) or reads a copy put there", file=out)
+        # a mix of several sources has no known size: its records are read once prepared, else assumed
+        subdirs = {d.folder: d.spec.subdir for d in domains(pipeline_config) if not pipeline_config.source_datasets
+                   or d.which == "target"}
         speed, what = train_throughput(est, pipeline_config)
         figures.setdefault(what, []).append(cell.path)
         train = forward = 0.0

@@ -145,36 +145,6 @@ class GridConfig:
     path: str = "config"  # the file it was read from (error messages, SLURM job commands)
 
 
-def _typed(dtype, values, where: str):
-    """`values` (a mapping of the file) as `dtype`: unknown and missing keys and wrong types name the key and the
-    file; nested mappings and lists stay as they are (the caller types them)."""
-    from ..validation import check_config_values
-
-    if isinstance(values, dtype):  # the field's default: not in the file
-        return values
-    if not isinstance(values, dict):
-        raise InputError(f"{where} must be a mapping, got {type(values).__name__}")
-    known = [f.name for f in dataclasses.fields(dtype) if f.name != "path"]
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
-    missing = [f.name for f in dataclasses.fields(dtype) if f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING and values.get(f.name) is None]
-    if missing:
-        raise InputError(f"{where}: missing '{missing[0]}'")
-    return dtype(**check_config_values({k: v for k, v in values.items() if v is not None}, (dtype,), where))
-
-
-def _typed_list(dtype, items, where: str) -> list:
-    if not isinstance(items, list):
-        raise InputError(f"{where} must be a list, got {type(items).__name__}")
-    out = []
-    for n, item in enumerate(items):
-        label = f"{where}: {item.get('name')!r}" if isinstance(item, dict) and "name" in item else f"{where} entry {n}"
-        out.append(_typed(dtype, item, label))
-    return out
-
-
 def load_config(path, overrides: list[str] | None = None) -> GridConfig:
     """The grid config with `--override`s applied, checked up front: unknown keys (a typo such as `seedz`),
     types, seeds, settings, baseline names and pipeline options fail here with the key and the file, before any
@@ -215,18 +185,18 @@ def grid_config(raw: dict, path: str) -> GridConfig:
     """A GridConfig from a config file's mapping (`path` names it in errors)."""
     from ..arguments import BaselineArguments
     from ..baselines.registry import BASELINES
-    from ..validation import check_number, check_output_dir, check_seed, check_settings
+    from ..validation import check_number, check_output_dir, check_seed, check_settings, typed, typed_list
     from .pipeline_config import METHODS, PipelineConfig
 
-    config = _typed(GridConfig, raw, path)
+    config = typed(GridConfig, raw, path)
     config.path = path
-    config.target = _typed(Splits, config.target, f"{path}: target")
-    config.source = _typed(Splits, config.source, f"{path}: source")
-    config.methods = _typed_list(MethodSpec, config.methods, f"{path}: methods")
-    config.ablations = _typed_list(MethodSpec, config.ablations, f"{path}: ablations")
-    config.backbones = _typed_list(BackboneSpec, config.backbones, f"{path}: backbones")
-    config.setup = _typed_list(SetupStep, config.setup, f"{path}: setup")
-    config.slurm = _typed(SlurmSettings, config.slurm, f"{path}: slurm")
+    config.target = typed(Splits, config.target, f"{path}: target")
+    config.source = typed(Splits, config.source, f"{path}: source")
+    config.methods = typed_list(MethodSpec, config.methods, f"{path}: methods")
+    config.ablations = typed_list(MethodSpec, config.ablations, f"{path}: ablations")
+    config.backbones = typed_list(BackboneSpec, config.backbones, f"{path}: backbones")
+    config.setup = typed_list(SetupStep, config.setup, f"{path}: setup")
+    config.slurm = typed(SlurmSettings, config.slurm, f"{path}: slurm")
     for seed in config.seeds:
         check_seed(f"{path}: seeds", seed)
     config.settings = [setting_key(s, f"{path}: settings") for s in config.settings]

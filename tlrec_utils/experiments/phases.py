@@ -14,13 +14,23 @@ from pathlib import Path
 from ..cot.registry import TEACHERS
 from ..data.paths import REPO_ROOT
 from ..errors import InputError
-from .pipeline_config import METHODS, PipelineConfig, check_values, setting, to_flags
+from .pipeline_config import (
+    METHODS,
+    PipelineConfig,
+    SourceSpec,
+    check_values,
+    setting,
+    source_specs,
+    to_flags,
+    uses_cot,
+)
 
 PHASE_DONE = "phase_done.json"
 
 
 SETTING_ZERO_SHOT = "zero_shot"
 COT_RECORDS_MODULE = "-m tlrec_utils.cot.records"  # the CoT phase when its records come from a file
+MIX_MODULE = "-m tlrec_utils.data.mix"  # data/source when there are several sources
 
 
 # Validation as the authors' scripts do it (ljy2222/TLRec rec_tuning.py and ins_tuning.py, commit 561abcf):
@@ -43,25 +53,54 @@ def check_config(cfg: PipelineConfig, check_data: bool = True) -> None:
         raise InputError(f"--accelerate_config {cfg.accelerate_config}: file not found")
     if cfg.cot_file and not Path(cfg.cot_file).is_file():
         raise InputError(f"{cfg.cot_file}: CoT file not found (cot_file)")
+    for spec in source_specs(cfg) if cfg.source_datasets else ():
+        if spec.cot_file and not Path(spec.cot_file).is_file():
+            raise InputError(f"{spec.cot_file}: CoT file not found (source_datasets: {spec.name}: cot_file)")
     # the raw data must be there before run_dir is made (not needed once a data phase is complete)
     if not check_data:
         return
-    for which, subdir, dataset in (("source", cfg.source_subdir, cfg.source_dataset),
-                                   ("target", cfg.target_subdir, cfg.target_dataset)):
-        if (Path(cfg.run_dir) / "data" / which / PHASE_DONE).is_file():
+    for domain in domains(cfg):
+        if (Path(cfg.run_dir) / "data" / domain.folder / PHASE_DONE).is_file():
             continue
-        if getattr(cfg, f"{which}_files"):
-            split_links(cfg, which)  # every file exists
+        if domain.spec.files:
+            split_links(cfg, domain.spec.files, domain.files_flag)  # every file exists
             continue
-        raw = raw_dir(cfg, subdir)
+        raw = raw_dir(cfg, domain.spec.subdir)
         if not raw.is_dir() and cfg.download:  # --download will make it: a file or a locked folder fails now
             from ..validation import check_output_dir
 
             check_output_dir(raw, "--data_dir" if cfg.data_dir else "data directory")
         if not raw.is_dir() and not cfg.download:
             flag = "--data_dir" if cfg.data_dir else "data directory"
-            raise InputError(f"{flag}: {raw} not found (raw files of the {which} dataset {dataset}; "
-                             "--download fetches the public ones)")
+            raise InputError(f"{flag}: {raw} not found (raw files of the {domain.label} dataset "
+                             f"{domain.spec.dataset}; --download fetches the public ones)")
+
+
+@dataclass
+class Domain:
+    """A dataset the pipeline prepares: the target, the source, or one of several sources."""
+
+    which: str  # source | target
+    spec: SourceSpec  # what to prepare (the target's fields in the same form)
+    folder: str  # under run_dir/data: source, target, source-NAME
+    label: str  # in messages: source, target, source netflix
+    files_flag: str  # the config key of its published files
+
+
+def domains(cfg: PipelineConfig) -> list[Domain]:
+    """Every dataset the pipeline prepares, in order: each source (one: data/source; several: data/source-NAME,
+    mixed into data/source by data.mix), then the target."""
+    specs = source_specs(cfg)
+    out = []
+    if cfg.source_datasets:
+        for i, spec in enumerate(specs):
+            out.append(Domain("source", spec, f"source-{spec.name}", f"source {spec.name}",
+                              f"--source_datasets[{i}] ({spec.name}): files"))
+    else:
+        out.append(Domain("source", specs[0], "source", "source", "--source_files"))
+    target = SourceSpec("target", cfg.target_dataset, cfg.target_subdir, cfg.item_kind, files=cfg.target_files,
+                        prepare_args=list(cfg.target_prepare_args))
+    return out + [Domain("target", target, "target", "target", "--target_files")]
 
 
 @dataclass
@@ -109,12 +148,10 @@ def raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
     return (data_dir(cfg.data_dir) / subdir).resolve()
 
 
-def split_links(cfg: PipelineConfig, which: str, check_files: bool = True) -> dict[str, Path]:
-    """{train.json: FILE, valid.json: FILE, test.json: FILE} of `source_files` / `target_files` (the mapping
+def split_links(cfg: PipelineConfig, files: dict, flag: str, check_files: bool = True) -> dict[str, Path]:
+    """{train.json: FILE, valid.json: FILE, test.json: FILE} of a domain's published `files` (the mapping
     checked by check_values; `check_files`: each file exists)."""
     from ..data.paths import data_dir
-
-    files, flag = getattr(cfg, f"{which}_files"), f"--{which}_files"
 
     links = {}
     for split, name in files.items():
@@ -191,6 +228,7 @@ class Plan:
     cot_file: Path | None = None  # the CoT records tuning reads (None: no method tunes on CoT)
     base_model: str = ""
     model_after: list[str] = field(default_factory=list)  # ["model"] when the tiny model is built
+    sources: dict[str, Path] = field(default_factory=dict)  # several sources: name -> its prepared folder
     owners: dict = field(default_factory=dict)  # tuning chain -> (phase key, directory): shared phases run once
 
     @property
@@ -222,28 +260,37 @@ def pipeline_phases(cfg: PipelineConfig, check_data: bool = True) -> list[Phase]
 
 
 def data_phases(plan: Plan, check_data: bool) -> None:
-    """data/source, data/target: run_prepare_data on the raw release, or on links to published record files."""
+    """data/source, data/target: run_prepare_data on the raw release, or on links to published record files;
+    with several sources, data/source-NAME each and data/source their mix (python -m tlrec_utils.data.mix)."""
     cfg = plan.cfg
-    for which in ("source", "target"):
-        dataset = cfg.source_dataset if which == "source" else cfg.target_dataset
-        raw = raw_dir(cfg, cfg.source_subdir if which == "source" else cfg.target_subdir)
-        subdir = cfg.source_subdir if which == "source" else cfg.target_subdir
-        links = split_links(cfg, which, check_data) if getattr(cfg, f"{which}_files") else {}
+    for domain in domains(cfg):
+        spec, out = domain.spec, plan.run_dir / "data" / domain.folder
+        dataset, raw = spec.dataset, raw_dir(cfg, spec.subdir)
+        links = split_links(cfg, spec.files, domain.files_flag, check_data) if spec.files else {}
         if links:  # published records picked file by file: run_prepare_data reads links to them
-            dataset, raw = "records", plan.run_dir / "raw" / which
-        argv = ["--dataset", dataset, "--raw_dir", str(raw), "--output_dir", str(plan.data[which]),
-                "--max_windows", str(cfg.max_windows), "--item_kind", cfg.item_kind]
+            dataset, raw = "records", plan.run_dir / "raw" / domain.folder
+        argv = ["--dataset", dataset, "--raw_dir", str(raw), "--output_dir", str(out),
+                "--max_windows", str(cfg.max_windows), "--item_kind", spec.item_kind]
         if cfg.download and not links:
             from ..data.download import RELEASES
 
-            argv += ["--download"] + (["--release", subdir] if subdir in RELEASES else [])
+            argv += ["--download"] + (["--release", spec.subdir] if spec.subdir in RELEASES else [])
             argv += ["--mirror", cfg.mirror] if cfg.mirror else []
-        if which == "source" and cfg.source_target_style:
-            argv += ["--target_style", cfg.source_target_style]
-        argv += list(cfg.source_prepare_args if which == "source" else cfg.target_prepare_args)
-        plan.phases.append(Phase(f"data/{which}", f"prepare {which}", "prepare", plan.data[which],
+        argv += ["--target_style", spec.target_style] if spec.target_style else []
+        argv += list(spec.prepare_args)
+        plan.phases.append(Phase(f"data/{domain.folder}", f"prepare {domain.label}", "prepare", out,
                                  "run_prepare_data.py", argv,
                                  links={raw / name: target for name, target in links.items()}))
+        if domain.folder.startswith("source-"):
+            plan.sources[spec.name] = out
+    if plan.sources:
+        specs = {s.name: s for s in source_specs(cfg)}
+        argv = ["--sources", *[f"{name}={folder}" for name, folder in plan.sources.items()], "--output_dir",
+                str(plan.data["source"])]
+        shares = [f"{name}={s.records}" for name, s in specs.items() if s.records]
+        argv += ["--records", *shares] if shares else []
+        plan.phases.insert(len(plan.sources), Phase("data/source", "mix the sources", "prepare", plan.data["source"],
+                                                    MIX_MODULE, argv, after=[f"data/source-{n}" for n in specs]))
 
 
 def published_cot_file(cfg: PipelineConfig, check_data: bool) -> Path:
@@ -266,18 +313,39 @@ def published_cot_file(cfg: PipelineConfig, check_data: bool) -> Path:
 
 def cot_phase(plan: Plan, check_data: bool) -> None:
     """cot/: the CoT records from a file (python -m tlrec_utils.cot.records), or run_cot_generation on the source
-    train split; only when a method tunes on CoT."""
+    train split; only when a method tunes on CoT. Several sources: cot-NAME per source (its cot_file, or the
+    teacher on its own records and wording), then cot/ their records in the sources' order."""
     cfg, run_dir = plan.cfg, plan.run_dir
-    if not any(s.startswith("cot") for m in cfg.methods for s in METHODS[m]):
+    if not uses_cot(cfg):
         return
     plan.cot_file = run_dir / "cot" / "cot_train.json"
-    if cfg.cot_file or TEACHERS[cfg.teacher].build is None:  # records from a file, asked of no one
-        argv = ["cot_records", "--cot_file", str(published_cot_file(cfg, check_data)), "--output_dir",
-                str(run_dir / "cot")]
-        plan.phases.append(Phase("cot", "CoT records from a file", "cot", run_dir / "cot", COT_RECORDS_MODULE, argv))
+    if plan.sources:
+        files = []
+        for spec in source_specs(cfg):
+            out = run_dir / f"cot-{spec.name}"
+            plan.phases.append(cot_generation(plan, f"cot-{spec.name}", f"{spec.name}: ", spec.cot_file,
+                                              plan.sources[spec.name], spec.item_kind, out, f"data/source-{spec.name}"))
+            files.append(f"{spec.name}={out / 'cot_train.json'}")
+        argv = ["cot_records", "--cot_file", *files, "--output_dir", str(run_dir / "cot")]
+        plan.phases.append(Phase("cot", "CoT records of the sources", "cot", run_dir / "cot", COT_RECORDS_MODULE, argv,
+                                 after=[f"cot-{spec.name}" for spec in source_specs(cfg)]))
         return
-    argv = ["--data_dir", str(plan.data["source"]), "--output_dir", str(run_dir / "cot"), "--teacher", cfg.teacher,
-            "--model", cfg.teacher_model, "--kind", cfg.item_kind, "--hit_match", cfg.hit_match,
+    cot_file = None
+    if cfg.cot_file or TEACHERS[cfg.teacher].build is None:  # records from a file, asked of no one
+        cot_file = published_cot_file(cfg, check_data)
+    plan.phases.append(cot_generation(plan, "cot", "", cot_file, plan.data["source"], cfg.item_kind, run_dir / "cot",
+                                      "data/source"))
+
+
+def cot_generation(plan: Plan, key: str, label: str, cot_file, data: Path, kind: str, out: Path, after: str) -> Phase:
+    """A CoT phase: the records of `cot_file` (python -m tlrec_utils.cot.records), or run_cot_generation with the
+    config's teacher on the prepared folder `data`, in the wording `kind`."""
+    cfg = plan.cfg
+    if cot_file is not None:
+        argv = ["cot_records", "--cot_file", str(Path(cot_file).resolve()), "--output_dir", str(out)]
+        return Phase(key, f"{label}CoT records from a file", "cot", out, COT_RECORDS_MODULE, argv)
+    argv = ["--data_dir", str(data), "--output_dir", str(out), "--teacher", cfg.teacher,
+            "--model", cfg.teacher_model, "--kind", kind, "--hit_match", cfg.hit_match,
             "--context_style", cfg.cot_context_style, "--no-progress"]
     argv += ["--mode", cfg.teacher_mode] if cfg.teacher_mode != "live" else []
     argv += ["--allow_same_user_neighbors"] if cfg.cot_same_user_neighbors else []
@@ -285,8 +353,7 @@ def cot_phase(plan: Plan, check_data: bool) -> None:
                         ("--max_cost", cfg.cot_max_cost), ("--system_prompt", cfg.teacher_system_prompt)):
         if value is not None:
             argv += [flag, str(value)]
-    plan.phases.append(Phase("cot", "cot generation", "cot", run_dir / "cot", "run_cot_generation.py", argv,
-                             after=["data/source"]))
+    return Phase(key, f"{label}cot generation", "cot", out, "run_cot_generation.py", argv, after=[after])
 
 
 def model_phase(plan: Plan) -> None:

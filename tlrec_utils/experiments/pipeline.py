@@ -34,13 +34,17 @@ Phases, each in its own directory under `run_dir`, each one command (`pipeline_p
     data/source, data/target      run_prepare_data.py (source: Netflix / Amazon-Book release, target: Movie / Book)
     cot/                          run_cot_generation.py on the source train split, or the CoT records of
                                   `cot_file` (teacher: published, the authors' GPT-4 data stage123.json)
+    data/source-NAME, cot-NAME    several sources (`source_datasets`): each prepared and asked on its own; then
+                                  data/source is their mix (python -m tlrec_utils.data.mix) and cot/ their CoT
+                                  records (docs/data.md#several-sources-at-once)
     model/                        python -m tlrec_utils.model.tiny_llm: the tiny LLaMA, only without `base_model`
     <method>/cot_tuning/          run_tuning.py on the CoT records, in curriculum order (Stage 1, 2, 3)
     <method>/source_tuning/       run_tuning.py on source records: the zero-shot model
     <method>/k{K}_seed{S}/        run_tuning.py on K target records, for every K in k_shots and S in seeds
     <method>/eval/<setting>/      run_eval.py on the target test split: metrics.json, predictions.jsonl
     results.json                  every method's metrics per setting (zero_shot, k16_seed0, ...); `phases`: each
-                                  tuning phase's held-out figure before and after it; `warnings`
+                                  tuning phase's held-out figure before and after it; `warnings`; `sources`: each
+                                  source domain's records; `method_sources`: the sources each method learned from
 
 Each tuning phase's effect: run_tuning scores fixed held-out records before its first step and after its last
 (`effect_files`): CoT tuning the loss on held-out CoT records (`cot_heldout_records` per stage, kept out of
@@ -580,11 +584,55 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for phase in phases:
         if phase.kind == "eval":
             results[phase.method][phase.setting] = json.loads((phase.dir / "metrics.json").read_text())
-    out = {"variants": results, "phases": effects, "warnings": warnings, "provenance": record,
+    out = {"variants": results, "sources": source_summary(cfg, run_dir, done),
+           "method_sources": {m: method_sources(cfg, m) for m in cfg.methods},
+           "phases": effects, "warnings": warnings, "provenance": record,
            "fingerprint": fingerprint(upstream), "config": mask_secrets_in(asdict(cfg)),
            "wall_time_s": round(time.time() - started, 1)}
     atomic_write_json(run_dir / "results.json", json.loads(json.dumps(out, default=str)))
     return out
+
+
+def method_sources(cfg: PipelineConfig, method: str) -> list[str]:
+    """The names of the source domains a method learns from (none for TALLRec: no CoT, no source records)."""
+    from .pipeline_config import METHODS, source_specs
+
+    return [spec.name for spec in source_specs(cfg)] if METHODS[method] else []
+
+
+def source_summary(cfg: PipelineConfig, run_dir: Path, done: dict[str, dict]) -> list[dict]:
+    """Each source domain of the run, in order: its dataset and wording, its records per split in data/source
+    (`train`: those source rec-tuning draws from; `train_available`: its whole train split) and the CoT records
+    it gave (None when no method tunes on CoT)."""
+    from .pipeline_config import source_specs
+
+    meta = read_json_or_none(run_dir / "data" / "source" / "meta.json") or {}
+    cot = done.get("cot") or {}
+    out = []
+    for spec in source_specs(cfg):
+        if cfg.source_datasets:
+            counts = dict(((meta.get("source_domains") or {}).get(spec.name) or {}).get("counts") or {})
+            cot_records = ((cot.get("per_source") or {}).get(spec.name) or {}).get("cot_records")
+        else:
+            counts = {**(meta.get("counts") or {}), "train_available": (meta.get("counts") or {}).get("train")}
+            cot_records = cot.get("cot_records")
+        out.append({"name": spec.name, "dataset": "records" if spec.files else spec.dataset,
+                    "item_kind": spec.item_kind, "records": counts, "cot_records": cot_records})
+    return out
+
+
+def format_sources(results: dict) -> str:
+    """One line per source domain: what it gave the run."""
+    lines = []
+    for s in results.get("sources", []):
+        records = s["records"]
+        train = f"{records.get('train', 0):,} train records"
+        if records.get("train_available") not in (None, records.get("train")):
+            train += f" (drawn from {records['train_available']:,})"
+        cot = f", {s['cot_records']:,} CoT records" if s.get("cot_records") is not None else ""
+        lines.append(f"- {s['name']} ({s['dataset']}, {s['item_kind']}): {train}, {records.get('valid', 0):,} valid"
+                     f"{cot}")
+    return "\n".join(lines)
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -6,6 +6,7 @@ the dataclasses those scripts parse them into. `METHODS`: each method's tuning c
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from dataclasses import dataclass, field
 
@@ -23,6 +24,50 @@ METHODS = {
     "wo_curriculum": ("cot_shuffled", "source"),
     "wo_rec_tuning": ("cot",),
 }
+
+
+@dataclass
+class SourceSpec:
+    """One entry of `source_datasets`: a source domain, prepared on its own (data/source-NAME), its CoT records
+    asked of the teacher on its own records (cot-NAME), then mixed with the other sources (data.mix)."""
+
+    name: str  # names its phases and folders, and its rows in results.json
+    dataset: str | None = None  # run_prepare_data --dataset (needed unless `files`)
+    subdir: str | None = None  # raw files: DATA_DIR/SUBDIR (default: name)
+    item_kind: str | None = None  # the wording of its records and CoT prompts (default: the config's item_kind)
+    records: int | None = None  # its share of source rec-tuning: N records drawn from its train split (default: all)
+    files: dict = field(default_factory=dict)  # published records as its splits (as source_files)
+    prepare_args: list[str] = field(default_factory=list)  # more run_prepare_data flags
+    target_style: str | None = field(default=None, metadata={"choices": ["wrap", "item"]})
+    cot_file: str | None = None  # its CoT records from this file instead of the teacher
+
+
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def source_specs(cfg: PipelineConfig) -> list[SourceSpec]:
+    """The config's source domains: the entries of `source_datasets` (checked), else the one source of
+    `source_dataset`, `source_subdir`, `source_files`, ... named by its subdir."""
+    from ..validation import typed
+
+    if not cfg.source_datasets:
+        return [SourceSpec(cfg.source_subdir, cfg.source_dataset, cfg.source_subdir, cfg.item_kind,
+                           files=cfg.source_files, prepare_args=list(cfg.source_prepare_args),
+                           target_style=cfg.source_target_style)]
+    specs = []
+    for i, entry in enumerate(cfg.source_datasets):
+        spec = typed(SourceSpec, entry, f"--source_datasets[{i}]")
+        where = f"--source_datasets[{i}] ({spec.name})"
+        if not SOURCE_NAME.fullmatch(spec.name):
+            raise InputError(f"{where}: name {spec.name!r}: use letters, digits, '.', '_' and '-' (it names folders)")
+        if spec.name in (s.name for s in specs):
+            raise InputError(f"{where}: the name {spec.name!r} is given twice")
+        if spec.dataset is None and not spec.files:
+            raise InputError(f"{where}: give its dataset (run_prepare_data --dataset) or its files")
+        spec.subdir = spec.subdir or spec.name
+        spec.item_kind = spec.item_kind or cfg.item_kind
+        specs.append(spec)
+    return specs
 
 
 @dataclass
@@ -48,6 +93,14 @@ class PipelineConfig:
         default_factory=dict,
         metadata={"help": "Published records as the source splits, {train: F, valid: F, test: F} (paths under "
                           "data_dir unless absolute): prepared with --dataset records from links to these files."},
+    )
+    source_datasets: list[dict] = field(
+        default_factory=list,
+        metadata={"help": "Several source domains at once, in this order, instead of source_dataset/source_subdir/"
+                          "source_files/...: each a mapping {name, dataset, subdir, item_kind, records, files, "
+                          "prepare_args, target_style, cot_file} (SourceSpec). CoT records and source rec-tuning "
+                          "records come from each source (docs/data.md#several-sources-at-once). On the command "
+                          "line: --source_datasets '{name: netflix, dataset: windows-csv}' '{name: ...}'."},
     )
     target_dataset: str = field(default="ml-100k", metadata={"help": "run_prepare_data --dataset of the target."})
     target_subdir: str = field(default="ml-100k", metadata={"help": "Target raw files: DATA_DIR/TARGET_SUBDIR."})
@@ -301,21 +354,8 @@ def check_values(cfg: PipelineConfig) -> None:
                              "base_model, start_adapter, *_epochs, k_shots, seeds, test_limit, validate)")
         check_settings(phase_argument_types("eval" if name == "eval" else "tuning"), mapping, None, f"{name}.")
     check_flags(phase_argument_types("tuning"), cfg.tuning_args, "--tuning_args", "run_tuning.py")
-    from ..arguments import KShotArguments
-    from ..data.prepare import PrepareConfig
-
-    for which in ("source", "target"):
-        check_flags((PrepareConfig, KShotArguments), getattr(cfg, f"{which}_prepare_args"),
-                    f"--{which}_prepare_args", "run_prepare_data.py")
-        files = getattr(cfg, f"{which}_files")
-        if files:
-            if not isinstance(files, dict) or sorted(files) != ["test", "train", "valid"]:
-                raise InputError(f"--{which}_files: expected a mapping with exactly train, valid and test, got "
-                                 f"{files!r}")
-            for split, name in files.items():
-                if not isinstance(name, str) or not name.strip():
-                    raise InputError(f"--{which}_files.{split}: expected a file path (under data_dir unless "
-                                     f"absolute), got {name!r}")
+    check_sources(cfg)
+    check_domain(cfg.target_prepare_args, cfg.target_files, "--target_prepare_args", "--target_files")
     if cfg.start_adapter and setting(cfg, "tuning", "finetune") != "lora":
         raise InputError("--start_adapter needs LoRA tuning (finetune: lora); for full fine-tuning give the merged "
                          "start model as --base_model")
@@ -323,6 +363,54 @@ def check_values(cfg: PipelineConfig) -> None:
         from ..prompts import get_template
 
         get_template(cfg.prompt_template)  # an unknown name fails before any phase runs
+
+
+def check_sources(cfg: PipelineConfig) -> None:
+    """The source domain(s): `source_datasets` (each entry's keys, name, wording, share, files, flags) or the
+    single source's flags, not both; a source's CoT from a file."""
+    from ..validation import check_number
+
+    if not cfg.source_datasets:
+        check_domain(cfg.source_prepare_args, cfg.source_files, "--source_prepare_args", "--source_files")
+        return
+    defaults = PipelineConfig(run_dir="")
+    both = [name for name in ("source_dataset", "source_subdir", "source_files", "source_prepare_args",
+                              "source_target_style") if getattr(cfg, name) != getattr(defaults, name)]
+    if both:
+        raise InputError(f"--source_datasets and --{both[0]}: give the sources in source_datasets only (each entry "
+                         "takes dataset, subdir, files, prepare_args, target_style)")
+    if cfg.cot_file:
+        raise InputError("--cot_file: with source_datasets, give each source its own cot_file")
+    for i, spec in enumerate(source_specs(cfg)):
+        where = f"--source_datasets[{i}] ({spec.name})"
+        item_kind(spec.item_kind, f"{where}: item_kind")
+        check_number(f"{where}: records", spec.records, 1)
+        check_domain(spec.prepare_args, spec.files, f"{where}: prepare_args", f"{where}: files")
+        if spec.cot_file is None and TEACHERS[cfg.teacher].build is None and uses_cot(cfg):
+            raise InputError(f"{where}: the {cfg.teacher} teacher's records are one file: give this source its "
+                             "cot_file")
+
+
+def uses_cot(cfg: PipelineConfig) -> bool:
+    """Whether a method of this config tunes on CoT records."""
+    return any(step.startswith("cot") for method in cfg.methods for step in METHODS.get(method, ()))
+
+
+def check_domain(prepare_args: list[str], files: dict, args_flag: str, files_flag: str) -> None:
+    """A domain's extra run_prepare_data flags (parsed as run_prepare_data parses them) and its published record
+    files (a mapping with exactly train, valid and test)."""
+    from ..arguments import KShotArguments
+    from ..data.prepare import PrepareConfig
+
+    check_flags((PrepareConfig, KShotArguments), prepare_args, args_flag, "run_prepare_data.py")
+    if not files:
+        return
+    if not isinstance(files, dict) or sorted(files) != ["test", "train", "valid"]:
+        raise InputError(f"{files_flag}: expected a mapping with exactly train, valid and test, got {files!r}")
+    for split, name in files.items():
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{files_flag}.{split}: expected a file path (under data_dir unless absolute), got "
+                             f"{name!r}")
 
 
 def check_flags(dataclass_types, argv: list[str], flag: str, script: str) -> dict:

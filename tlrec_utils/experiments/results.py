@@ -13,6 +13,27 @@ from .cells import build_cells, cell_dir, check_one_test_set, current_outputs, s
 logger = logging.getLogger(__name__)
 
 
+def row_sources(config, cell, out: dict) -> list[str]:
+    """The source data a row learned from: a pipeline method's source domains (pipeline.method_sources), a
+    baseline's source train file in the zero-shot setting; none for target-only rows."""
+    if cell.script == "run_pipeline.py":
+        from .cells import cell_pipeline_config
+        from .pipeline import method_sources
+
+        return method_sources(cell_pipeline_config(config, cell), out["metrics"].split("/")[0])
+    return [config.source.train] if out["setting"] == "zero-shot" and config.source.train else []
+
+
+def sources_line(rows: list[dict]) -> str | None:
+    """`Source domains: TLRec: netflix; tlrec_multi: netflix + amazon-book`: which sources each method used."""
+    by_method: dict[str, list[str]] = {}
+    for row in rows:
+        names = by_method.setdefault(row["method"], [])
+        names += [s for s in row.get("sources") or [] if s not in names]
+    used = [f"{method}: {' + '.join(names)}" for method, names in by_method.items() if names]
+    return "Source domains: " + "; ".join(used) + "." if used else None
+
+
 def report(config) -> dict:
     """results/: Table 1 and the figures from the cells of this config whose results match it (fingerprints),
     and results.json (every row with its cell, the stale results left out, the test file's hash)."""
@@ -29,7 +50,8 @@ def report(config) -> dict:
                 continue
             metrics = json.loads((cell_dir(config, cell) / out["metrics"]).read_text(encoding="utf-8"))
             rows.append({"group": out.get("group") or cell.group, "backbone": cell.backbone, "seed": out["seed"],
-                         "method": out["method"], "setting": out["setting"], "metrics": metrics, "cell": cell.path})
+                         "method": out["method"], "setting": out["setting"], "metrics": metrics, "cell": cell.path,
+                         "sources": row_sources(config, cell, out)})
     stale = stale_cells(config, cells)
     if pending:
         logger.warning("%d result(s) of this config not finished (or made from other settings): left out", pending)
@@ -38,6 +60,8 @@ def report(config) -> dict:
     test_file = config.target.test
     test_hash = path_fingerprint(test_file) if test_file else None
     footer = f"Every row is scored on the test records of {test_file} ({test_hash})." if test_hash else None
+    used = sources_line(rows)
+    footer = "\n\n".join(filter(None, [footer, used])) or None
     out_dir = Path(config.output_dir) / "results"
     atomic_write_json(out_dir / "results.json", {"test_file": {"path": test_file, "fingerprint": test_hash},
                                                  "rows": rows, "pending": pending, "stale": stale})
