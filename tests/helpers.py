@@ -47,7 +47,8 @@ def assert_one_line_error(proc, *fragments, status: int = 2, logs_ok: bool = Fal
 
 def run_entry(script: str, argv, capsys) -> SimpleNamespace:
     """Entry script `script` (e.g. "run_eval") run in this process through its cli_entry guard, as its command
-    line would: returns .stderr and .returncode (SystemExit's code; 0 when main returns) and main's .value."""
+    line would: returns .stdout, .stderr and .returncode (SystemExit's code; 0 when main returns) and main's
+    .value."""
     from tlrec_utils.errors import cli_entry
 
     main = importlib.import_module(script).main
@@ -58,7 +59,8 @@ def run_entry(script: str, argv, capsys) -> SimpleNamespace:
         value = main([str(a) for a in argv])
     except SystemExit as exc:
         status = exc.code
-    return SimpleNamespace(stderr=capsys.readouterr().err, returncode=status, value=value)
+    captured = capsys.readouterr()
+    return SimpleNamespace(stdout=captured.out, stderr=captured.err, returncode=status, value=value)
 
 
 def free_port() -> int:

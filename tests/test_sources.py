@@ -112,7 +112,7 @@ def test_two_source_run_names_both_sources_with_their_counts(data_dir, tmp_path,
     config = REPO / "configs" / "experiments" / "two_sources.yaml"
     run_dir = tmp_path / "run"
     argv = [str(config), "--run_dir", str(run_dir), "--data_dir", str(data_dir), "--download", "false",
-            "--methods", "tlrec", "tallrec", "--max_windows", "300", "--cot_max_users", "40", "--k_shots", "16",
+            "--methods", "tlrec", "tallrec", "--cot_max_users", "40", "--k_shots", "16",
             "--source_datasets", "{name: netflix, dataset: windows-csv, subdir: netflix, records: 120}",
             "{name: amazon-book, item_kind: book, records: 60, files: {train: amazon-book/valid.json, "
             "valid: amazon-book/test.json, test: amazon-book/test.json}}",
@@ -124,8 +124,10 @@ def test_two_source_run_names_both_sources_with_their_counts(data_dir, tmp_path,
     sources = {s["name"]: s for s in results["sources"]}
     assert list(sources) == ["netflix", "amazon-book"]
     assert sources["netflix"]["records"]["train"] == 120 and sources["amazon-book"]["records"]["train"] == 60
-    assert sources["netflix"]["records"]["train_available"] == 240  # 300 windows, 8:1:1
-    assert sources["amazon-book"]["records"]["train_available"] == 1000
+    for name in sources:  # its whole train split, as prepared on its own
+        whole = read_json(run_dir / "data" / f"source-{name}" / "train.json")
+        assert sources[name]["records"]["train_available"] == len(whole)
+    assert sources["amazon-book"]["records"]["train_available"] == 1000  # the published valid records
     cot = read_json(run_dir / "cot" / "cot_train.json")
     for name, noun in (("netflix", "movie"), ("amazon-book", "book")):
         mine = [r for r in cot if r["source"] == name]
@@ -136,7 +138,7 @@ def test_two_source_run_names_both_sources_with_their_counts(data_dir, tmp_path,
     assert [r["source"] for r in mixed].count("amazon-book") == 60
     out = proc.stdout
     assert "Source domains (used by tlrec):" in out
-    assert "- netflix (windows-csv, movie): 120 train records (drawn from 240)" in out
+    assert "- netflix (windows-csv, movie): 120 train records (drawn from 8,000)" in out
     assert "- amazon-book (records, book): 60 train records (drawn from 1,000)" in out
     summary = json.loads((run_dir / "data" / "source" / "phase_done.json").read_text())
     assert summary["counts"]["train"] == 180
