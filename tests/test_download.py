@@ -415,3 +415,29 @@ def test_a_truncated_release_file_already_present_is_refused_or_fetched_again(mi
                                   str(tmp_path / "own-out")])
     assert meta["skipped"]["malformed_rows"] == 1
     assert meta["skipped"]["malformed_rows_by_file"][str(own / "valid.csv")] == 1
+
+
+def test_a_generic_interactions_target_is_downloaded_and_matches_the_builtin_loader(mirror, data_dir, tmp_path,
+                                                                                  monkeypatch):
+    """interactions_target.yaml on a fresh machine: its target phase (`--dataset interactions --release ml-100k
+    --download`, tables named relative to DATA_DIR/ml-100k) fetches and verifies MovieLens-100K, then reads u.data
+    and u.item through the generic reader into records byte-identical to `--dataset ml-100k`'s."""
+    from tlrec_utils.data.prepare import PrepareConfig, prepare_dataset
+    from tlrec_utils.experiments.pipeline import pipeline_phases, run_phase
+    from tlrec_utils.experiments.pipeline_config import parse_pipeline_args
+
+    monkeypatch.delenv("TLREC_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(download.MIRROR_ENV, mirror.url)
+    cfg = parse_pipeline_args([str(REPO / "configs/experiments/interactions_target.yaml"),
+                               "--run_dir", str(tmp_path / "run")])
+    target = next(p for p in pipeline_phases(cfg) if p.key == "data/target")
+    assert target.argv[target.argv.index("--dataset") + 1] == "interactions"
+    run_phase(cfg, target)
+    assert mirror.requests == [mirror_path(download.ML100K_URL)]
+    meta = json.loads((target.dir / "meta.json").read_text())
+    assert meta["dataset"] == "interactions" and meta["kind"] == "movie"
+    prepare_dataset(PrepareConfig(dataset="ml-100k", raw_dir=str(data_dir / "ml-100k"),
+                                  output_dir=str(tmp_path / "builtin")))
+    for name in ("train.json", "valid.json", "test.json", "items.json"):
+        assert (target.dir / name).read_bytes() == (tmp_path / "builtin" / name).read_bytes(), name

@@ -147,7 +147,7 @@ def test_two_source_run_names_both_sources_with_their_counts(data_dir, tmp_path,
 
 def test_the_grid_report_says_which_sources_each_row_used(small_data_dir, monkeypatch):
     """movie_two_sources.yaml: TLRec from Netflix alone, tlrec_multi from Netflix + Amazon-Book, TALLRec from
-    none; the report's rows and its `Source domains:` line say so (planned without the data)."""
+    none; the report's rows and its `Source data:` line say so (planned without the data)."""
     from tlrec_utils.experiments.cells import build_cells, cell_phases
     from tlrec_utils.experiments.grid_config import load_config
     from tlrec_utils.experiments.results import row_sources, sources_line
@@ -158,7 +158,10 @@ def test_the_grid_report_says_which_sources_each_row_used(small_data_dir, monkey
             for cell in build_cells(config) for out in cell.outputs]
     by_method = {r["method"]: r["sources"] for r in rows}
     assert by_method == {"TALLRec": [], "TLRec": ["netflix"], "tlrec_multi": ["netflix", "amazon-book"]}
-    assert sources_line(rows) == "Source domains: TLRec: netflix; tlrec_multi: netflix + amazon-book."
+    assert sources_line(rows) == "Source data: netflix (TLRec); netflix + amazon-book (tlrec_multi)."
+    baseline = {"method": "SASRec", "sources": ["/data/netflix/train.json"]}  # a zero-shot baseline's source file
+    assert sources_line([baseline, *rows]) == ("Source data: netflix/train.json, zero-shot (SASRec); netflix (TLRec); "
+                                               "netflix + amazon-book (tlrec_multi).")
     two = next(c for c in build_cells(config) if c.name == "pipeline-two")
     keys = [p.key for p in cell_phases(config, two, check_data=False)]
     assert keys[:7] == ["data/source-netflix", "data/source-amazon-book", "data/source", "data/target",

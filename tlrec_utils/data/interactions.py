@@ -15,6 +15,7 @@ Parquet is read by pandas, which needs pyarrow or fastparquet installed (not a d
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
 import math
@@ -258,8 +259,18 @@ def read_interactions(path, user_column: str, item_column: str, rating_column: s
     return frame, n, problems
 
 
+def table_path(cfg, name: str) -> str:
+    """A table of `--dataset interactions` as given, or under `--raw_dir` when it is relative and a raw_dir is
+    given (a pipeline's DATA_DIR/SUBDIR: `target_prepare_args: [--interactions_file, u.data, ...]`)."""
+    if cfg.raw_dir and not Path(name).is_absolute():
+        return str(Path(cfg.raw_dir) / name)
+    return name
+
+
 def load_interactions(cfg) -> RawRatings:
-    """`--dataset interactions`: the interactions and items files of a PrepareConfig."""
+    """`--dataset interactions`: the interactions and items files of a PrepareConfig (table_path)."""
+    cfg = dataclasses.replace(cfg, interactions_file=table_path(cfg, cfg.interactions_file),
+                              items_file=table_path(cfg, cfg.items_file))
     items_file = cfg.items_file
     items = read_items(items_file, cfg.item_id_column or cfg.item_column, cfg.title_column, cfg.item_text,
                        separator(cfg.items_sep), column_names(cfg.items_names), cfg.encoding, cfg.bad_row_tolerance)

@@ -201,12 +201,14 @@ def release_name(cfg: PrepareConfig) -> str | None:
 
 def fetch_raw_files(cfg: PrepareConfig) -> Path | None:
     """The raw directory (`raw_dir`, else DATA_DIR/RELEASE), with the release's missing files downloaded
-    (verified) when `download` is set; None for a dataset whose files are named by its own flags."""
+    (verified) when `download` is set; for a dataset whose files are named by its own flags, `raw_dir` as given
+    (relative file names are read from it: interactions.table_path; `--release R --download` fetches release R
+    there, e.g. MovieLens-100K's u.data for the generic reader) or None."""
     name = release_name(cfg)
     if name is not None:
         dl.release(name)  # an unknown --release is an error even without --download
-    if not dataset_spec(cfg.dataset).uses_raw_dir:
-        return None
+    if not dataset_spec(cfg.dataset).uses_raw_dir and not (name and cfg.download):  # else: fetch the release
+        return Path(cfg.raw_dir) if cfg.raw_dir else None
     if cfg.raw_dir:
         raw_dir = Path(cfg.raw_dir)
     elif name is None:

@@ -25,13 +25,22 @@ def row_sources(config, cell, out: dict) -> list[str]:
 
 
 def sources_line(rows: list[dict]) -> str | None:
-    """`Source domains: TLRec: netflix; tlrec_multi: netflix + amazon-book`: which sources each method used."""
+    """`Source data: netflix (TLRec, w/o CoT); netflix + amazon-book (tlrec_multi); netflix/train.json, zero-shot
+    (SASRec)`: the source data of Table 1's methods, methods grouped by what they learned from."""
     by_method: dict[str, list[str]] = {}
     for row in rows:
+        if row.get("group", "main") != "main":
+            continue
         names = by_method.setdefault(row["method"], [])
         names += [s for s in row.get("sources") or [] if s not in names]
-    used = [f"{method}: {' + '.join(names)}" for method, names in by_method.items() if names]
-    return "Source domains: " + "; ".join(used) + "." if used else None
+    groups: dict[str, list[str]] = {}
+    for method, names in by_method.items():
+        if names:  # a baseline's file (zero-shot cells only) by its folder and name; full paths in results.json
+            shown = " + ".join(f"{'/'.join(Path(n).parts[-2:])}, zero-shot" if "/" in n else n for n in names)
+            groups.setdefault(shown, []).append(method)
+    if not groups:
+        return None
+    return "Source data: " + "; ".join(f"{shown} ({', '.join(methods)})" for shown, methods in groups.items()) + "."
 
 
 def report(config) -> dict:
