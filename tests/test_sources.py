@@ -117,7 +117,7 @@ def test_two_source_run_names_both_sources_with_their_counts(data_dir, tmp_path,
             "{name: amazon-book, item_kind: book, records: 60, files: {train: amazon-book/valid.json, "
             "valid: amazon-book/test.json, test: amazon-book/test.json}}",
             "--tiny_vocab_size", "600", "--tiny_hidden_size", "32", "--effect_records", "16", "--test_limit", "40",
-            "--source_epochs", "1", "--kshot_epochs", "1", "--tuning", "max_length=320"]
+            "--source_epochs", "1", "--kshot_epochs", "1", "--tuning", "max_length=320", "--cot_heldout_records", "2"]
     proc = run_entry("run_pipeline", argv, capsys)
     assert proc.returncode == 0, proc.stderr
     results = read_results(run_dir)

@@ -111,7 +111,10 @@ def write_cot_records(cot_files, output_dir) -> dict:
                       "records_per_stage": _per_stage(part)})
     atomic_write_json(Path(output_dir) / "cot_train.json", records, indent=1)
     info = {"cot_records": len(records), "records_per_stage": _per_stage(records)}
-    info.update(files[0] if name is None else {"per_source": {f["source"]: f for f in files}})
+    if name is None:  # one file: what was read, as before there were several sources
+        info.update({k: v for k, v in files[0].items() if k != "source"})
+    else:
+        info["per_source"] = {f["source"]: f for f in files}
     atomic_write_json(Path(output_dir) / "cot_records.json", info)
     return info
 

@@ -70,7 +70,7 @@ def report(config) -> dict:
     test_hash = path_fingerprint(test_file) if test_file else None
     footer = f"Every row is scored on the test records of {test_file} ({test_hash})." if test_hash else None
     used = sources_line(rows)
-    footer = "\n\n".join(filter(None, [footer, used])) or None
+    footer = "\n\n".join(filter(None, [used, footer])) or None  # the test file stays the last line
     out_dir = Path(config.output_dir) / "results"
     atomic_write_json(out_dir / "results.json", {"test_file": {"path": test_file, "fingerprint": test_hash},
                                                  "rows": rows, "pending": pending, "stale": stale})
