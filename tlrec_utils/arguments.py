@@ -509,6 +509,14 @@ def parse_mapping(flag: str, values: list[str]) -> dict:
     return mapping
 
 
+def parse_mapping_list(flag: str, values: list[str]) -> list[dict]:
+    """`--source_datasets '{name: a, ...}' '{name: b, ...}'` -> [dict, ...]: each value one YAML/JSON mapping."""
+    bad = next((v for v in values if not v.lstrip().startswith("{")), None)
+    if bad is not None:
+        raise InputError(f"{flag}: expected one YAML/JSON mapping a value ('{{key: value, ...}}'), got {bad!r}")
+    return [parse_mapping(flag, [value]) for value in values]
+
+
 def yaml_value(text: str):
     """A command-line value read as YAML (`[0, 1]`, `true`, `null`, `1e-4`), else the text itself."""
     import yaml
@@ -521,6 +529,17 @@ def yaml_value(text: str):
         with contextlib.suppress(ValueError):
             return float(value)
     return value
+
+
+def _field_hints(types) -> dict:
+    """{field: its type} of every init field of these dataclasses (the first one's where two share a name)."""
+    hints = {}
+    for dtype in types:
+        resolved = typing.get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            if f.init:
+                hints.setdefault(f.name, resolved[f.name])
+    return hints
 
 
 def parse_args(dataclass_types, argv=None, *, description=None, config_field=None, rest_of_line=(),
@@ -539,12 +558,7 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
     An unknown flag or a bad value raises InputError (one line; exit 2 under `errors.cli_entry`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     types = tuple(dataclass_types)
-    hints = {}
-    for dtype in types:
-        resolved = typing.get_type_hints(dtype)
-        for f in dataclasses.fields(dtype):
-            if f.init:
-                hints.setdefault(f.name, resolved[f.name])
+    hints = _field_hints(types)
     mappings = [name for name, tp in hints.items() if _is_mapping(tp)]
     mapping_lists = [name for name, tp in hints.items() if _is_mapping_list(tp)]  # run_pipeline's source_datasets
     # The config file, mapping and rest-of-line flags are read first (as HfArgumentParser reads its args files);
@@ -573,14 +587,9 @@ def parse_args(dataclass_types, argv=None, *, description=None, config_field=Non
     for name in mappings:
         for group in getattr(special, name):
             values[name] = {**(values.get(name) or {}), **parse_mapping(f"--{name}", group)}
-    for name in mapping_lists:  # each value one YAML/JSON mapping; the flag replaces the file's list
+    for name in mapping_lists:  # the flag replaces the file's list
         if getattr(special, name) is not None:
-            given = getattr(special, name)
-            bad = next((v for v in given if not v.lstrip().startswith("{")), None)
-            if bad is not None:
-                raise InputError(f"--{name}: expected one YAML/JSON mapping a value ('{{key: value, ...}}'), got "
-                                 f"{bad!r}")
-            values[name] = [parse_mapping(f"--{name}", [value]) for value in given]
+            values[name] = parse_mapping_list(f"--{name}", getattr(special, name))
     for name in rest_of_line:
         if getattr(special, name):
             values[name] = list(values.get(name) or []) + getattr(special, name)
