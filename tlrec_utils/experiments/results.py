@@ -8,19 +8,20 @@ import logging
 from pathlib import Path
 
 from ..fileio import atomic_write_json
-from .cells import build_cells, cell_dir, check_one_test_set, current_outputs, stale_cells
+from .cells import build_cells, cell_dir, cell_pipeline_config, check_one_test_set, current_outputs, stale_cells
 
 logger = logging.getLogger(__name__)
 
 
-def row_sources(config, cell, out: dict) -> list[str]:
-    """The source data a row learned from: a pipeline method's source domains (pipeline.method_sources), a
-    baseline's source train file in the zero-shot setting; none for target-only rows."""
+def row_sources(config, cell, out: dict, pipeline_config=None) -> list[str]:
+    """The source data a row learned from: a pipeline method's source domains (pipeline.method_sources; pass the
+    cell's parsed `pipeline_config` to parse it once for all its outputs), a baseline's source train file in the
+    zero-shot setting; none for target-only rows."""
     if cell.script == "run_pipeline.py":
-        from .cells import cell_pipeline_config
         from .pipeline import method_sources
 
-        return method_sources(cell_pipeline_config(config, cell), out["metrics"].split("/")[0])
+        pipeline_config = pipeline_config or cell_pipeline_config(config, cell)
+        return method_sources(pipeline_config, out["metrics"].split("/")[0])
     return [config.source.train] if out["setting"] == "zero-shot" and config.source.train else []
 
 
@@ -53,6 +54,7 @@ def report(config) -> dict:
     check_one_test_set(config, cells)
     rows, pending = [], 0
     for cell in cells:
+        pipeline_config = cell_pipeline_config(config, cell) if cell.script == "run_pipeline.py" else None
         for out, ok in zip(cell.outputs, current_outputs(config, cell)):
             if not ok:
                 pending += 1
@@ -60,7 +62,7 @@ def report(config) -> dict:
             metrics = json.loads((cell_dir(config, cell) / out["metrics"]).read_text(encoding="utf-8"))
             rows.append({"group": out.get("group") or cell.group, "backbone": cell.backbone, "seed": out["seed"],
                          "method": out["method"], "setting": out["setting"], "metrics": metrics, "cell": cell.path,
-                         "sources": row_sources(config, cell, out)})
+                         "sources": row_sources(config, cell, out, pipeline_config)})
     stale = stale_cells(config, cells)
     if pending:
         logger.warning("%d result(s) of this config not finished (or made from other settings): left out", pending)
