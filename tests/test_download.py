@@ -315,6 +315,36 @@ def test_published_cot_file_is_found_or_fetched_in_the_data_directory(mirror, mi
     assert download.provenance_of(path)["commit"] == "534c6c97ea67dcde1230f102c65d4ef141cd3435"
 
 
+def test_files_picked_by_name_are_fetched_by_themselves(mirror, data_dir, tmp_path):
+    """A pipeline's `files` entry naming a published release's file (RELEASE/FILE) is fetched and verified alone
+    with download: true (not the rest of the release), once; without download, or for a file no release
+    publishes, the file must be there (one line naming the split and the path)."""
+    from tlrec_utils.experiments.phases import split_links
+    from tlrec_utils.experiments.pipeline_config import parse_pipeline_args
+
+    data = tmp_path / "data"
+    files = {"train": "amazon-book/valid.json", "valid": "amazon-book/test.json", "test": "amazon-book/test.json"}
+    argv = ["--run_dir", str(tmp_path / "run"), "--data_dir", str(data), "--mirror", mirror.url]
+    with pytest.raises(InputError, match=r"^--source_files: train: .*amazon-book/valid.json not found$"):
+        split_links(parse_pipeline_args(argv), files, "--source_files")
+    assert mirror.requests == []
+    cfg = parse_pipeline_args([*argv, "--download", "true"])
+    links = split_links(cfg, files, "--source_files")
+    rel = download.RELEASES["amazon-book"]
+    assert mirror.requests == [mirror_path(rel.url(f)) for f in ("valid.json", "test.json")]
+    assert sorted(p.name for p in (data / "amazon-book").glob("*.json") if not p.name.startswith(".")) == [
+        "test.json", "valid.json"]
+    for split, name in files.items():
+        assert links[f"{split}.json"] == (data / name).resolve()
+        assert (data / name).read_bytes() == (data_dir / name).read_bytes()
+    assert download.provenance_of(data / "amazon-book/valid.json")["commit"] == rel.commit
+    mirror.requests.clear()
+    assert split_links(cfg, files, "--source_files") == links and mirror.requests == []
+    with pytest.raises(InputError, match=r"^--target_files: train: .*book/extra.json not found$"):
+        split_links(cfg, {"train": "book/extra.json"}, "--target_files")
+    assert mirror.requests == []
+
+
 def test_grid_setup_steps_download_what_they_lack(mirror, data_dir, tmp_path, monkeypatch):
     """run_experiments --download --mirror: the run_prepare_data setup steps fetch their releases first."""
     from tlrec_utils.experiments.grid_config import GridConfig, SetupStep, Splits

@@ -304,11 +304,11 @@ def verify_present(name: str, folder, download: bool = False) -> list[str]:
 
 
 def fetch_missing(name: str, folder, mirror: str | None = None, progress: bool = True, stall_s: float | None = None,
-                  deadline_s: float | None = None) -> list[str]:
-    """Download (verified) the files of release `name` that `folder` lacks; returns their names. A failure
-    before any file arrived leaves no folder this made."""
+                  deadline_s: float | None = None, only: list[str] | None = None) -> list[str]:
+    """Download (verified) the files of release `name` that `folder` lacks (`only`: of these file names, not
+    the whole release); returns their names. A failure before any file arrived leaves no folder this made."""
     rel, folder = release(name), Path(folder)
-    missing = missing_files(name, folder)
+    missing = [f for f in missing_files(name, folder) if only is None or rel.archive_url or f in only]
     if not missing:
         return []
     limits = download_limits(stall_s, deadline_s)
@@ -397,5 +397,5 @@ def release_file(name: str, filename: str, data_dir=None, download: bool = False
         if not download:
             raise InputError(f"{path}: file not found; pass --download to fetch it (verified) from "
                              f"{rel.url(filename)}, or put a copy there")
-        fetch_missing(name, path.parent, mirror)
+        fetch_missing(name, path.parent, mirror, only=[filename])
     return path

@@ -16,8 +16,8 @@ from ..data.paths import REPO_ROOT
 from ..errors import InputError
 from .pipeline_config import (
     METHODS,
+    DatasetSpec,
     PipelineConfig,
-    SourceSpec,
     check_values,
     setting,
     source_specs,
@@ -81,7 +81,7 @@ class Domain:
     """A dataset the pipeline prepares: the target, the source, or one of several sources."""
 
     which: str  # source | target
-    spec: SourceSpec  # what to prepare (the target's fields in the same form)
+    spec: DatasetSpec  # what to prepare
     folder: str  # under run_dir/data: source, target, source-NAME
     label: str  # in messages: source, target, source netflix
     files_flag: str  # the config key of its published files
@@ -98,7 +98,7 @@ def domains(cfg: PipelineConfig) -> list[Domain]:
                               f"--source_datasets[{i}] ({spec.name}): files"))
     else:
         out.append(Domain("source", specs[0], "source", "source", "--source_files"))
-    target = SourceSpec("target", cfg.target_dataset, cfg.target_subdir, cfg.item_kind, files=cfg.target_files,
+    target = DatasetSpec("target", cfg.target_dataset, cfg.target_subdir, cfg.item_kind, files=cfg.target_files,
                         prepare_args=list(cfg.target_prepare_args))
     return out + [Domain("target", target, "target", "target", "--target_files")]
 
@@ -150,12 +150,17 @@ def raw_dir(cfg: PipelineConfig, subdir: str) -> Path:
 
 def split_links(cfg: PipelineConfig, files: dict, flag: str, check_files: bool = True) -> dict[str, Path]:
     """{train.json: FILE, valid.json: FILE, test.json: FILE} of a domain's published `files` (the mapping
-    checked by check_values; `check_files`: each file exists)."""
+    checked by check_values; `check_files`: each file exists, a release's file named RELEASE/FILE fetched and
+    verified first with --download)."""
+    from ..data.download import RELEASES, release_file
     from ..data.paths import data_dir
 
     links = {}
     for split, name in files.items():
         path = Path(name) if Path(name).is_absolute() else data_dir(cfg.data_dir) / name
+        release_name, _, file_name = str(name).partition("/")
+        if check_files and cfg.download and file_name in getattr(RELEASES.get(release_name), "files", ()):
+            release_file(release_name, file_name, cfg.data_dir, download=True, mirror=cfg.mirror)
         if check_files and not path.is_file():
             raise InputError(f"{flag}: {split}: {path} not found")
         links[f"{split}.json"] = path.resolve()

@@ -27,9 +27,10 @@ METHODS = {
 
 
 @dataclass
-class SourceSpec:
-    """One entry of `source_datasets`: a source domain, prepared on its own (data/source-NAME), its CoT records
-    asked of the teacher on its own records (cot-NAME), then mixed with the other sources (data.mix)."""
+class DatasetSpec:
+    """A dataset the pipeline prepares. One entry of `source_datasets`: a source domain, prepared on its own
+    (data/source-NAME), its CoT records asked of the teacher on its own records (cot-NAME), then mixed with the
+    other sources (data.mix); the single source and the target are described in the same form (phases.domains)."""
 
     name: str  # names its phases and folders, and its rows in results.json
     dataset: str | None = None  # run_prepare_data --dataset (needed unless `files`)
@@ -45,18 +46,18 @@ class SourceSpec:
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def source_specs(cfg: PipelineConfig) -> list[SourceSpec]:
+def source_specs(cfg: PipelineConfig) -> list[DatasetSpec]:
     """The config's source domains: the entries of `source_datasets` (checked), else the one source of
     `source_dataset`, `source_subdir`, `source_files`, ... named by its subdir."""
     from ..validation import typed
 
     if not cfg.source_datasets:
-        return [SourceSpec(cfg.source_subdir, cfg.source_dataset, cfg.source_subdir, cfg.item_kind,
+        return [DatasetSpec(cfg.source_subdir, cfg.source_dataset, cfg.source_subdir, cfg.item_kind,
                            files=cfg.source_files, prepare_args=list(cfg.source_prepare_args),
                            target_style=cfg.source_target_style)]
     specs = []
     for i, entry in enumerate(cfg.source_datasets):
-        spec = typed(SourceSpec, entry, f"--source_datasets[{i}]")
+        spec = typed(DatasetSpec, entry, f"--source_datasets[{i}]")
         where = f"--source_datasets[{i}] ({spec.name})"
         if not SOURCE_NAME.fullmatch(spec.name):
             raise InputError(f"{where}: name {spec.name!r}: use letters, digits, '.', '_' and '-' (it names folders)")
@@ -98,7 +99,7 @@ class PipelineConfig:
         default_factory=list,
         metadata={"help": "Several source domains at once, in this order, instead of source_dataset/source_subdir/"
                           "source_files/...: each a mapping {name, dataset, subdir, item_kind, records, files, "
-                          "prepare_args, target_style, cot_file} (SourceSpec). CoT records and source rec-tuning "
+                          "prepare_args, target_style, cot_file} (DatasetSpec). CoT records and source rec-tuning "
                           "records come from each source (docs/data.md#several-sources-at-once). On the command "
                           "line: --source_datasets '{name: netflix, dataset: windows-csv}' '{name: ...}'."},
     )
