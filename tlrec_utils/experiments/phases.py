@@ -20,6 +20,7 @@ from .pipeline_config import (
     PipelineConfig,
     check_values,
     setting,
+    source_flag,
     source_specs,
     to_flags,
     uses_cot,
@@ -95,7 +96,7 @@ def domains(cfg: PipelineConfig) -> list[Domain]:
     if cfg.source_datasets:
         for i, spec in enumerate(specs):
             out.append(Domain("source", spec, f"source-{spec.name}", f"source {spec.name}",
-                              f"--source_datasets[{i}] ({spec.name}): files"))
+                              f"{source_flag(i, spec)}: files"))
     else:
         out.append(Domain("source", specs[0], "source", "source", "--source_files"))
     target = DatasetSpec("target", cfg.target_dataset, cfg.target_subdir, cfg.item_kind, files=cfg.target_files,

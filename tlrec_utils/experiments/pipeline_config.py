@@ -46,6 +46,11 @@ class DatasetSpec:
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+def source_flag(i: int, spec: DatasetSpec) -> str:
+    """How messages name entry `i` of `source_datasets`."""
+    return f"--source_datasets[{i}] ({spec.name})"
+
+
 def source_specs(cfg: PipelineConfig) -> list[DatasetSpec]:
     """The config's source domains: the entries of `source_datasets` (checked), else the one source of
     `source_dataset`, `source_subdir`, `source_files`, ... named by its subdir."""
@@ -58,7 +63,7 @@ def source_specs(cfg: PipelineConfig) -> list[DatasetSpec]:
     specs = []
     for i, entry in enumerate(cfg.source_datasets):
         spec = typed(DatasetSpec, entry, f"--source_datasets[{i}]")
-        where = f"--source_datasets[{i}] ({spec.name})"
+        where = source_flag(i, spec)
         if not SOURCE_NAME.fullmatch(spec.name):
             raise InputError(f"{where}: name {spec.name!r}: use letters, digits, '.', '_' and '-' (it names folders)")
         if spec.name in (s.name for s in specs):
@@ -383,7 +388,7 @@ def check_sources(cfg: PipelineConfig) -> None:
     if cfg.cot_file:
         raise InputError("--cot_file: with source_datasets, give each source its own cot_file")
     for i, spec in enumerate(source_specs(cfg)):
-        where = f"--source_datasets[{i}] ({spec.name})"
+        where = source_flag(i, spec)
         item_kind(spec.item_kind, f"{where}: item_kind")
         check_number(f"{where}: records", spec.records, 1)
         check_domain(spec.prepare_args, spec.files, f"{where}: prepare_args", f"{where}: files")
