@@ -219,7 +219,7 @@ def test_override_to_an_empty_list_reaches_run_pipeline_as_its_default():
 
     config = G.load_config(REPO / "configs/experiments/book_tiny.yaml", [
         "setup=[]", "source_prepare_args=[]",
-        "source_files={train: amazon-book/valid.json, valid: amazon-book/valid.json, test: amazon-book/test.json}"])
+        "source_files={train: amazon-book/valid.json, valid: amazon-book/test.json, test: amazon-book/test.json}"])
     cell = next(c for c in C.build_cells(config) if c.script == "run_pipeline.py")
     parsed = run_pipeline.parse_args(C.cell_argv(config, cell))
     assert parsed.source_prepare_args == [] and parsed.source_files["train"] == "amazon-book/valid.json"
