@@ -297,7 +297,7 @@ def test_report_tables_only_the_cells_of_this_config(grid_config):
     assert not (results / "table1.md").exists() and read_results(results)["rows"] == []
 
 
-def test_one_test_set_per_grid(grid_config, small_data_dir, tiny_llama):
+def test_one_test_set_per_grid(grid_config, small_data_dir, tiny_llama, tmp_path):
     """Issue 19 case 4: a pipeline cell's prepared test set differs from the grid's `target:` files: the grid
     refuses with one line before running any cell; pointing `target:` at the same records reports it once."""
     path, config = grid_config
@@ -311,6 +311,14 @@ def test_one_test_set_per_grid(grid_config, small_data_dir, tiny_llama):
         run_experiments.main(["--config", str(path)])
     assert not (C.runs_dir(G.load_config(path)) / "main" / "LogReg").exists()  # nothing ran
     prepared = C.runs_dir(G.load_config(path)).resolve() / "main" / "pipeline-main" / "data" / "target"
+    # the same records as published (prompt and answer only, in order) are the same test set; one changed is not
+    records = json.loads((prepared / "test.json").read_text())
+    published = [{k: r[k] for k in ("instruction", "input", "output")} for r in records]
+    (tmp_path / "published.json").write_text(json.dumps(published))
+    assert C.same_test_records(prepared / "test.json", tmp_path / "published.json")
+    published[-1]["output"] = "No." if published[-1]["output"] == "Yes." else "Yes."
+    (tmp_path / "changed.json").write_text(json.dumps(published))
+    assert not C.same_test_records(prepared / "test.json", tmp_path / "changed.json")
     config["target"] = {split: str(prepared / f"{split}.json") for split in ("train", "valid", "test", "items")}
     path.write_text(yaml.safe_dump(config))
     assert run_experiments.main(["--config", str(path), "--report_only"]) == 0
