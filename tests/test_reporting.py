@@ -81,7 +81,7 @@ EXPECTED_TABLE = """\
 | TALLRec | <u>0.5600 ± 0.0141</u> | **0.2100 ± 0.0141** | <u>0.6500</u> | <u>0.2500</u> |
 | TLRec | **0.7100 ± 0.0141**\\* | <u>0.1600 ± 0.0141</u> | **0.6600 ± 0.0141** | 0.2200 ± 0.0283 |
 
-Mean ± std over 1/2 seed(s). Bold: best; underlined: second; \\*: TLRec beats the best other method, two-sided t-test p < 0.05.
+Mean ± std over 2 seeds (1 where a cell shows no ±). Bold: best; underlined: second; \\*: TLRec beats the best other method, two-sided t-test p < 0.05.
 AUC: two-logit (softmax over the Yes/No logits at the answer position; run_eval --score_fn two_logit).
 """  # noqa: E501 (the expected table line)
 

@@ -130,10 +130,13 @@ def table_markdown(rows, metrics=DEFAULT_METRICS, ours: str = "TLRec", methods=N
     for method in methods:
         cells = [format_cell(index.get((method, s, m)), digits) for s, m in columns]
         lines.append("| " + " | ".join([method] + cells) + " |")
-    n_seeds = sorted({e["n"] for e in entries})
+    n_seeds = sorted({e["n"] for e in entries}) or [0]
+    spread = f"Mean ± std over {n_seeds[-1]} seed{'' if n_seeds[-1] == 1 else 's'}"
+    if len(n_seeds) > 1:  # e.g. an LLM method's zero-shot model, the same for every seed
+        spread += f" ({', '.join(map(str, n_seeds[:-1]))} where a cell shows no ±)"
     lines += [
         "",
-        f"Mean ± std over {'/'.join(map(str, n_seeds))} seed(s). Bold: best; underlined: second; "
+        f"{spread}. Bold: best; underlined: second; "
         f"\\*: {ours} beats the best other method, two-sided t-test p < {P_THRESHOLD}.",
     ]
     lines += [f"{METRIC_LABELS.get(m, m)}: {AUC_MEANINGS[m]}." for m in metrics if m in AUC_MEANINGS]
