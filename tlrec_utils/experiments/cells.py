@@ -271,14 +271,19 @@ def check_on_change(config, cells: list[Cell]) -> None:
                              "with --on_change rerun, or use another output_dir")
 
 
+def same_bytes(a, b) -> bool:
+    from ..provenance import path_fingerprint
+
+    return path_fingerprint(a) == path_fingerprint(b)
+
+
 def same_test_records(a, b) -> bool:
     """Whether two test files hold the same test set: the same bytes, or the same records as the models see them
     (instruction, input, output, in order), as a published records file and the copy run_prepare_data made of
     it, which adds derived fields (label, history, ...)."""
     from ..data.records import read_json_list
-    from ..provenance import path_fingerprint
 
-    if path_fingerprint(a) == path_fingerprint(b):
+    if same_bytes(a, b):
         return True
     try:
         seen = [[(r.get("instruction"), r.get("input"), r.get("output")) for r in read_json_list(p)] for p in (a, b)]
@@ -291,16 +296,13 @@ def check_one_test_set(config, cells: list[Cell]) -> None:
     """Every row of a table is scored on the same test records and candidate items: a pipeline cell's prepared
     target test.json must hold the grid's `target.test` records (`same_test_records`) and its items.json be the
     grid's `target.items` (same bytes), else one line, exit 2."""
-    from ..provenance import path_fingerprint
-
     for cell in cells:
         if cell.script != "run_pipeline.py":
             continue
         prepared = Path(cell_pipeline_config(config, cell).run_dir) / "data" / "target"
-        for split, name in (("test", "test.json"), ("items", "items.json")):
+        for split, name, same in (("test", "test.json", same_test_records), ("items", "items.json", same_bytes)):
             grid_file = getattr(config.target, split)
             ours = prepared / name
-            same = same_test_records if split == "test" else lambda a, b: path_fingerprint(a) == path_fingerprint(b)
             if grid_file and ours.is_file() and Path(grid_file).is_file() and not same(ours, grid_file):
                 raise InputError(f"{config.path}: target.{split} {grid_file} differs from {ours}, the {split} file "
                                  f"pipeline cell {cell.path} prepared: one test set per table; prepare both the "
