@@ -10,6 +10,7 @@ TLREC_PREEMPTED=0
 
 _tlrec_forward_term() {
     TLREC_PREEMPTED=1
+    TLREC_TRAPPED=1
     echo "tlrec: SIGTERM received (time limit or preemption): asking the trainer to checkpoint" >&2
     kill -TERM "$TLREC_CHILD" 2>/dev/null || true
 }
@@ -17,13 +18,19 @@ _tlrec_forward_term() {
 run_preemptible() {
     "$@" &
     TLREC_CHILD=$!
+    TLREC_TRAPPED=0
     trap _tlrec_forward_term TERM
-    local status=0
+    local status=0 again
     wait "$TLREC_CHILD" || status=$?
-    # `wait` returns early (status > 128) when the trap fires: keep waiting while the trainer checkpoints.
-    while kill -0 "$TLREC_CHILD" 2>/dev/null; do
-        status=0
-        wait "$TLREC_CHILD" || status=$?
+    # The trap makes `wait` return at once (128+15) while the trainer is still checkpointing: wait again, for
+    # the trainer's own status. Bash keeps an ended child's status until it is waited for, so this also holds
+    # when the trainer has already exited (checking `kill -0` first raced with a quick checkpoint and returned
+    # 143); 127 means the first wait already had the real status.
+    while (( TLREC_TRAPPED )); do
+        TLREC_TRAPPED=0
+        again=0
+        wait "$TLREC_CHILD" || again=$?
+        (( again == 127 )) || status=$again
     done
     trap - TERM
     if [[ "$TLREC_PREEMPTED" == 1 && "${TLREC_REQUEUE:-1}" == 1 && -n "${SLURM_JOB_ID:-}" ]]; then

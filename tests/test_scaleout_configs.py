@@ -112,10 +112,11 @@ for ((node = 0; node < SLURM_NNODES; node++)); do SLURM_NODEID=$node SLURM_PROCI
 """
 FAKE_ACCELERATE = """#!/bin/bash
 # stand-in for accelerate: record the argv; with FAKE_BLOCK=1 behave like a trainer waiting for SIGTERM
+# (`command kill`: a test's slowed-down `kill` function is for the batch shell only)
 { printf 'accelerate'; printf ' %q' "$@"; printf '\\n'; } >> "$FAKE_LOG"
 if [[ "${FAKE_BLOCK:-0}" == 1 ]]; then
     sleep 60 &
-    trap 'kill $!; echo "trainer got SIGTERM: checkpoint saved" >> "$FAKE_LOG"; exit 0' TERM
+    trap 'command kill $!; sleep "${FAKE_CHECKPOINT_S:-0}"; echo "trainer got SIGTERM: checkpoint saved" >> "$FAKE_LOG"; exit "${FAKE_EXIT:-0}"' TERM
     echo started >> "$FAKE_LOG"
     wait $!
 fi
@@ -201,23 +202,36 @@ def test_multi_node_template_needs_slurm(fake_slurm):
     assert proc.returncode != 0 and "SLURM_NNODES" in proc.stderr
 
 
-def test_preemption_signal_reaches_the_trainer_then_requeues(fake_slurm):
+@pytest.mark.parametrize(
+    "checkpoint_s,trainer_exit,slow_shell",
+    [(0, 0, False), (0.5, 0, False), (0, 3, False), (0, 0, True), (0, 3, True)],
+    ids=["quick-checkpoint", "slow-checkpoint", "trainer-fails", "trainer-exits-first", "trainer-fails-first"],
+)
+def test_preemption_signal_reaches_the_trainer_then_requeues(fake_slurm, checkpoint_s, trainer_exit, slow_shell):
+    """The batch shell exits with the trainer's own status, however fast the trainer checkpoints. A trainer that
+    exited before the shell looked again once made the job end 143 (seen in CI, under load); `slow_shell` forces
+    that order: an exported `kill` function that lingers after signalling, as a busy node's batch shell does
+    (it made the earlier script return 143 every time)."""
     env, log = fake_slurm
-    env["FAKE_BLOCK"] = "1"
-    proc = subprocess.Popen(
-        ["bash", str(REPO / "slurm/single_node.sbatch"), *TRAIN_CMD], env=env, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 20
-    while not (log.exists() and "started" in log.read_text()):
-        assert time.time() < deadline and proc.poll() is None, "fake trainer never started"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # what `#SBATCH --signal=B:TERM@120` does to the batch shell
-    _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 0, stderr
-    lines = log.read_text().splitlines()
-    assert "trainer got SIGTERM: checkpoint saved" in lines
-    assert lines[-1] == "scontrol requeue 4242"  # requeued only after the trainer finished checkpointing
-    assert "asking the trainer to checkpoint" in stderr
+    env.update(FAKE_BLOCK="1", FAKE_CHECKPOINT_S=str(checkpoint_s), FAKE_EXIT=str(trainer_exit))
+    if slow_shell:
+        env["BASH_FUNC_kill%%"] = '() { builtin kill "$@"; local status=$?; sleep 0.3; return $status; }'
+    for attempt in range(5):  # the race was timing-dependent: give it several chances to show
+        log.unlink(missing_ok=True)
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "slurm/single_node.sbatch"), *TRAIN_CMD], env=env, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.time() + 20
+        while not (log.exists() and "started" in log.read_text()):
+            assert time.time() < deadline and proc.poll() is None, "fake trainer never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # what `#SBATCH --signal=B:TERM@120` does to the batch shell
+        _, stderr = proc.communicate(timeout=20)
+        assert proc.returncode == trainer_exit, f"attempt {attempt}: {stderr}"
+        lines = log.read_text().splitlines()
+        assert "trainer got SIGTERM: checkpoint saved" in lines
+        assert lines[-1] == "scontrol requeue 4242"  # requeued only after the trainer finished checkpointing
+        assert "asking the trainer to checkpoint" in stderr
 
 
 @pytest.mark.parametrize("value,plain", [("9.0a", "9.0"), ("8.0;9.0a+PTX", "8.0;9.0+PTX"), ("8.6 10.0f", "8.6 10.0")])
