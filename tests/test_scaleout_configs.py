@@ -116,7 +116,13 @@ FAKE_ACCELERATE = """#!/bin/bash
 { printf 'accelerate'; printf ' %q' "$@"; printf '\\n'; } >> "$FAKE_LOG"
 if [[ "${FAKE_BLOCK:-0}" == 1 ]]; then
     sleep 60 &
-    trap 'command kill $!; sleep "${FAKE_CHECKPOINT_S:-0}"; echo "trainer got SIGTERM: checkpoint saved" >> "$FAKE_LOG"; exit "${FAKE_EXIT:-0}"' TERM
+    checkpoint_and_exit() {
+        command kill $!
+        sleep "${FAKE_CHECKPOINT_S:-0}"
+        echo "trainer got SIGTERM: checkpoint saved" >> "$FAKE_LOG"
+        exit "${FAKE_EXIT:-0}"
+    }
+    trap checkpoint_and_exit TERM
     echo started >> "$FAKE_LOG"
     wait $!
 fi
